@@ -1,0 +1,150 @@
+//! Translation between stored rows and the domain model. Stored rows are
+//! never trusted blindly: anything unparsable becomes
+//! [`StoreError::Corrupt`] naming the column, never a panic.
+
+use ipnet::IpNet;
+use keygate_domain::scope::Scope;
+use keygate_domain::{ApiKey, Credential, KeyState};
+use sea_orm::ActiveValue::Set;
+
+use crate::entity::{api_key, credential};
+use crate::error::StoreError;
+
+/// The columns of `api_keys` written from a domain key (`request_count` is
+/// left to its default).
+pub(crate) fn key_to_active(key: &ApiKey) -> api_key::ActiveModel {
+    api_key::ActiveModel {
+        id: Set(key.id.clone()),
+        owner_id: Set(key.owner_id.clone()),
+        name: Set(key.name.clone()),
+        environment: Set(key.environment.clone()),
+        scopes: Set(scopes_json(&key.scopes)),
+        ip_allowlist: Set(allowlist_json(&key.ip_allowlist)),
+        rate_limit_per_hour: Set(key.rate_limit_per_hour.map(i64::from)),
+        state: Set(key.state.as_str().to_owned()),
+        expires_at: Set(key.expires_at),
+        prefix: Set(key.prefix.clone()),
+        created_at: Set(key.created_at),
+        updated_at: Set(key.updated_at),
+        last_used_at: Set(key.last_used_at),
+        revoked_at: Set(key.revoked_at),
+        revoked_reason: Set(key.revoked_reason.clone()),
+        request_count: Default::default(),
+    }
+}
+
+/// A `credentials` row for `cred` of key `key_id`.
+pub(crate) fn credential_to_active(key_id: &str, cred: &Credential) -> credential::ActiveModel {
+    credential::ActiveModel {
+        lookup_id: Set(cred.lookup_id.clone()),
+        key_id: Set(key_id.to_owned()),
+        salt: Set(cred.salt.to_vec()),
+        hash: Set(cred.hash.to_vec()),
+        hint: Set(cred.hint.clone()),
+        created_at: Set(cred.created_at),
+        expires_at: Set(cred.expires_at),
+        last_used_at: Set(cred.last_used_at),
+    }
+}
+
+/// Scopes as a JSON array of strings.
+pub(crate) fn scopes_json(scopes: &[Scope]) -> String {
+    json_array(scopes.iter().map(Scope::as_str))
+}
+
+/// Networks as a JSON array of CIDR strings.
+pub(crate) fn allowlist_json(nets: &[IpNet]) -> String {
+    let strings: Vec<String> = nets.iter().map(IpNet::to_string).collect();
+    json_array(strings.iter().map(String::as_str))
+}
+
+fn json_array<'a>(items: impl Iterator<Item = &'a str>) -> String {
+    let items: Vec<&str> = items.collect();
+    // Serializing a list of strings cannot fail.
+    serde_json::to_string(&items).unwrap_or_else(|_| "[]".to_owned())
+}
+
+/// Rebuilds a domain key from its row and its credential rows (already
+/// ordered newest first).
+pub(crate) fn key_from_rows(
+    row: api_key::Model,
+    credentials: Vec<credential::Model>,
+) -> Result<ApiKey, StoreError> {
+    let id = row.id;
+    let corrupt = |column: &str, detail: String| {
+        StoreError::Corrupt(format!("api_keys.{column} of key {id}: {detail}"))
+    };
+    let scopes = parse_string_array(&row.scopes)
+        .map_err(|e| corrupt("scopes", e))?
+        .iter()
+        .map(|s| Scope::parse(s).map_err(|e| corrupt("scopes", format!("{s:?}: {e}"))))
+        .collect::<Result<Vec<_>, _>>()?;
+    let ip_allowlist = parse_string_array(&row.ip_allowlist)
+        .map_err(|e| corrupt("ip_allowlist", e))?
+        .iter()
+        .map(|s| {
+            s.parse::<IpNet>()
+                .map_err(|e| corrupt("ip_allowlist", format!("{s:?}: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let state = KeyState::parse(&row.state)
+        .ok_or_else(|| corrupt("state", format!("unknown state {:?}", row.state)))?;
+    let rate_limit_per_hour = row
+        .rate_limit_per_hour
+        .map(|n| u32::try_from(n).map_err(|_| corrupt("rate_limit_per_hour", n.to_string())))
+        .transpose()?;
+    let credentials = credentials
+        .into_iter()
+        .map(credential_from_row)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(ApiKey {
+        id,
+        owner_id: row.owner_id,
+        name: row.name,
+        environment: row.environment,
+        scopes,
+        ip_allowlist,
+        rate_limit_per_hour,
+        state,
+        expires_at: row.expires_at,
+        prefix: row.prefix,
+        created_at: row.created_at,
+        updated_at: row.updated_at,
+        last_used_at: row.last_used_at,
+        revoked_at: row.revoked_at,
+        revoked_reason: row.revoked_reason,
+        credentials,
+    })
+}
+
+fn credential_from_row(row: credential::Model) -> Result<Credential, StoreError> {
+    let corrupt = |column: &str, len: usize| {
+        StoreError::Corrupt(format!(
+            "credentials.{column} of lookup id {}: {len} bytes",
+            row.lookup_id
+        ))
+    };
+    let salt: [u8; 16] = row
+        .salt
+        .as_slice()
+        .try_into()
+        .map_err(|_| corrupt("salt", row.salt.len()))?;
+    let hash: [u8; 32] = row
+        .hash
+        .as_slice()
+        .try_into()
+        .map_err(|_| corrupt("hash", row.hash.len()))?;
+    Ok(Credential {
+        lookup_id: row.lookup_id,
+        salt,
+        hash,
+        hint: row.hint,
+        created_at: row.created_at,
+        expires_at: row.expires_at,
+        last_used_at: row.last_used_at,
+    })
+}
+
+fn parse_string_array(text: &str) -> Result<Vec<String>, String> {
+    serde_json::from_str(text).map_err(|e| format!("not a json array of strings: {e}"))
+}

@@ -1,0 +1,239 @@
+//! The initial schema: `api_keys`, `credentials` and `rate_limit_windows`.
+
+use sea_orm_migration::prelude::*;
+
+#[derive(DeriveMigrationName)]
+pub(super) struct Migration;
+
+#[derive(DeriveIden)]
+enum ApiKeys {
+    Table,
+    Id,
+    OwnerId,
+    Name,
+    Environment,
+    Scopes,
+    IpAllowlist,
+    RateLimitPerHour,
+    State,
+    ExpiresAt,
+    Prefix,
+    CreatedAt,
+    UpdatedAt,
+    LastUsedAt,
+    RevokedAt,
+    RevokedReason,
+    RequestCount,
+}
+
+#[derive(DeriveIden)]
+enum Credentials {
+    Table,
+    LookupId,
+    KeyId,
+    Salt,
+    Hash,
+    Hint,
+    CreatedAt,
+    ExpiresAt,
+    LastUsedAt,
+}
+
+#[derive(DeriveIden)]
+enum RateLimitWindows {
+    Table,
+    KeyId,
+    WindowStart,
+    Count,
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for Migration {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .create_table(
+                Table::create()
+                    .table(ApiKeys::Table)
+                    .if_not_exists()
+                    .col(ColumnDef::new(ApiKeys::Id).text().not_null().primary_key())
+                    .col(ColumnDef::new(ApiKeys::OwnerId).text().not_null())
+                    .col(ColumnDef::new(ApiKeys::Name).text().not_null())
+                    .col(ColumnDef::new(ApiKeys::Environment).text().not_null())
+                    .col(ColumnDef::new(ApiKeys::Scopes).text().not_null())
+                    .col(ColumnDef::new(ApiKeys::IpAllowlist).text().not_null())
+                    .col(
+                        ColumnDef::new(ApiKeys::RateLimitPerHour)
+                            .big_integer()
+                            .null(),
+                    )
+                    .col(ColumnDef::new(ApiKeys::State).text().not_null())
+                    .col(
+                        ColumnDef::new(ApiKeys::ExpiresAt)
+                            .timestamp_with_time_zone()
+                            .null(),
+                    )
+                    .col(ColumnDef::new(ApiKeys::Prefix).text().not_null())
+                    .col(
+                        ColumnDef::new(ApiKeys::CreatedAt)
+                            .timestamp_with_time_zone()
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(ApiKeys::UpdatedAt)
+                            .timestamp_with_time_zone()
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(ApiKeys::LastUsedAt)
+                            .timestamp_with_time_zone()
+                            .null(),
+                    )
+                    .col(
+                        ColumnDef::new(ApiKeys::RevokedAt)
+                            .timestamp_with_time_zone()
+                            .null(),
+                    )
+                    .col(ColumnDef::new(ApiKeys::RevokedReason).text().null())
+                    .col(
+                        ColumnDef::new(ApiKeys::RequestCount)
+                            .big_integer()
+                            .not_null()
+                            .default(0),
+                    )
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_index(
+                Index::create()
+                    .if_not_exists()
+                    .name("idx_api_keys_owner_environment_id")
+                    .table(ApiKeys::Table)
+                    .col(ApiKeys::OwnerId)
+                    .col(ApiKeys::Environment)
+                    .col(ApiKeys::Id)
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_index(
+                Index::create()
+                    .if_not_exists()
+                    .name("idx_api_keys_environment_id")
+                    .table(ApiKeys::Table)
+                    .col(ApiKeys::Environment)
+                    .col(ApiKeys::Id)
+                    .to_owned(),
+            )
+            .await?;
+
+        manager
+            .create_table(
+                Table::create()
+                    .table(Credentials::Table)
+                    .if_not_exists()
+                    .col(
+                        ColumnDef::new(Credentials::LookupId)
+                            .text()
+                            .not_null()
+                            .primary_key(),
+                    )
+                    .col(ColumnDef::new(Credentials::KeyId).text().not_null())
+                    .col(ColumnDef::new(Credentials::Salt).blob().not_null())
+                    .col(ColumnDef::new(Credentials::Hash).blob().not_null())
+                    .col(ColumnDef::new(Credentials::Hint).text().not_null())
+                    .col(
+                        ColumnDef::new(Credentials::CreatedAt)
+                            .timestamp_with_time_zone()
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(Credentials::ExpiresAt)
+                            .timestamp_with_time_zone()
+                            .null(),
+                    )
+                    .col(
+                        ColumnDef::new(Credentials::LastUsedAt)
+                            .timestamp_with_time_zone()
+                            .null(),
+                    )
+                    .foreign_key(
+                        ForeignKey::create()
+                            .name("fk_credentials_key_id")
+                            .from(Credentials::Table, Credentials::KeyId)
+                            .to(ApiKeys::Table, ApiKeys::Id)
+                            .on_delete(ForeignKeyAction::Cascade),
+                    )
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_index(
+                Index::create()
+                    .if_not_exists()
+                    .name("idx_credentials_key_id")
+                    .table(Credentials::Table)
+                    .col(Credentials::KeyId)
+                    .to_owned(),
+            )
+            .await?;
+
+        manager
+            .create_table(
+                Table::create()
+                    .table(RateLimitWindows::Table)
+                    .if_not_exists()
+                    .col(ColumnDef::new(RateLimitWindows::KeyId).text().not_null())
+                    .col(
+                        ColumnDef::new(RateLimitWindows::WindowStart)
+                            .big_integer()
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(RateLimitWindows::Count)
+                            .big_integer()
+                            .not_null(),
+                    )
+                    .primary_key(
+                        Index::create()
+                            .col(RateLimitWindows::KeyId)
+                            .col(RateLimitWindows::WindowStart),
+                    )
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_index(
+                Index::create()
+                    .if_not_exists()
+                    .name("idx_rate_limit_windows_window_start")
+                    .table(RateLimitWindows::Table)
+                    .col(RateLimitWindows::WindowStart)
+                    .to_owned(),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .drop_table(
+                Table::drop()
+                    .table(RateLimitWindows::Table)
+                    .if_exists()
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .drop_table(
+                Table::drop()
+                    .table(Credentials::Table)
+                    .if_exists()
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .drop_table(Table::drop().table(ApiKeys::Table).if_exists().to_owned())
+            .await
+    }
+}

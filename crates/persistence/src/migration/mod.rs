@@ -1,0 +1,17 @@
+//! Schema migrations, run by `keygate migrate` and at `serve` start. The same
+//! migrations build the same schema on SQLite and PostgreSQL; applied ones are
+//! recorded in `seaql_migrations`, so running them again is a no-op.
+
+use sea_orm_migration::{MigrationTrait, MigratorTrait};
+
+mod m20261122_000001_create_keys;
+
+/// All of Keygate's migrations, in order.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Migrator;
+
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261122_000001_create_keys::Migration)]
+    }
+}

@@ -1,0 +1,536 @@
+//! [`Store`]: the repository the server talks to. Every method is one short
+//! transaction (or one or two queries) against SQLite or PostgreSQL, written
+//! so the same SQL runs on both.
+//!
+//! Timestamps: PostgreSQL `timestamptz` keeps microseconds; SQLite stores the
+//! RFC 3339 text sqlx writes (`2026-01-02T03:04:05.123456+00:00`, up to
+//! nanoseconds). Those strings all end in `+00:00` and carry 0, 3, 6 or 9
+//! fraction digits, so SQLite's text comparison orders them correctly, which
+//! the expiry and `last_used_at` comparisons below rely on.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use keygate_domain::{ApiKey, Credential, KeyStatus};
+use sea_orm::sea_query::{Expr, Query};
+use sea_orm::{
+    ColumnTrait, Condition, ConnectOptions, ConnectionTrait, Database, DatabaseConnection,
+    DbBackend, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Statement, TransactionTrait,
+};
+use sea_orm_migration::MigratorTrait;
+
+use crate::convert::{
+    allowlist_json, credential_to_active, key_from_rows, key_to_active, scopes_json,
+};
+use crate::entity::{api_key, credential};
+use crate::error::StoreError;
+use crate::migration::Migrator;
+use crate::notify::{ChangeListener, notify_in};
+
+/// How long connecting or waiting for a pooled connection may take before the
+/// database is reported unavailable.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long SQLite waits for a competing writer before giving up.
+const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Credentials that ended longer ago than this are deleted on rotation.
+const CREDENTIAL_RETENTION: chrono::TimeDelta = chrono::TimeDelta::days(1);
+
+/// The database engine behind a [`Store`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// SQLite: one process, zero set-up.
+    Sqlite,
+    /// PostgreSQL: several replicas, cross-replica notifications.
+    Postgres,
+}
+
+/// Filters of [`Store::list_keys`]; `None` = any.
+#[derive(Clone, Debug, Default)]
+pub struct KeyFilter {
+    /// Only keys of this owner.
+    pub owner_id: Option<String>,
+    /// Only keys of this environment.
+    pub environment: Option<String>,
+    /// Only keys with this status (`Expired` is derived from `expires_at`).
+    pub status: Option<KeyStatus>,
+}
+
+/// Usage of one credential accumulated in memory since the last flush.
+#[derive(Clone, Debug)]
+pub struct Usage {
+    /// The key used.
+    pub key_id: String,
+    /// The credential used.
+    pub lookup_id: String,
+    /// The latest use.
+    pub last_used_at: DateTime<Utc>,
+    /// Requests since the last flush.
+    pub requests: u64,
+}
+
+/// Keygate's storage: keys, credentials, usage and shared rate-limit windows.
+/// Cheap to clone (a connection pool handle).
+#[derive(Clone, Debug)]
+pub struct Store {
+    db: DatabaseConnection,
+}
+
+impl Store {
+    /// Connects to `url`: `sqlite://path?mode=rwc`, `sqlite::memory:` or
+    /// `postgres://…`. SQLite runs in WAL mode with a busy timeout. Connecting
+    /// and acquiring a pooled connection time out after a few seconds so an
+    /// outage is reported, not waited out.
+    pub async fn connect(url: &str) -> Result<Store, StoreError> {
+        let mut options = ConnectOptions::new(url);
+        options
+            .connect_timeout(CONNECT_TIMEOUT)
+            .acquire_timeout(CONNECT_TIMEOUT)
+            .sqlx_logging(false)
+            .test_before_acquire_if_idle_for(Duration::from_secs(30));
+        if url.starts_with("sqlite:") {
+            let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+            if in_memory {
+                // Every connection to an in-memory database would see its own
+                // (or a shared-cache, table-locked) database: keep exactly one
+                // and never let it close.
+                options
+                    .max_connections(1)
+                    .min_connections(1)
+                    .idle_timeout(None)
+                    .max_lifetime(None);
+            } else {
+                options.max_connections(4).min_connections(1);
+            }
+            options.map_sqlx_sqlite_opts(|o| {
+                use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
+                o.journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(SqliteSynchronous::Normal)
+                    .busy_timeout(SQLITE_BUSY_TIMEOUT)
+                    .foreign_keys(true)
+            });
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            options.max_connections(16).min_connections(1);
+        } else {
+            return Err(StoreError::InvalidUrl(
+                "expected a sqlite: or postgres:// url".to_owned(),
+            ));
+        }
+        let db = Database::connect(options).await?;
+        tracing::debug!(backend = ?db.get_database_backend(), "database connected");
+        Ok(Store { db })
+    }
+
+    /// Wraps an existing SeaORM connection.
+    pub fn from_connection(db: DatabaseConnection) -> Store {
+        Store { db }
+    }
+
+    /// The underlying SeaORM connection.
+    pub fn connection(&self) -> &DatabaseConnection {
+        &self.db
+    }
+
+    /// Applies pending migrations; a no-op when the schema is current.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        Migrator::up(&self.db, None).await?;
+        Ok(())
+    }
+
+    /// Which engine this store talks to.
+    pub fn backend(&self) -> Backend {
+        match self.db.get_database_backend() {
+            DbBackend::Postgres => Backend::Postgres,
+            _ => Backend::Sqlite,
+        }
+    }
+
+    /// Checks that the database answers.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.db.ping().await?;
+        Ok(())
+    }
+
+    /// Stores a new key and all its credentials in one transaction. A taken
+    /// key id or lookup id is a [`StoreError::Conflict`].
+    pub async fn insert_key(&self, key: &ApiKey) -> Result<(), StoreError> {
+        let txn = self.db.begin().await?;
+        api_key::Entity::insert(key_to_active(key))
+            .exec_without_returning(&txn)
+            .await?;
+        if !key.credentials.is_empty() {
+            credential::Entity::insert_many(
+                key.credentials
+                    .iter()
+                    .map(|c| credential_to_active(&key.id, c)),
+            )
+            .exec_without_returning(&txn)
+            .await?;
+        }
+        let lookup_ids: Vec<String> = key
+            .credentials
+            .iter()
+            .map(|c| c.lookup_id.clone())
+            .collect();
+        notify_in(&txn, &key.id, &lookup_ids).await?;
+        txn.commit().await?;
+        Ok(())
+    }
+
+    /// The key with id `id`, credentials newest first.
+    pub async fn get_key(&self, id: &str) -> Result<Option<ApiKey>, StoreError> {
+        load_key(&self.db, id).await
+    }
+
+    /// The key owning the credential `lookup_id` (current or old), with all
+    /// its credentials. Two indexed queries.
+    pub async fn find_by_lookup_id(&self, lookup_id: &str) -> Result<Option<ApiKey>, StoreError> {
+        let owner = Query::select()
+            .column(credential::Column::KeyId)
+            .from(credential::Entity)
+            .and_where(credential::Column::LookupId.eq(lookup_id))
+            .to_owned();
+        let Some(row) = api_key::Entity::find()
+            .filter(api_key::Column::Id.in_subquery(owner))
+            .one(&self.db)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let credentials = credentials_of(&self.db, &row.id).await?;
+        key_from_rows(row, credentials).map(Some)
+    }
+
+    /// One page of keys matching `filter`, ordered by id, starting after the
+    /// id `after`. Status is evaluated at `now`. Credentials of the whole page
+    /// are loaded in one query.
+    pub async fn list_keys(
+        &self,
+        filter: &KeyFilter,
+        after: Option<&str>,
+        limit: u64,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<ApiKey>, StoreError> {
+        let mut query = api_key::Entity::find();
+        if let Some(owner) = &filter.owner_id {
+            query = query.filter(api_key::Column::OwnerId.eq(owner.as_str()));
+        }
+        if let Some(env) = &filter.environment {
+            query = query.filter(api_key::Column::Environment.eq(env.as_str()));
+        }
+        if let Some(status) = filter.status {
+            query = query.filter(status_condition(status, now));
+        }
+        if let Some(after) = after {
+            query = query.filter(api_key::Column::Id.gt(after));
+        }
+        let rows = query
+            .order_by_asc(api_key::Column::Id)
+            .limit(limit)
+            .all(&self.db)
+            .await?;
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
+        let mut by_key: HashMap<String, Vec<credential::Model>> = HashMap::new();
+        for c in credential::Entity::find()
+            .filter(credential::Column::KeyId.is_in(ids))
+            .order_by_desc(credential::Column::CreatedAt)
+            .order_by_desc(credential::Column::LookupId)
+            .all(&self.db)
+            .await?
+        {
+            by_key.entry(c.key_id.clone()).or_default().push(c);
+        }
+        rows.into_iter()
+            .map(|row| {
+                let creds = by_key.remove(&row.id).unwrap_or_default();
+                key_from_rows(row, creds)
+            })
+            .collect()
+    }
+
+    /// Writes the mutable columns of `key` (name, scopes, allowlist, rate
+    /// limit, state, expiry, updated/revoked fields). Credentials and usage
+    /// columns are not touched. [`StoreError::NotFound`] if the key is gone.
+    pub async fn update_key(&self, key: &ApiKey) -> Result<(), StoreError> {
+        let txn = self.db.begin().await?;
+        let result = api_key::Entity::update_many()
+            .col_expr(api_key::Column::Name, Expr::value(key.name.clone()))
+            .col_expr(
+                api_key::Column::Scopes,
+                Expr::value(scopes_json(&key.scopes)),
+            )
+            .col_expr(
+                api_key::Column::IpAllowlist,
+                Expr::value(allowlist_json(&key.ip_allowlist)),
+            )
+            .col_expr(
+                api_key::Column::RateLimitPerHour,
+                Expr::value(key.rate_limit_per_hour.map(i64::from)),
+            )
+            .col_expr(api_key::Column::State, Expr::value(key.state.as_str()))
+            .col_expr(api_key::Column::ExpiresAt, Expr::value(key.expires_at))
+            .col_expr(api_key::Column::UpdatedAt, Expr::value(key.updated_at))
+            .col_expr(api_key::Column::RevokedAt, Expr::value(key.revoked_at))
+            .col_expr(
+                api_key::Column::RevokedReason,
+                Expr::value(key.revoked_reason.clone()),
+            )
+            .filter(api_key::Column::Id.eq(key.id.as_str()))
+            .exec(&txn)
+            .await?;
+        if result.rows_affected == 0 {
+            return Err(StoreError::NotFound);
+        }
+        notify_key_change(&txn, &key.id, &[]).await?;
+        txn.commit().await?;
+        Ok(())
+    }
+
+    /// Rotates a key in one transaction: every credential of the key that
+    /// would outlive `old_expire_at` now ends then, `new` is added, the key's
+    /// `updated_at` becomes `now`, and credentials that ended more than a day
+    /// before `now` are deleted. Returns the updated key.
+    pub async fn rotate_key(
+        &self,
+        key_id: &str,
+        new: &Credential,
+        old_expire_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<ApiKey, StoreError> {
+        let txn = self.db.begin().await?;
+        // Write first: on SQLite this takes the write lock up front, so a
+        // concurrent writer waits (busy timeout) instead of failing to upgrade.
+        let touched = api_key::Entity::update_many()
+            .col_expr(api_key::Column::UpdatedAt, Expr::value(now))
+            .filter(api_key::Column::Id.eq(key_id))
+            .exec(&txn)
+            .await?;
+        if touched.rows_affected == 0 {
+            return Err(StoreError::NotFound);
+        }
+        // Lookup ids before the clean-up, so replicas also evict deleted ones.
+        let previous = if txn.get_database_backend() == DbBackend::Postgres {
+            lookup_ids_of(&txn, key_id).await?
+        } else {
+            Vec::new()
+        };
+        credential::Entity::update_many()
+            .col_expr(credential::Column::ExpiresAt, Expr::value(old_expire_at))
+            .filter(credential::Column::KeyId.eq(key_id))
+            .filter(
+                Condition::any()
+                    .add(credential::Column::ExpiresAt.is_null())
+                    .add(credential::Column::ExpiresAt.gt(old_expire_at)),
+            )
+            .exec(&txn)
+            .await?;
+        credential::Entity::delete_many()
+            .filter(credential::Column::KeyId.eq(key_id))
+            .filter(credential::Column::ExpiresAt.lt(now - CREDENTIAL_RETENTION))
+            .exec(&txn)
+            .await?;
+        credential::Entity::insert(credential_to_active(key_id, new))
+            .exec_without_returning(&txn)
+            .await?;
+        let mut lookup_ids = previous;
+        lookup_ids.push(new.lookup_id.clone());
+        notify_in(&txn, key_id, &lookup_ids).await?;
+        let key = load_key(&txn, key_id).await?.ok_or(StoreError::NotFound)?;
+        txn.commit().await?;
+        Ok(key)
+    }
+
+    /// Flushes usage counted in memory, in one transaction: per key,
+    /// `last_used_at` becomes the later of stored and given and
+    /// `request_count` grows; per credential, `last_used_at` likewise.
+    /// Entries are merged first (two statements per distinct key and
+    /// credential) and applied in id order so concurrent flushes of several
+    /// replicas cannot deadlock. Unknown keys are ignored.
+    pub async fn record_usage(&self, usage: &[Usage]) -> Result<(), StoreError> {
+        if usage.is_empty() {
+            return Ok(());
+        }
+        let mut keys: BTreeMap<&str, (i64, DateTime<Utc>)> = BTreeMap::new();
+        let mut creds: BTreeMap<(&str, &str), DateTime<Utc>> = BTreeMap::new();
+        for u in usage {
+            let requests = i64::try_from(u.requests).unwrap_or(i64::MAX);
+            let entry = keys.entry(u.key_id.as_str()).or_insert((0, u.last_used_at));
+            entry.0 = entry.0.saturating_add(requests);
+            entry.1 = entry.1.max(u.last_used_at);
+            let at = creds
+                .entry((u.key_id.as_str(), u.lookup_id.as_str()))
+                .or_insert(u.last_used_at);
+            *at = (*at).max(u.last_used_at);
+        }
+        let backend = self.db.get_database_backend();
+        let txn = self.db.begin().await?;
+        for (key_id, (requests, at)) in keys {
+            txn.execute_raw(Statement::from_sql_and_values(
+                backend,
+                "UPDATE api_keys SET request_count = request_count + $1, \
+                 last_used_at = CASE WHEN last_used_at IS NULL OR last_used_at < $2 \
+                 THEN $2 ELSE last_used_at END WHERE id = $3",
+                [requests.into(), at.into(), key_id.into()],
+            ))
+            .await?;
+        }
+        for ((key_id, lookup_id), at) in creds {
+            txn.execute_raw(Statement::from_sql_and_values(
+                backend,
+                "UPDATE credentials SET last_used_at = CASE WHEN last_used_at IS NULL \
+                 OR last_used_at < $1 THEN $1 ELSE last_used_at END \
+                 WHERE lookup_id = $2 AND key_id = $3",
+                [at.into(), lookup_id.into(), key_id.into()],
+            ))
+            .await?;
+        }
+        txn.commit().await?;
+        Ok(())
+    }
+
+    /// The number of requests recorded for a key by [`Store::record_usage`];
+    /// `None` if there is no such key.
+    pub async fn request_count(&self, key_id: &str) -> Result<Option<u64>, StoreError> {
+        let row = api_key::Entity::find_by_id(key_id.to_owned())
+            .select_only()
+            .column(api_key::Column::RequestCount)
+            .into_tuple::<i64>()
+            .one(&self.db)
+            .await?;
+        Ok(row.map(|n| u64::try_from(n).unwrap_or(0)))
+    }
+
+    /// Adds request counts to shared rate-limit windows (`window_start` in
+    /// unix seconds) and returns each window's total after adding, in the
+    /// order given. One transaction; rows are upserted in key order so
+    /// replicas flushing at once cannot deadlock.
+    pub async fn add_rate_usage(
+        &self,
+        deltas: &[(String, i64, u64)],
+    ) -> Result<Vec<u64>, StoreError> {
+        if deltas.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut order: Vec<usize> = (0..deltas.len()).collect();
+        order.sort_by(|&a, &b| (&deltas[a].0, deltas[a].1).cmp(&(&deltas[b].0, deltas[b].1)));
+        let backend = self.db.get_database_backend();
+        let mut totals = vec![0u64; deltas.len()];
+        let txn = self.db.begin().await?;
+        for i in order {
+            let (key_id, window_start, delta) = &deltas[i];
+            let delta = i64::try_from(*delta).unwrap_or(i64::MAX);
+            let row = txn
+                .query_one_raw(Statement::from_sql_and_values(
+                    backend,
+                    "INSERT INTO rate_limit_windows (key_id, window_start, count) \
+                     VALUES ($1, $2, $3) ON CONFLICT (key_id, window_start) \
+                     DO UPDATE SET count = rate_limit_windows.count + excluded.count \
+                     RETURNING count",
+                    [key_id.as_str().into(), (*window_start).into(), delta.into()],
+                ))
+                .await?
+                .ok_or_else(|| StoreError::Corrupt("rate_limit_windows: no row returned".into()))?;
+            let count: i64 = row.try_get("", "count")?;
+            totals[i] = u64::try_from(count).unwrap_or(0);
+        }
+        txn.commit().await?;
+        Ok(totals)
+    }
+
+    /// Deletes rate-limit windows starting before `older_than` (unix seconds);
+    /// returns how many.
+    pub async fn prune_rate_windows(&self, older_than: i64) -> Result<u64, StoreError> {
+        let result = self
+            .db
+            .execute_raw(Statement::from_sql_and_values(
+                self.db.get_database_backend(),
+                "DELETE FROM rate_limit_windows WHERE window_start < $1",
+                [older_than.into()],
+            ))
+            .await?;
+        Ok(result.rows_affected())
+    }
+
+    /// Listens for key changes made by any replica: `None` on SQLite (one
+    /// process; nothing to listen to), a [`ChangeListener`] on PostgreSQL.
+    /// The listener holds one pooled connection.
+    pub async fn listen(&self) -> Result<Option<ChangeListener>, StoreError> {
+        match self.backend() {
+            Backend::Sqlite => Ok(None),
+            Backend::Postgres => {
+                let pool = self.db.get_postgres_connection_pool();
+                ChangeListener::start(pool).await.map(Some)
+            }
+        }
+    }
+}
+
+/// The SQL condition for a user-visible status at `now`.
+fn status_condition(status: KeyStatus, now: DateTime<Utc>) -> Condition {
+    use keygate_domain::KeyState;
+    let state = |s: KeyState| api_key::Column::State.eq(s.as_str());
+    match status {
+        KeyStatus::Active => Condition::all().add(state(KeyState::Active)).add(
+            Condition::any()
+                .add(api_key::Column::ExpiresAt.is_null())
+                .add(api_key::Column::ExpiresAt.gt(now)),
+        ),
+        KeyStatus::Expired => Condition::all()
+            .add(state(KeyState::Active))
+            .add(api_key::Column::ExpiresAt.lte(now)),
+        KeyStatus::Disabled => Condition::all().add(state(KeyState::Disabled)),
+        KeyStatus::Revoked => Condition::all().add(state(KeyState::Revoked)),
+    }
+}
+
+/// Loads a key and its credentials (newest first).
+async fn load_key<C: ConnectionTrait>(db: &C, id: &str) -> Result<Option<ApiKey>, StoreError> {
+    let Some(row) = api_key::Entity::find_by_id(id.to_owned()).one(db).await? else {
+        return Ok(None);
+    };
+    let credentials = credentials_of(db, id).await?;
+    key_from_rows(row, credentials).map(Some)
+}
+
+async fn credentials_of<C: ConnectionTrait>(
+    db: &C,
+    key_id: &str,
+) -> Result<Vec<credential::Model>, StoreError> {
+    Ok(credential::Entity::find()
+        .filter(credential::Column::KeyId.eq(key_id))
+        .order_by_desc(credential::Column::CreatedAt)
+        .order_by_desc(credential::Column::LookupId)
+        .all(db)
+        .await?)
+}
+
+async fn lookup_ids_of<C: ConnectionTrait>(
+    db: &C,
+    key_id: &str,
+) -> Result<Vec<String>, StoreError> {
+    Ok(credential::Entity::find()
+        .select_only()
+        .column(credential::Column::LookupId)
+        .filter(credential::Column::KeyId.eq(key_id))
+        .into_tuple::<String>()
+        .all(db)
+        .await?)
+}
+
+/// On PostgreSQL, announces a change of `key_id` (with its stored lookup ids
+/// and `extra`) inside `txn`.
+async fn notify_key_change(
+    txn: &sea_orm::DatabaseTransaction,
+    key_id: &str,
+    extra: &[String],
+) -> Result<(), StoreError> {
+    if txn.get_database_backend() != DbBackend::Postgres {
+        return Ok(());
+    }
+    let mut lookup_ids = lookup_ids_of(txn, key_id).await?;
+    lookup_ids.extend_from_slice(extra);
+    notify_in(txn, key_id, &lookup_ids).await
+}

@@ -1,0 +1,763 @@
+//! The repository test-suite, run against both backends: the `both_backends!`
+//! macro (the pattern of Quickwit's metastore tests) instantiates every test
+//! function once for a SQLite file and once for a throwaway PostgreSQL
+//! database (skipped without `KEYGATE_TEST_POSTGRES_URL`, failing under CI).
+//!
+//! Timestamp precision: PostgreSQL keeps microseconds, SQLite (RFC 3339 text)
+//! nanoseconds, so test data is truncated to microseconds and roundtrips
+//! compare exactly.
+
+use std::time::Duration;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use keygate_domain::scope::Scope;
+use keygate_domain::{ApiKey, Credential, KeyState, KeyStatus};
+use sea_orm::{ConnectionTrait, Statement, TransactionTrait};
+
+use crate::testing::TestDatabase;
+use crate::{Backend, Change, KeyFilter, Store, StoreError, Usage};
+
+macro_rules! both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let db = crate::testing::TestDatabase::sqlite();
+                    super::$name(&db).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let Some(db) = crate::testing::TestDatabase::postgres().await else {
+                        return;
+                    };
+                    super::$name(&db).await;
+                }
+            )*
+        }
+    };
+}
+
+both_backends!(
+    roundtrip_every_field,
+    find_by_lookup_id_current_and_old,
+    duplicate_lookup_id_is_conflict,
+    list_filters_and_statuses,
+    keyset_pagination_is_stable_under_inserts,
+    update_key_writes_and_reports_not_found,
+    rotate_expires_old_adds_new_and_cleans_up,
+    record_usage_takes_max_and_adds,
+    rate_usage_is_shared_between_stores,
+    migrate_twice_is_idempotent,
+    corrupt_rows_are_reported,
+    listen_matches_backend,
+);
+
+async fn open(db: &TestDatabase) -> Store {
+    let store = Store::connect(&db.url).await.expect("connect");
+    store.migrate().await.expect("migrate");
+    store
+}
+
+/// Now, truncated to microseconds (what both backends keep).
+fn now() -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(Utc::now().timestamp_micros()).expect("valid time")
+}
+
+fn credential(lookup_id: &str, created_at: DateTime<Utc>) -> Credential {
+    let seed = lookup_id.bytes().fold(0u8, |a, b| a.wrapping_add(b));
+    Credential {
+        lookup_id: lookup_id.to_owned(),
+        salt: [seed; 16],
+        hash: [seed.wrapping_add(1); 32],
+        hint: format!("h{}", &lookup_id[..3]),
+        created_at,
+        expires_at: None,
+        last_used_at: None,
+    }
+}
+
+fn key(id: &str, owner: &str, env: &str, lookup_id: &str) -> ApiKey {
+    let t = now();
+    ApiKey {
+        id: id.to_owned(),
+        owner_id: owner.to_owned(),
+        name: format!("key {id}"),
+        environment: env.to_owned(),
+        scopes: vec![Scope::parse("dns:read").expect("scope")],
+        ip_allowlist: vec![],
+        rate_limit_per_hour: None,
+        state: KeyState::Active,
+        expires_at: None,
+        prefix: format!("kg_{env}_"),
+        created_at: t,
+        updated_at: t,
+        last_used_at: None,
+        revoked_at: None,
+        revoked_reason: None,
+        credentials: vec![credential(lookup_id, t)],
+    }
+}
+
+async fn roundtrip_every_field(db: &TestDatabase) {
+    let store = open(db).await;
+    let t = now();
+    let mut k = key("0001-full", "acme", "live", "AAAAaaaa");
+    k.name = "Zürich — ключ 🔑".to_owned();
+    k.scopes = ["dns:read", "keys:*", "*"]
+        .iter()
+        .map(|s| Scope::parse(s).expect("scope"))
+        .collect();
+    k.ip_allowlist = ["10.0.0.0/8", "192.168.1.7/32", "2001:db8::/32", "::1/128"]
+        .iter()
+        .map(|s| s.parse().expect("net"))
+        .collect();
+    k.rate_limit_per_hour = Some(u32::MAX);
+    k.state = KeyState::Revoked;
+    k.expires_at = Some(t + TimeDelta::microseconds(123_456_789));
+    k.created_at = t - TimeDelta::microseconds(1);
+    k.updated_at = t + TimeDelta::microseconds(1);
+    k.last_used_at = Some(t - TimeDelta::microseconds(999_999));
+    k.revoked_at = Some(t);
+    k.revoked_reason = Some("leaked in «logs»".to_owned());
+    let mut old = credential("BBBBbbbb", t - TimeDelta::seconds(60));
+    old.expires_at = Some(t + TimeDelta::microseconds(7));
+    old.last_used_at = Some(t - TimeDelta::microseconds(3));
+    k.credentials = vec![credential("AAAAaaaa", t), old];
+    store.insert_key(&k).await.expect("insert");
+
+    let got = store.get_key(&k.id).await.expect("get").expect("present");
+    assert_eq!(got, k);
+    assert_eq!(store.get_key("missing").await.expect("get"), None);
+}
+
+async fn find_by_lookup_id_current_and_old(db: &TestDatabase) {
+    let store = open(db).await;
+    let k = key("0001-find", "acme", "live", "OLDlook1");
+    store.insert_key(&k).await.expect("insert");
+    store
+        .insert_key(&key("0002-other", "acme", "live", "OTHERxx1"))
+        .await
+        .expect("insert other");
+    let t = now();
+    let rotated = store
+        .rotate_key(
+            &k.id,
+            &credential("NEWlook1", t + TimeDelta::seconds(1)),
+            t + TimeDelta::hours(1),
+            t,
+        )
+        .await
+        .expect("rotate");
+
+    for lookup in ["OLDlook1", "NEWlook1"] {
+        let found = store
+            .find_by_lookup_id(lookup)
+            .await
+            .expect("find")
+            .expect("present");
+        assert_eq!(found, rotated, "lookup {lookup}");
+        assert_eq!(found.credentials.len(), 2);
+        assert_eq!(found.credentials[0].lookup_id, "NEWlook1");
+    }
+    assert_eq!(
+        store.find_by_lookup_id("NOPEnope").await.expect("find"),
+        None
+    );
+}
+
+async fn duplicate_lookup_id_is_conflict(db: &TestDatabase) {
+    let store = open(db).await;
+    let first = key("0001-dup", "acme", "live", "SAMElook");
+    store.insert_key(&first).await.expect("insert");
+    let err = store
+        .insert_key(&key("0002-dup", "acme", "live", "SAMElook"))
+        .await
+        .expect_err("duplicate lookup id");
+    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+    // The failed insert left nothing behind.
+    assert_eq!(store.get_key("0002-dup").await.expect("get"), None);
+    assert_eq!(
+        store.get_key(&first.id).await.expect("get"),
+        Some(first.clone())
+    );
+    // A reused key id is a conflict too.
+    let err = store
+        .insert_key(&key("0001-dup", "acme", "live", "FRESHlk1"))
+        .await
+        .expect_err("duplicate key id");
+    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+}
+
+async fn list_filters_and_statuses(db: &TestDatabase) {
+    let store = open(db).await;
+    let t = now();
+    let mut keys = vec![
+        key("k1-active", "acme", "live", "LOOKUP01"),
+        key("k2-future", "acme", "live", "LOOKUP02"),
+        key("k3-expired", "acme", "live", "LOOKUP03"),
+        key("k4-disabled", "acme", "test", "LOOKUP04"),
+        key("k5-revoked", "globex", "live", "LOOKUP05"),
+        key("k6-revoked-expired", "globex", "test", "LOOKUP06"),
+    ];
+    keys[1].expires_at = Some(t + TimeDelta::hours(1));
+    keys[2].expires_at = Some(t - TimeDelta::microseconds(1));
+    keys[3].state = KeyState::Disabled;
+    keys[4].state = KeyState::Revoked;
+    keys[5].state = KeyState::Revoked;
+    keys[5].expires_at = Some(t - TimeDelta::hours(1));
+    for k in &keys {
+        store.insert_key(k).await.expect("insert");
+    }
+    let ids = |filter: KeyFilter| {
+        let store = store.clone();
+        async move {
+            store
+                .list_keys(&filter, None, 100, t)
+                .await
+                .expect("list")
+                .into_iter()
+                .map(|k| k.id)
+                .collect::<Vec<_>>()
+        }
+    };
+    let status = |s| KeyFilter {
+        status: Some(s),
+        ..KeyFilter::default()
+    };
+    assert_eq!(ids(KeyFilter::default()).await.len(), 6);
+    assert_eq!(
+        ids(KeyFilter {
+            owner_id: Some("acme".into()),
+            ..KeyFilter::default()
+        })
+        .await,
+        ["k1-active", "k2-future", "k3-expired", "k4-disabled"]
+    );
+    assert_eq!(
+        ids(KeyFilter {
+            environment: Some("test".into()),
+            ..KeyFilter::default()
+        })
+        .await,
+        ["k4-disabled", "k6-revoked-expired"]
+    );
+    assert_eq!(
+        ids(status(KeyStatus::Active)).await,
+        ["k1-active", "k2-future"]
+    );
+    assert_eq!(ids(status(KeyStatus::Expired)).await, ["k3-expired"]);
+    assert_eq!(ids(status(KeyStatus::Disabled)).await, ["k4-disabled"]);
+    assert_eq!(
+        ids(status(KeyStatus::Revoked)).await,
+        ["k5-revoked", "k6-revoked-expired"]
+    );
+    assert_eq!(
+        ids(KeyFilter {
+            owner_id: Some("globex".into()),
+            environment: Some("live".into()),
+            status: Some(KeyStatus::Revoked),
+        })
+        .await,
+        ["k5-revoked"]
+    );
+    // Expiry is evaluated at the given instant, to the microsecond.
+    let later = store
+        .list_keys(
+            &status(KeyStatus::Expired),
+            None,
+            100,
+            t + TimeDelta::hours(1),
+        )
+        .await
+        .expect("list");
+    assert_eq!(
+        later.iter().map(|k| k.id.as_str()).collect::<Vec<_>>(),
+        ["k2-future", "k3-expired"]
+    );
+    // Listed keys carry their credentials and match what get_key returns.
+    let all = store
+        .list_keys(&KeyFilter::default(), None, 100, t)
+        .await
+        .expect("list");
+    for (listed, original) in all.iter().zip(&keys) {
+        assert_eq!(listed, original);
+    }
+}
+
+async fn keyset_pagination_is_stable_under_inserts(db: &TestDatabase) {
+    let store = open(db).await;
+    for i in (0..20).step_by(2) {
+        store
+            .insert_key(&key(
+                &format!("key-{i:03}"),
+                "acme",
+                "live",
+                &format!("LKP{i:05}"),
+            ))
+            .await
+            .expect("insert");
+    }
+    let filter = KeyFilter::default();
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    let mut inserted = 1;
+    loop {
+        let page = store
+            .list_keys(&filter, after.as_deref(), 3, now())
+            .await
+            .expect("list");
+        if page.is_empty() {
+            break;
+        }
+        seen.extend(page.iter().map(|k| k.id.clone()));
+        after = page.last().map(|k| k.id.clone());
+        // Between pages, insert keys both before and after the cursor.
+        if inserted < 20 {
+            store
+                .insert_key(&key(
+                    &format!("key-{inserted:03}"),
+                    "acme",
+                    "live",
+                    &format!("LKP{inserted:05}"),
+                ))
+                .await
+                .expect("insert between pages");
+            inserted += 2;
+        }
+    }
+    let mut sorted = seen.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(seen, sorted, "pages are ordered with no duplicates");
+    // Every key that existed at the start is seen exactly once.
+    for i in (0..20).step_by(2) {
+        assert!(seen.contains(&format!("key-{i:03}")), "key-{i:03} skipped");
+    }
+}
+
+async fn update_key_writes_and_reports_not_found(db: &TestDatabase) {
+    let store = open(db).await;
+    let mut k = key("0001-update", "acme", "live", "UPDlook1");
+    store.insert_key(&k).await.expect("insert");
+    let t = now() + TimeDelta::seconds(5);
+    k.name = "renamed".into();
+    k.scopes = vec![Scope::parse("keys:write").expect("scope")];
+    k.ip_allowlist = vec!["fe80::/10".parse().expect("net")];
+    k.rate_limit_per_hour = Some(60);
+    k.state = KeyState::Revoked;
+    k.expires_at = Some(t + TimeDelta::days(1));
+    k.updated_at = t;
+    k.revoked_at = Some(t);
+    k.revoked_reason = Some("rotated out".into());
+    store.update_key(&k).await.expect("update");
+    assert_eq!(store.get_key(&k.id).await.expect("get"), Some(k.clone()));
+
+    // Non-mutable columns are left alone.
+    let mut changed_owner = k.clone();
+    changed_owner.owner_id = "someone-else".into();
+    store.update_key(&changed_owner).await.expect("update");
+    assert_eq!(
+        store
+            .get_key(&k.id)
+            .await
+            .expect("get")
+            .expect("present")
+            .owner_id,
+        "acme"
+    );
+
+    let mut missing = k.clone();
+    missing.id = "no-such-key".into();
+    let err = store.update_key(&missing).await.expect_err("not found");
+    assert!(matches!(err, StoreError::NotFound), "{err:?}");
+}
+
+async fn rotate_expires_old_adds_new_and_cleans_up(db: &TestDatabase) {
+    let store = open(db).await;
+    let t = now();
+    let mut k = key("0001-rotate", "acme", "live", "CURRENT1");
+    let mut ending_soon = credential("SOONxxx1", t - TimeDelta::hours(2));
+    ending_soon.expires_at = Some(t + TimeDelta::minutes(5));
+    let mut long_gone = credential("GONExxx1", t - TimeDelta::days(10));
+    long_gone.expires_at = Some(t - TimeDelta::days(2));
+    k.credentials = vec![
+        credential("CURRENT1", t - TimeDelta::hours(1)),
+        ending_soon.clone(),
+        long_gone,
+    ];
+    store.insert_key(&k).await.expect("insert");
+
+    let grace_end = t + TimeDelta::hours(1);
+    let new = credential("NEWcred1", t);
+    let rotated = store
+        .rotate_key(&k.id, &new, grace_end, t)
+        .await
+        .expect("rotate");
+
+    let lookups: Vec<&str> = rotated
+        .credentials
+        .iter()
+        .map(|c| c.lookup_id.as_str())
+        .collect();
+    assert_eq!(
+        lookups,
+        ["NEWcred1", "CURRENT1", "SOONxxx1"],
+        "newest first, long-expired gone"
+    );
+    assert_eq!(rotated.credentials[0], new);
+    assert_eq!(rotated.credentials[1].expires_at, Some(grace_end));
+    assert_eq!(
+        rotated.credentials[2].expires_at, ending_soon.expires_at,
+        "earlier expiry kept"
+    );
+    assert_eq!(rotated.updated_at, t);
+    assert_eq!(
+        store.get_key(&k.id).await.expect("get"),
+        Some(rotated.clone())
+    );
+    assert_eq!(
+        store.find_by_lookup_id("GONExxx1").await.expect("find"),
+        None
+    );
+
+    // Immediate rotation ends every older credential now.
+    let t2 = t + TimeDelta::seconds(1);
+    let rotated = store
+        .rotate_key(&k.id, &credential("NEWcred2", t2), t2, t2)
+        .await
+        .expect("rotate again");
+    assert!(
+        rotated.credentials[1..]
+            .iter()
+            .all(|c| c.expires_at == Some(t2))
+    );
+
+    let err = store
+        .rotate_key("no-such-key", &credential("NEWcred3", t), t, t)
+        .await
+        .expect_err("not found");
+    assert!(matches!(err, StoreError::NotFound), "{err:?}");
+    let err = store
+        .rotate_key(&k.id, &credential("NEWcred1", t), t, t)
+        .await
+        .expect_err("lookup id taken");
+    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+}
+
+async fn record_usage_takes_max_and_adds(db: &TestDatabase) {
+    let store = open(db).await;
+    let t = now();
+    let mut k = key("0001-usage", "acme", "live", "USAGEaa1");
+    k.credentials
+        .push(credential("USAGEbb1", t - TimeDelta::days(1)));
+    store.insert_key(&k).await.expect("insert");
+    assert_eq!(store.request_count(&k.id).await.expect("count"), Some(0));
+    let usage = |lookup: &str, at, requests| Usage {
+        key_id: k.id.clone(),
+        lookup_id: lookup.to_owned(),
+        last_used_at: at,
+        requests,
+    };
+    store
+        .record_usage(&[
+            usage("USAGEaa1", t, 3),
+            usage("USAGEaa1", t - TimeDelta::seconds(5), 2),
+            usage("USAGEbb1", t - TimeDelta::seconds(10), 1),
+            Usage {
+                key_id: "unknown".into(),
+                lookup_id: "UNKNOWN1".into(),
+                last_used_at: t,
+                requests: 9,
+            },
+        ])
+        .await
+        .expect("record");
+    // An older flush (e.g. from a slower replica) must not move times back.
+    store
+        .record_usage(&[usage("USAGEaa1", t - TimeDelta::hours(1), 4)])
+        .await
+        .expect("record older");
+    store.record_usage(&[]).await.expect("record nothing");
+
+    let got = store.get_key(&k.id).await.expect("get").expect("present");
+    assert_eq!(got.last_used_at, Some(t));
+    assert_eq!(store.request_count(&k.id).await.expect("count"), Some(10));
+    let by_lookup = |l: &str| {
+        got.credentials
+            .iter()
+            .find(|c| c.lookup_id == l)
+            .expect("cred")
+            .last_used_at
+    };
+    assert_eq!(by_lookup("USAGEaa1"), Some(t));
+    assert_eq!(by_lookup("USAGEbb1"), Some(t - TimeDelta::seconds(10)));
+
+    store
+        .record_usage(&[usage("USAGEbb1", t + TimeDelta::microseconds(1), 1)])
+        .await
+        .expect("record newer");
+    let got = store.get_key(&k.id).await.expect("get").expect("present");
+    assert_eq!(got.last_used_at, Some(t + TimeDelta::microseconds(1)));
+    assert_eq!(store.request_count(&k.id).await.expect("count"), Some(11));
+    assert_eq!(store.request_count("unknown").await.expect("count"), None);
+}
+
+async fn rate_usage_is_shared_between_stores(db: &TestDatabase) {
+    let replica_a = open(db).await;
+    let replica_b = Store::connect(&db.url).await.expect("second store");
+    let w = 1_800_000_000;
+    let totals = replica_a
+        .add_rate_usage(&[
+            ("k1".into(), w, 5),
+            ("k2".into(), w, 1),
+            ("k1".into(), w - 3600, 7),
+        ])
+        .await
+        .expect("add a");
+    assert_eq!(totals, [5, 1, 7]);
+    let totals = replica_b
+        .add_rate_usage(&[
+            ("k1".into(), w, 3),
+            ("k1".into(), w, 2),
+            ("k3".into(), w, 4),
+        ])
+        .await
+        .expect("add b");
+    assert_eq!(totals, [8, 10, 4]);
+    assert_eq!(
+        replica_b.add_rate_usage(&[]).await.expect("empty"),
+        Vec::<u64>::new()
+    );
+
+    assert_eq!(replica_a.prune_rate_windows(w).await.expect("prune"), 1);
+    assert_eq!(
+        replica_a.prune_rate_windows(w).await.expect("prune again"),
+        0
+    );
+    let totals = replica_a
+        .add_rate_usage(&[("k1".into(), w - 3600, 1), ("k1".into(), w, 0)])
+        .await
+        .expect("add after prune");
+    assert_eq!(totals, [1, 10]);
+}
+
+async fn migrate_twice_is_idempotent(db: &TestDatabase) {
+    let store = open(db).await;
+    let k = key("0001-migrate", "acme", "live", "MIGRATE1");
+    store.insert_key(&k).await.expect("insert");
+    store.migrate().await.expect("second migrate");
+    Store::connect(&db.url)
+        .await
+        .expect("connect")
+        .migrate()
+        .await
+        .expect("migrate from another store");
+    assert_eq!(store.get_key(&k.id).await.expect("get"), Some(k));
+    store.ping().await.expect("ping");
+}
+
+async fn corrupt_rows_are_reported(db: &TestDatabase) {
+    let store = open(db).await;
+    let backend = store.connection().get_database_backend();
+    let exec = |sql: &str, values: Vec<sea_orm::Value>| {
+        let store = store.clone();
+        let stmt = Statement::from_sql_and_values(backend, sql, values);
+        async move {
+            store
+                .connection()
+                .execute_raw(stmt)
+                .await
+                .expect("corrupt the row");
+        }
+    };
+    let cases: [(&str, &str, sea_orm::Value, &str); 6] = [
+        (
+            "CORRUPT1",
+            "UPDATE api_keys SET scopes = $1 WHERE id = $2",
+            "not json".into(),
+            "api_keys.scopes",
+        ),
+        (
+            "CORRUPT2",
+            "UPDATE api_keys SET scopes = $1 WHERE id = $2",
+            r#"["no spaces allowed !"]"#.into(),
+            "api_keys.scopes",
+        ),
+        (
+            "CORRUPT3",
+            "UPDATE api_keys SET ip_allowlist = $1 WHERE id = $2",
+            r#"["300.1.1.1/8"]"#.into(),
+            "api_keys.ip_allowlist",
+        ),
+        (
+            "CORRUPT4",
+            "UPDATE api_keys SET state = $1 WHERE id = $2",
+            "paused".into(),
+            "api_keys.state",
+        ),
+        (
+            "CORRUPT5",
+            "UPDATE credentials SET salt = $1 WHERE key_id = $2",
+            vec![0u8; 3].into(),
+            "credentials.salt",
+        ),
+        (
+            "CORRUPT6",
+            "UPDATE credentials SET hash = $1 WHERE key_id = $2",
+            vec![0u8; 31].into(),
+            "credentials.hash",
+        ),
+    ];
+    for (lookup, sql, value, column) in cases {
+        let k = key(&format!("key-{lookup}"), "acme", "live", lookup);
+        store.insert_key(&k).await.expect("insert");
+        exec(sql, vec![value, k.id.clone().into()]).await;
+        let err = store.get_key(&k.id).await.expect_err("corrupt");
+        assert!(
+            matches!(&err, StoreError::Corrupt(m) if m.contains(column)),
+            "{column}: {err:?}"
+        );
+        let err = store.find_by_lookup_id(lookup).await.expect_err("corrupt");
+        assert!(matches!(err, StoreError::Corrupt(_)), "{err:?}");
+    }
+    let err = store
+        .list_keys(&KeyFilter::default(), None, 10, now())
+        .await
+        .expect_err("corrupt page");
+    assert!(matches!(err, StoreError::Corrupt(_)), "{err:?}");
+}
+
+async fn listen_matches_backend(db: &TestDatabase) {
+    let store = open(db).await;
+    let listener = store.listen().await.expect("listen");
+    match store.backend() {
+        Backend::Sqlite => assert!(listener.is_none()),
+        Backend::Postgres => assert!(listener.is_some()),
+    }
+}
+
+#[tokio::test]
+async fn unsupported_url_is_rejected() {
+    let err = Store::connect("mysql://localhost/x")
+        .await
+        .expect_err("unsupported");
+    assert!(matches!(err, StoreError::InvalidUrl(_)), "{err:?}");
+}
+
+#[tokio::test]
+async fn in_memory_sqlite_works() {
+    let store = Store::connect("sqlite::memory:").await.expect("connect");
+    store.migrate().await.expect("migrate");
+    assert_eq!(store.backend(), Backend::Sqlite);
+    let k = key("0001-mem", "acme", "live", "MEMORY01");
+    store.insert_key(&k).await.expect("insert");
+    assert_eq!(store.get_key(&k.id).await.expect("get"), Some(k));
+}
+
+#[tokio::test]
+async fn unreachable_postgres_is_unavailable() {
+    // Nothing listens on port 1.
+    let started = std::time::Instant::now();
+    let err = Store::connect("postgres://postgres:x@127.0.0.1:1/postgres")
+        .await
+        .expect_err("unreachable");
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+/// PostgreSQL only: a change committed through one store reaches the
+/// listener of another within a second, and not before the commit.
+#[tokio::test]
+async fn postgres_change_notifications() {
+    let Some(db) = TestDatabase::postgres().await else {
+        return;
+    };
+    let replica_a = open(&db).await;
+    let replica_b = Store::connect(&db.url).await.expect("second store");
+    let mut listener = replica_a
+        .listen()
+        .await
+        .expect("listen")
+        .expect("postgres listener");
+
+    let mut k = key("0001-notify", "acme", "live", "NOTIFY01");
+    replica_b.insert_key(&k).await.expect("insert");
+    let change = tokio::time::timeout(Duration::from_secs(1), listener.next())
+        .await
+        .expect("insert notification within a second")
+        .expect("change");
+    assert_eq!(
+        change,
+        Change::Key {
+            key_id: k.id.clone(),
+            lookup_ids: vec!["NOTIFY01".into()]
+        }
+    );
+
+    k.state = KeyState::Disabled;
+    replica_b.update_key(&k).await.expect("update");
+    let change = tokio::time::timeout(Duration::from_secs(1), listener.next())
+        .await
+        .expect("update notification within a second")
+        .expect("change");
+    assert_eq!(
+        change,
+        Change::Key {
+            key_id: k.id.clone(),
+            lookup_ids: vec!["NOTIFY01".into()]
+        }
+    );
+
+    let t = now();
+    replica_b
+        .rotate_key(&k.id, &credential("NOTIFY02", t), t, t)
+        .await
+        .expect("rotate");
+    let change = tokio::time::timeout(Duration::from_secs(1), listener.next())
+        .await
+        .expect("rotate notification within a second")
+        .expect("change");
+    assert_eq!(
+        change,
+        Change::Key {
+            key_id: k.id.clone(),
+            lookup_ids: vec!["NOTIFY01".into(), "NOTIFY02".into()]
+        }
+    );
+
+    // The notification sent by the mutating methods is held until commit.
+    let txn = replica_b.connection().begin().await.expect("begin");
+    crate::notify::notify_in(&txn, &k.id, &["NOTIFY02".to_owned()])
+        .await
+        .expect("notify");
+    let early = tokio::time::timeout(Duration::from_millis(300), listener.next()).await;
+    assert!(early.is_err(), "notification before commit: {early:?}");
+    txn.commit().await.expect("commit");
+    let change = tokio::time::timeout(Duration::from_secs(1), listener.next())
+        .await
+        .expect("notification after commit")
+        .expect("change");
+    assert!(matches!(change, Change::Key { .. }));
+
+    // Usage writes do not notify.
+    replica_b
+        .record_usage(&[Usage {
+            key_id: k.id.clone(),
+            lookup_id: "NOTIFY02".into(),
+            last_used_at: t,
+            requests: 1,
+        }])
+        .await
+        .expect("usage");
+    replica_b
+        .add_rate_usage(&[(k.id.clone(), 0, 1)])
+        .await
+        .expect("rate usage");
+    let quiet = tokio::time::timeout(Duration::from_millis(300), listener.next()).await;
+    assert!(quiet.is_err(), "usage must not notify: {quiet:?}");
+}

@@ -1,0 +1,103 @@
+//! `keygate.v1.AuthorizationService`: the per-request question "may this key
+//! do this?". A deny is an answer (status OK); only a malformed request or a
+//! failure to decide is an RPC error.
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use keygate::v1::{self as pb, authorization_service_server::AuthorizationService};
+use keygate_domain::{allowlist, environment::Environments, policy::AccessRequest, validation};
+use tonic::{Request, Response, Status};
+
+use crate::{
+    authorizer::{Authorizer, Outcome},
+    convert,
+    error::ApiError,
+};
+
+/// The AuthorizationService implementation.
+#[derive(Debug, Clone)]
+pub struct AuthorizeService {
+    authorizer: Arc<Authorizer>,
+    environments: Environments,
+}
+
+impl AuthorizeService {
+    /// A service deciding through `authorizer`.
+    pub fn new(authorizer: Arc<Authorizer>, environments: Environments) -> Self {
+        Self {
+            authorizer,
+            environments,
+        }
+    }
+
+    async fn decide(&self, req: pb::AuthorizeRequest) -> Result<pb::AuthorizeResponse, ApiError> {
+        if req.environment.is_empty() {
+            return Err(ApiError::invalid(
+                "environment",
+                "must name the environment the calling service runs in",
+            ));
+        }
+        if !self.environments.contains(&req.environment) {
+            return Err(ApiError::invalid(
+                "environment",
+                format!(
+                    "unknown environment {:?}; configured: {}",
+                    req.environment,
+                    self.environments.names().join(", ")
+                ),
+            ));
+        }
+        let required = validation::validate_scopes("required_scopes", &req.required_scopes)?;
+        let client_ip = allowlist::parse_client_ip(&req.client_ip);
+        let now = Utc::now();
+        let access = AccessRequest {
+            environment: &req.environment,
+            required_scopes: &required,
+            client_ip,
+        };
+        let outcome = self.authorizer.authorize(&req.key, &access, now).await?;
+        Ok(match outcome {
+            Outcome::Allow { key, rate } => pb::AuthorizeResponse {
+                decision: pb::Decision::Allow.into(),
+                reason: pb::DenyReason::Unspecified.into(),
+                message: "Authorized".to_owned(),
+                key_id: key.id.clone(),
+                owner_id: key.owner_id.clone(),
+                environment: key.environment.clone(),
+                scopes: key.scopes.iter().map(|s| s.as_str().to_owned()).collect(),
+                missing_scopes: Vec::new(),
+                rate_limit: Some(convert::rate_limit(&rate, now)),
+            },
+            Outcome::Deny {
+                reason,
+                key,
+                missing_scopes,
+                rate,
+            } => {
+                let mut response = pb::AuthorizeResponse {
+                    decision: pb::Decision::Deny.into(),
+                    reason: convert::deny_reason(reason).into(),
+                    message: reason.message().to_owned(),
+                    missing_scopes: missing_scopes.iter().map(|s| s.as_str().to_owned()).collect(),
+                    rate_limit: rate.map(|r| convert::rate_limit(&r, now)),
+                    ..Default::default()
+                };
+                if let Some(key) = key {
+                    response.key_id = key.id.clone();
+                    response.owner_id = key.owner_id.clone();
+                    response.environment = key.environment.clone();
+                    response.scopes = key.scopes.iter().map(|s| s.as_str().to_owned()).collect();
+                }
+                response
+            }
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl AuthorizationService for AuthorizeService {
+    async fn authorize(&self, request: Request<pb::AuthorizeRequest>) -> Result<Response<pb::AuthorizeResponse>, Status> {
+        Ok(Response::new(self.decide(request.into_inner()).await?))
+    }
+}

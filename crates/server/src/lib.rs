@@ -1,0 +1,21 @@
+//! The Keygate server: the two gRPC services, authentication of management
+//! calls, the verified-key cache, rate limiting, usage batching and the
+//! background tasks. The `keygate` binary (`main.rs`) is a thin CLI over
+//! [`server::Keygate`].
+//!
+//! This crate and the root `keygate` API crate are the only ones that know
+//! protobuf; [`convert`] is where proto and domain types meet.
+
+pub mod authorization;
+pub mod authorizer;
+pub mod cache;
+pub mod config;
+pub mod convert;
+pub mod error;
+pub mod limiter;
+pub mod management;
+pub mod server;
+pub mod usage;
+
+pub use config::Config;
+pub use server::{Keygate, ServeError, bootstrap};

@@ -1,0 +1,348 @@
+//! `keygate.v1.KeyManagementService`: the key lifecycle for admins and
+//! automation. Every call authenticates its bearer key first, then checks the
+//! right it needs (before looking at whether the target exists), then acts,
+//! and evicts the changed key from the cache before answering.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use keygate::v1::{self as pb, key_management_service_server::KeyManagementService};
+use keygate_domain::{
+    ApiKey, KeyState,
+    environment::Environments,
+    hashing,
+    keyformat::KeyFormat,
+    page_token,
+    rights::{Access, Principal, RightsError},
+    validation::{self, NewKey},
+};
+use keygate_persistence::{KeyFilter, Store, StoreError};
+use tonic::{Request, Response, Status};
+
+use crate::{authorizer::Authorizer, convert, error::ApiError};
+
+/// Keys per ListKeys page when the request names no page size.
+pub const DEFAULT_PAGE_SIZE: u64 = 50;
+/// Most keys per ListKeys page; larger requests are served this many.
+pub const MAX_PAGE_SIZE: u64 = 1000;
+
+/// The KeyManagementService implementation.
+#[derive(Debug, Clone)]
+pub struct ManagementService {
+    store: Store,
+    authorizer: Arc<Authorizer>,
+    environments: Environments,
+}
+
+type RpcResult<T> = Result<Response<T>, Status>;
+
+impl ManagementService {
+    /// A service over `store`, authenticating through `authorizer`.
+    pub fn new(store: Store, authorizer: Arc<Authorizer>, environments: Environments) -> Self {
+        Self {
+            store,
+            authorizer,
+            environments,
+        }
+    }
+
+    async fn principal<T>(&self, request: &Request<T>, access: Access, now: DateTime<Utc>) -> Result<Principal, ApiError> {
+        let bearer = request
+            .metadata()
+            .get("authorization")
+            .map(|value| value.to_str().unwrap_or_default());
+        let peer = request.remote_addr().map(|addr| addr.ip());
+        let principal = self.authorizer.authenticate(bearer, peer, now).await?;
+        principal.require(access)?;
+        Ok(principal)
+    }
+
+    /// Loads a key the principal may see; another owner's key is NOT_FOUND.
+    async fn visible_key(&self, principal: &Principal, key_id: &str) -> Result<ApiKey, ApiError> {
+        let key_id = validation::validate_key_id(key_id)?;
+        let key = self
+            .store
+            .get_key(key_id)
+            .await?
+            .ok_or_else(|| ApiError::KeyNotFound(key_id.to_owned()))?;
+        principal
+            .may_touch(&key.owner_id, &key.environment)
+            .map_err(|_| ApiError::KeyNotFound(key_id.to_owned()))?;
+        Ok(key)
+    }
+
+    /// Loads a key the principal may change: visible, and within its scopes.
+    async fn writable_key(&self, principal: &Principal, key_id: &str) -> Result<ApiKey, ApiError> {
+        let key = self.visible_key(principal, key_id).await?;
+        principal.may_grant(&key.scopes)?;
+        Ok(key)
+    }
+
+    async fn evict(&self, key: &ApiKey) {
+        let lookup_ids: Vec<&str> = key.credentials.iter().map(|c| c.lookup_id.as_str()).collect();
+        self.authorizer.cache().invalidate(&lookup_ids).await;
+    }
+
+    async fn save(&self, key: &ApiKey) -> Result<(), ApiError> {
+        let result = self.store.update_key(key).await;
+        // Evict even on failure: the row may or may not have changed.
+        self.evict(key).await;
+        result.map_err(|err| match err {
+            StoreError::NotFound => ApiError::KeyNotFound(key.id.clone()),
+            other => other.into(),
+        })
+    }
+
+    fn view(&self, key: &ApiKey, now: DateTime<Utc>) -> pb::ApiKey {
+        convert::api_key(key, now, self.authorizer.usage())
+    }
+
+    fn revoked(key: &ApiKey, action: &str) -> ApiError {
+        ApiError::FailedPrecondition {
+            reason: "KEY_REVOKED",
+            message: format!("key {} is revoked and cannot be {action}", key.id),
+        }
+    }
+
+    async fn create(&self, request: Request<pb::CreateKeyRequest>) -> Result<pb::CreateKeyResponse, ApiError> {
+        let now = Utc::now();
+        let principal = self.principal(&request, Access::Write, now).await?;
+        let input = convert::new_key_input(request.into_inner())?;
+        let new = validation::validate_new_key(input, &self.environments, now)?;
+        principal.may_touch(&new.owner_id, &new.environment).map_err(|_| ApiError::PermissionDenied {
+            reason: "OUT_OF_BOUNDS",
+            message: format!(
+                "this management key may only create keys for owner {:?} in environment {:?}",
+                principal.owner_id, principal.environment
+            ),
+        })?;
+        principal.may_grant(&new.scopes)?;
+        let (secret, key) = issue_key(new, self.authorizer.format(), now);
+        self.store.insert_key(&key).await?;
+        // The lookup id may have been probed (and cached as unknown) before.
+        self.evict(&key).await;
+        tracing::info!(key_id = %key.id, owner_id = %key.owner_id, by = %principal.key_id, "key created");
+        Ok(pb::CreateKeyResponse {
+            key: Some(self.view(&key, now)),
+            secret,
+        })
+    }
+
+    async fn list(&self, request: Request<pb::ListKeysRequest>) -> Result<pb::ListKeysResponse, ApiError> {
+        let now = Utc::now();
+        let principal = self.principal(&request, Access::Read, now).await?;
+        let req = request.into_inner();
+        let status = convert::status_filter(req.status)?;
+        let page_size = match req.page_size {
+            n if n < 0 => return Err(ApiError::invalid("page_size", "must not be negative")),
+            0 => DEFAULT_PAGE_SIZE,
+            n => u64::try_from(n).unwrap_or(MAX_PAGE_SIZE).min(MAX_PAGE_SIZE),
+        };
+        let mut filter = KeyFilter {
+            owner_id: Some(req.owner_id).filter(|s| !s.is_empty()),
+            environment: Some(req.environment).filter(|s| !s.is_empty()),
+            status,
+        };
+        if let Some((owner, environment)) = principal.list_bounds() {
+            let asks_other = filter.owner_id.as_deref().is_some_and(|o| o != owner)
+                || filter.environment.as_deref().is_some_and(|e| e != environment);
+            if asks_other {
+                return Err(RightsError::OutOfBounds.into());
+            }
+            filter.owner_id = Some(owner.to_owned());
+            filter.environment = Some(environment.to_owned());
+        }
+        let status_name = filter.status.map(|s| format!("{s:?}")).unwrap_or_default();
+        let fingerprint = page_token::fingerprint(&[
+            filter.owner_id.as_deref().unwrap_or(""),
+            filter.environment.as_deref().unwrap_or(""),
+            &status_name,
+        ]);
+        let after = if req.page_token.is_empty() {
+            None
+        } else {
+            Some(
+                page_token::decode(&req.page_token, fingerprint)
+                    .map_err(|err| ApiError::invalid("page_token", err.to_string()))?,
+            )
+        };
+        let mut keys = self
+            .store
+            .list_keys(&filter, after.as_deref(), page_size + 1, now)
+            .await?;
+        let next_page_token = if keys.len() as u64 > page_size {
+            keys.truncate(usize::try_from(page_size).unwrap_or(usize::MAX));
+            keys.last()
+                .map(|k| page_token::encode(&k.id, fingerprint))
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(pb::ListKeysResponse {
+            keys: keys.iter().map(|k| self.view(k, now)).collect(),
+            next_page_token,
+        })
+    }
+
+    async fn rotate(&self, request: Request<pb::RotateKeyRequest>) -> Result<pb::RotateKeyResponse, ApiError> {
+        let now = Utc::now();
+        let principal = self.principal(&request, Access::Write, now).await?;
+        let req = request.into_inner();
+        let grace = match &req.grace_period {
+            Some(d) => validation::validate_grace_period(convert::from_duration("grace_period", d)?)?,
+            None => chrono::Duration::zero(),
+        };
+        let key = self.writable_key(&principal, &req.key_id).await?;
+        if key.state == KeyState::Revoked {
+            return Err(Self::revoked(&key, "rotated"));
+        }
+        let old_expire_at = now + grace;
+        let (generated, credential) = hashing::issue_credential(self.authorizer.format(), &key.environment, now);
+        let result = self
+            .store
+            .rotate_key(&key.id, &credential, old_expire_at, now)
+            .await;
+        self.evict(&key).await;
+        let rotated = result?;
+        self.evict(&rotated).await;
+        tracing::info!(key_id = %key.id, grace_secs = grace.num_seconds(), by = %principal.key_id, "key rotated");
+        Ok(pb::RotateKeyResponse {
+            key: Some(self.view(&rotated, now)),
+            secret: generated.secret,
+            previous_secret_expires_at: Some(convert::timestamp(old_expire_at)),
+        })
+    }
+
+    async fn revoke(&self, request: Request<pb::RevokeKeyRequest>) -> Result<pb::RevokeKeyResponse, ApiError> {
+        let now = Utc::now();
+        let principal = self.principal(&request, Access::Write, now).await?;
+        let req = request.into_inner();
+        let reason = validation::validate_reason(&req.reason)?;
+        let mut key = self.writable_key(&principal, &req.key_id).await?;
+        if key.state != KeyState::Revoked {
+            key.state = KeyState::Revoked;
+            key.revoked_at = Some(now);
+            key.revoked_reason = Some(reason).filter(|r| !r.is_empty());
+            key.updated_at = now;
+            self.save(&key).await?;
+            tracing::info!(key_id = %key.id, by = %principal.key_id, "key revoked");
+        }
+        Ok(pb::RevokeKeyResponse {
+            key: Some(self.view(&key, now)),
+        })
+    }
+
+    async fn update_expiry(
+        &self,
+        request: Request<pb::UpdateKeyExpiryRequest>,
+    ) -> Result<pb::UpdateKeyExpiryResponse, ApiError> {
+        let now = Utc::now();
+        let principal = self.principal(&request, Access::Write, now).await?;
+        let req = request.into_inner();
+        let expires_at = req
+            .expires_at
+            .as_ref()
+            .map(|ts| convert::from_timestamp("expires_at", ts))
+            .transpose()?;
+        let expires_at = validation::validate_expiry(expires_at, now)?;
+        let mut key = self.writable_key(&principal, &req.key_id).await?;
+        if key.state == KeyState::Revoked {
+            return Err(Self::revoked(&key, "changed"));
+        }
+        key.expires_at = expires_at;
+        key.updated_at = now;
+        self.save(&key).await?;
+        Ok(pb::UpdateKeyExpiryResponse {
+            key: Some(self.view(&key, now)),
+        })
+    }
+
+    async fn set_state<T>(&self, request: Request<T>, key_id: &str, state: KeyState) -> Result<pb::ApiKey, ApiError> {
+        let now = Utc::now();
+        let principal = self.principal(&request, Access::Write, now).await?;
+        let mut key = self.writable_key(&principal, key_id).await?;
+        if key.state == KeyState::Revoked {
+            let action = if state == KeyState::Active { "enabled" } else { "disabled" };
+            return Err(Self::revoked(&key, action));
+        }
+        if key.state != state {
+            key.state = state;
+            key.updated_at = now;
+            self.save(&key).await?;
+            tracing::info!(key_id = %key.id, state = state.as_str(), by = %principal.key_id, "key state changed");
+        }
+        Ok(self.view(&key, now))
+    }
+}
+
+/// Builds a new active key with its first secret; returns the secret (to be
+/// shown once) and the record to store.
+pub(crate) fn issue_key(new: NewKey, format: &KeyFormat, now: DateTime<Utc>) -> (String, ApiKey) {
+    let (generated, credential) = hashing::issue_credential(format, &new.environment, now);
+    let key = ApiKey {
+        id: uuid::Uuid::now_v7().to_string(),
+        prefix: format.display_prefix(&new.environment),
+        owner_id: new.owner_id,
+        name: new.name,
+        environment: new.environment,
+        scopes: new.scopes,
+        ip_allowlist: new.ip_allowlist,
+        rate_limit_per_hour: new.rate_limit_per_hour,
+        state: KeyState::Active,
+        expires_at: new.expires_at,
+        created_at: now,
+        updated_at: now,
+        last_used_at: None,
+        revoked_at: None,
+        revoked_reason: None,
+        credentials: vec![credential],
+    };
+    (generated.secret, key)
+}
+
+#[tonic::async_trait]
+impl KeyManagementService for ManagementService {
+    async fn create_key(&self, request: Request<pb::CreateKeyRequest>) -> RpcResult<pb::CreateKeyResponse> {
+        Ok(Response::new(self.create(request).await?))
+    }
+
+    async fn get_key(&self, request: Request<pb::GetKeyRequest>) -> RpcResult<pb::GetKeyResponse> {
+        let now = Utc::now();
+        let principal = self.principal(&request, Access::Read, now).await?;
+        let key = self.visible_key(&principal, &request.get_ref().key_id).await?;
+        Ok(Response::new(pb::GetKeyResponse {
+            key: Some(self.view(&key, now)),
+        }))
+    }
+
+    async fn list_keys(&self, request: Request<pb::ListKeysRequest>) -> RpcResult<pb::ListKeysResponse> {
+        Ok(Response::new(self.list(request).await?))
+    }
+
+    async fn rotate_key(&self, request: Request<pb::RotateKeyRequest>) -> RpcResult<pb::RotateKeyResponse> {
+        Ok(Response::new(self.rotate(request).await?))
+    }
+
+    async fn revoke_key(&self, request: Request<pb::RevokeKeyRequest>) -> RpcResult<pb::RevokeKeyResponse> {
+        Ok(Response::new(self.revoke(request).await?))
+    }
+
+    async fn update_key_expiry(
+        &self,
+        request: Request<pb::UpdateKeyExpiryRequest>,
+    ) -> RpcResult<pb::UpdateKeyExpiryResponse> {
+        Ok(Response::new(self.update_expiry(request).await?))
+    }
+
+    async fn disable_key(&self, request: Request<pb::DisableKeyRequest>) -> RpcResult<pb::DisableKeyResponse> {
+        let key_id = request.get_ref().key_id.clone();
+        let key = self.set_state(request, &key_id, KeyState::Disabled).await?;
+        Ok(Response::new(pb::DisableKeyResponse { key: Some(key) }))
+    }
+
+    async fn enable_key(&self, request: Request<pb::EnableKeyRequest>) -> RpcResult<pb::EnableKeyResponse> {
+        let key_id = request.get_ref().key_id.clone();
+        let key = self.set_state(request, &key_id, KeyState::Active).await?;
+        Ok(Response::new(pb::EnableKeyResponse { key: Some(key) }))
+    }
+}

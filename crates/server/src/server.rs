@@ -1,0 +1,264 @@
+//! Assembles and runs a Keygate server: storage, the hot path, both gRPC
+//! services, health, reflection, and the background tasks (usage flusher,
+//! cross-replica invalidation, storage health), with a graceful stop.
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use keygate::v1::{
+    authorization_service_server::AuthorizationServiceServer,
+    key_management_service_server::KeyManagementServiceServer,
+};
+use keygate_domain::{
+    scope::KEYS_ADMIN,
+    validation::{self, NewKeyInput, ValidationError},
+};
+use keygate_persistence::{Change, Store, StoreError};
+use tokio::{net::TcpListener, sync::watch};
+use tonic::transport::server::TcpIncoming;
+use tonic_health::{ServingStatus, server::HealthReporter};
+
+use crate::{
+    authorization::AuthorizeService, authorizer::Authorizer, cache::KeyCache, config::Config,
+    management::{ManagementService, issue_key},
+};
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// Storage failed at start (connect or migrate).
+    #[error("storage: {0}")]
+    Store(#[from] StoreError),
+    /// The gRPC transport failed.
+    #[error("transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// Reflection could not be built from the descriptor set.
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// Listening failed.
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A Keygate instance with its storage open and migrated, ready to serve.
+#[derive(Debug)]
+pub struct Keygate {
+    config: Config,
+    store: Store,
+    authorizer: Arc<Authorizer>,
+}
+
+impl Keygate {
+    /// Connects to the configured database and applies migrations.
+    pub async fn open(config: Config) -> Result<Self, ServeError> {
+        let store = Store::connect(&config.database_url).await?;
+        store.migrate().await?;
+        let authorizer = Arc::new(Authorizer::new(store.clone(), &config));
+        Ok(Self {
+            config,
+            store,
+            authorizer,
+        })
+    }
+
+    /// The hot path (its cache and metrics), for tests and embedding.
+    pub fn authorizer(&self) -> &Arc<Authorizer> {
+        &self.authorizer
+    }
+
+    /// The storage in use.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Serves on `listener` until `shutdown` completes, then lets in-flight
+    /// calls finish and flushes pending usage.
+    pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
+        let Self {
+            config,
+            store,
+            authorizer,
+        } = self;
+        let (stop_tx, stop_rx) = watch::channel(false);
+
+        let (health, health_service) = tonic_health::server::health_reporter();
+        set_storage_health(&health, true).await;
+        health
+            .set_serving::<AuthorizationServiceServer<AuthorizeService>>()
+            .await;
+
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(keygate::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(keygate::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()?;
+
+        let management = KeyManagementServiceServer::new(ManagementService::new(
+            store.clone(),
+            authorizer.clone(),
+            config.environments.clone(),
+        ))
+        .max_decoding_message_size(config.max_message_bytes);
+        let authorization = AuthorizationServiceServer::new(AuthorizeService::new(
+            authorizer.clone(),
+            config.environments.clone(),
+        ))
+        .max_decoding_message_size(config.max_message_bytes);
+
+        let flusher = {
+            let usage = authorizer.usage().clone();
+            let store = store.clone();
+            let interval = config.usage_flush_interval;
+            let stop = stop_rx.clone();
+            tokio::spawn(async move { usage.run_flusher(store, interval, stop).await })
+        };
+        let invalidation = tokio::spawn(follow_changes(
+            store.clone(),
+            authorizer.cache().clone(),
+            stop_rx.clone(),
+        ));
+        let watchdog = tokio::spawn(watch_storage(store.clone(), health.clone(), stop_rx.clone()));
+
+        let local = listener.local_addr()?;
+        tracing::info!(listen = %local, "keygate serving");
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let result = tonic::transport::Server::builder()
+            .timeout(config.request_timeout)
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(management)
+            .add_service(authorization)
+            .serve_with_incoming_shutdown(incoming, shutdown)
+            .await;
+
+        tracing::info!("stopping: in-flight calls finished, flushing usage");
+        let _ = stop_tx.send(true);
+        let _ = flusher.await;
+        invalidation.abort();
+        watchdog.abort();
+        result?;
+        Ok(())
+    }
+}
+
+async fn set_storage_health(health: &HealthReporter, up: bool) {
+    let status = if up {
+        ServingStatus::Serving
+    } else {
+        ServingStatus::NotServing
+    };
+    health
+        .set_service_status(
+            <KeyManagementServiceServer<ManagementService> as tonic::server::NamedService>::NAME,
+            status,
+        )
+        .await;
+}
+
+/// Turns KeyManagementService NOT_SERVING while storage is unreachable, and
+/// back to SERVING when it returns. Authorize keeps serving from the cache.
+async fn watch_storage(store: Store, health: HealthReporter, mut stop: watch::Receiver<bool>) {
+    let mut up = true;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let now_up = store.ping().await.is_ok();
+        if now_up != up {
+            up = now_up;
+            if up {
+                tracing::info!("storage reachable again");
+            } else {
+                tracing::warn!("storage unreachable; management answers UNAVAILABLE, Authorize serves cached keys");
+            }
+            set_storage_health(&health, up).await;
+        }
+    }
+}
+
+/// Evicts keys changed by other replicas (PostgreSQL LISTEN/NOTIFY). When the
+/// listening connection drops, notifications may be lost, so the whole cache
+/// is cleared. On SQLite there are no other replicas and this returns at once.
+async fn follow_changes(store: Store, cache: KeyCache, mut stop: watch::Receiver<bool>) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let listener = tokio::select! {
+            listener = store.listen() => listener,
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        let mut listener = match listener {
+            Ok(Some(listener)) => listener,
+            Ok(None) => return,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot listen for key changes; retrying");
+                cache.clear();
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        // Anything missed before LISTEN started is gone: start clean.
+        cache.clear();
+        backoff = Duration::from_millis(100);
+        loop {
+            let change = tokio::select! {
+                change = listener.next() => change,
+                _ = stop.wait_for(|s| *s) => return,
+            };
+            match change {
+                Ok(Change::Key { lookup_ids, .. }) => {
+                    cache.invalidate(&lookup_ids).await;
+                }
+                Ok(Change::Reset) => {
+                    tracing::warn!("key change listener reconnected; cache cleared");
+                    cache.clear();
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "key change listener failed; cache cleared");
+                    cache.clear();
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+}
+
+/// Creates the first management key (`keys:admin`) directly in storage and
+/// returns its secret. Whoever can reach the database is already trusted.
+pub async fn bootstrap(
+    store: &Store,
+    config: &Config,
+    owner_id: &str,
+    environment: &str,
+    name: &str,
+) -> Result<String, BootstrapError> {
+    let now = chrono::Utc::now();
+    let input = NewKeyInput {
+        owner_id: owner_id.to_owned(),
+        name: name.to_owned(),
+        environment: environment.to_owned(),
+        scopes: vec![KEYS_ADMIN.to_owned()],
+        ..NewKeyInput::default()
+    };
+    let new = validation::validate_new_key(input, &config.environments, now)?;
+    let (secret, key) = issue_key(new, &config.key_format, now);
+    store.insert_key(&key).await?;
+    tracing::info!(key_id = %key.id, owner_id = %key.owner_id, "bootstrap management key created");
+    Ok(secret)
+}
+
+/// Why bootstrap failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BootstrapError {
+    /// A bad argument.
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    /// Storage failed.
+    #[error("storage: {0}")]
+    Store(#[from] StoreError),
+}

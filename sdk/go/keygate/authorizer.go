@@ -1,0 +1,201 @@
+package keygate
+
+import (
+	"context"
+	"math"
+	"net/http"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc"
+
+	keygatev1 "github.com/keygate/keygate/sdk/go/keygate/v1"
+)
+
+// DefaultTimeout bounds each Authorize call made by an [Authorizer] unless
+// [WithTimeout] says otherwise.
+const DefaultTimeout = 500 * time.Millisecond
+
+// AuthorizeClient is the part of a Keygate client an [Authorizer] needs.
+// *[Client] and keygatev1.AuthorizationServiceClient implement it.
+type AuthorizeClient interface {
+	Authorize(ctx context.Context, in *keygatev1.AuthorizeRequest, opts ...grpc.CallOption) (*keygatev1.AuthorizeResponse, error)
+}
+
+// Authorizer checks the API keys of requests to your service with Keygate.
+// Its middleware answer denied requests themselves and pass allowed ones on
+// with an [Identity] in the request context.
+//
+// When Keygate cannot be reached, does not answer within the timeout, or
+// answers with an error, the Authorizer fails closed (HTTP 503, gRPC
+// UNAVAILABLE) unless built [WithFailOpen].
+type Authorizer struct {
+	client      AuthorizeClient
+	environment string
+	timeout     time.Duration
+	failOpen    bool
+	clientIP    func(*http.Request) string
+}
+
+// AuthorizerOption configures [NewAuthorizer].
+type AuthorizerOption func(*Authorizer)
+
+// WithTimeout bounds each Authorize call; the default is [DefaultTimeout].
+func WithTimeout(d time.Duration) AuthorizerOption {
+	return func(a *Authorizer) { a.timeout = d }
+}
+
+// WithFailOpen lets requests through, without an [Identity], when Keygate
+// cannot decide. Use it only for routes where availability matters more
+// than access control.
+func WithFailOpen() AuthorizerOption {
+	return func(a *Authorizer) { a.failOpen = true }
+}
+
+// WithClientIP sets how the HTTP middleware finds the client's address for
+// the key's IP allowlist. The default, [RemoteAddrIP], uses the connection's
+// peer; [ForwardedForIP] trusts X-Forwarded-For. Return "" when unknown: a
+// key with an allowlist is then denied.
+func WithClientIP(fn func(*http.Request) string) AuthorizerOption {
+	return func(a *Authorizer) { a.clientIP = fn }
+}
+
+// NewAuthorizer returns an Authorizer that asks client about keys for the
+// given environment, such as "live".
+func NewAuthorizer(client AuthorizeClient, environment string, opts ...AuthorizerOption) *Authorizer {
+	a := &Authorizer{
+		client:      client,
+		environment: environment,
+		timeout:     DefaultTimeout,
+		clientIP:    RemoteAddrIP,
+	}
+	for _, opt := range opts {
+		opt(a)
+	}
+	return a
+}
+
+// Identity is the key an allowed request was made with.
+type Identity struct {
+	KeyID       string
+	OwnerID     string
+	Environment string
+	Scopes      []string
+}
+
+type identityKey struct{}
+
+// IdentityFromContext returns the Identity the middleware put in ctx; false
+// when there is none (the route is unprotected, or Keygate was unavailable
+// and the Authorizer fails open).
+func IdentityFromContext(ctx context.Context) (*Identity, bool) {
+	id, ok := ctx.Value(identityKey{}).(*Identity)
+	return id, ok
+}
+
+// ContextWithIdentity returns a copy of ctx carrying id, as the middleware
+// does; useful in tests of handlers.
+func ContextWithIdentity(ctx context.Context, id *Identity) context.Context {
+	return context.WithValue(ctx, identityKey{}, id)
+}
+
+// outcome is the Authorizer's verdict on one request, independent of the
+// protocol it arrived by.
+type outcome struct {
+	// resp is Keygate's answer; nil when the key was missing or Keygate
+	// could not decide.
+	resp *keygatev1.AuthorizeResponse
+	// denial is set when the request must be refused.
+	denial *denial
+}
+
+type denial struct {
+	class         denialClass
+	reason        string // lower snake case, as in the JSON body
+	message       string
+	missingScopes []string
+	retryAfter    time.Duration // RATE_LIMITED only
+}
+
+type denialClass int
+
+const (
+	unauthenticated denialClass = iota
+	forbidden
+	rateLimited
+	unavailable
+)
+
+const (
+	reasonKeyInvalid  = "key_invalid"
+	reasonUnavailable = "authorization_unavailable"
+)
+
+// decide asks Keygate about key and turns the answer into an outcome.
+func (a *Authorizer) decide(ctx context.Context, key, clientIP string, scopes []string) outcome {
+	if key == "" {
+		return outcome{denial: &denial{class: unauthenticated, reason: reasonKeyInvalid, message: "missing API key"}}
+	}
+	ctx, cancel := context.WithTimeout(ctx, a.timeout)
+	defer cancel()
+	resp, err := a.client.Authorize(ctx, &keygatev1.AuthorizeRequest{
+		Key:            key,
+		RequiredScopes: scopes,
+		Environment:    a.environment,
+		ClientIp:       clientIP,
+	})
+	if err != nil {
+		if a.failOpen {
+			return outcome{}
+		}
+		return outcome{denial: &denial{class: unavailable, reason: reasonUnavailable, message: "authorization service unavailable"}}
+	}
+	if resp.GetDecision() == keygatev1.Decision_DECISION_ALLOW {
+		return outcome{resp: resp}
+	}
+	return outcome{resp: resp, denial: denialOf(resp)}
+}
+
+// denialOf maps a deny response to its class and body.
+func denialOf(resp *keygatev1.AuthorizeResponse) *denial {
+	d := &denial{class: unauthenticated, reason: reasonKeyInvalid, message: resp.GetMessage()}
+	switch resp.GetReason() {
+	case keygatev1.DenyReason_DENY_REASON_KEY_INVALID,
+		keygatev1.DenyReason_DENY_REASON_KEY_EXPIRED,
+		keygatev1.DenyReason_DENY_REASON_KEY_REVOKED,
+		keygatev1.DenyReason_DENY_REASON_KEY_DISABLED,
+		keygatev1.DenyReason_DENY_REASON_ENVIRONMENT_MISMATCH:
+		d.reason = reasonName(resp.GetReason())
+	case keygatev1.DenyReason_DENY_REASON_SCOPE_MISSING:
+		d.class, d.reason = forbidden, reasonName(resp.GetReason())
+		d.missingScopes = resp.GetMissingScopes()
+	case keygatev1.DenyReason_DENY_REASON_IP_NOT_ALLOWED:
+		d.class, d.reason = forbidden, reasonName(resp.GetReason())
+	case keygatev1.DenyReason_DENY_REASON_RATE_LIMITED:
+		d.class, d.reason = rateLimited, reasonName(resp.GetReason())
+		d.retryAfter = resp.GetRateLimit().GetRetryAfter().AsDuration()
+	default:
+		// A deny without a reason this SDK knows (a newer server): refuse
+		// as an invalid key rather than let it through.
+	}
+	return d
+}
+
+// reasonName turns DENY_REASON_SCOPE_MISSING into scope_missing.
+func reasonName(r keygatev1.DenyReason) string {
+	return strings.ToLower(strings.TrimPrefix(r.String(), "DENY_REASON_"))
+}
+
+// retryAfterSeconds rounds d up to whole seconds, at least 1.
+func retryAfterSeconds(d time.Duration) int64 {
+	return max(1, int64(math.Ceil(d.Seconds())))
+}
+
+func identityOf(resp *keygatev1.AuthorizeResponse) *Identity {
+	return &Identity{
+		KeyID:       resp.GetKeyId(),
+		OwnerID:     resp.GetOwnerId(),
+		Environment: resp.GetEnvironment(),
+		Scopes:      resp.GetScopes(),
+	}
+}

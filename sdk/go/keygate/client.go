@@ -1,0 +1,221 @@
+// Package keygate is the Go client of Keygate, an API key service.
+//
+// [Client] speaks to a Keygate server over gRPC: it embeds the generated
+// service clients of package keygatev1 (github.com/keygate/keygate/sdk/go/keygate/v1)
+// and sends a management key as bearer metadata on every call. [Authorizer]
+// protects your own services with Keygate: [Authorizer.Require] is a net/http
+// middleware and [Authorizer.UnaryServerInterceptor] a gRPC interceptor.
+package keygate
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"iter"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+
+	keygatev1 "github.com/keygate/keygate/sdk/go/keygate/v1"
+)
+
+// Client is a connection to a Keygate server. It embeds the generated service
+// clients, so every RPC is available; the methods defined on Client itself
+// shadow them with the same signatures and return errors as *[Error].
+//
+// A Client is safe for concurrent use. Close it when done.
+type Client struct {
+	keygatev1.KeyManagementServiceClient
+	keygatev1.AuthorizationServiceClient
+
+	conn *grpc.ClientConn
+}
+
+// Option configures [NewClient].
+type Option func(*clientConfig)
+
+type clientConfig struct {
+	tls           *tls.Config
+	insecure      bool
+	managementKey string
+	dialOptions   []grpc.DialOption
+}
+
+// WithInsecure connects without TLS, for a Keygate on localhost or inside a
+// trusted network. The management key is then sent in clear.
+func WithInsecure() Option {
+	return func(c *clientConfig) { c.insecure = true }
+}
+
+// WithTLSConfig connects with TLS using cfg (for a private CA or client
+// certificates). Without this option and without [WithInsecure], the client
+// uses TLS with the system's root certificates.
+func WithTLSConfig(cfg *tls.Config) Option {
+	return func(c *clientConfig) { c.tls = cfg }
+}
+
+// WithManagementKey sends key as "authorization: Bearer <key>" metadata on
+// every call. KeyManagementService calls need it; Authorize does not.
+func WithManagementKey(key string) Option {
+	return func(c *clientConfig) { c.managementKey = key }
+}
+
+// WithDialOptions adds gRPC dial options, such as interceptors or keepalive
+// parameters.
+func WithDialOptions(opts ...grpc.DialOption) Option {
+	return func(c *clientConfig) { c.dialOptions = append(c.dialOptions, opts...) }
+}
+
+// NewClient returns a client for the Keygate server at target, such as
+// "keygate.internal:50051" or "dns:///keygate.internal:443". It does not
+// connect until the first call.
+func NewClient(target string, opts ...Option) (*Client, error) {
+	var cfg clientConfig
+	for _, opt := range opts {
+		opt(&cfg)
+	}
+	if cfg.insecure && cfg.tls != nil {
+		return nil, errors.New("keygate: WithInsecure and WithTLSConfig exclude each other")
+	}
+
+	dialOptions := make([]grpc.DialOption, 0, len(cfg.dialOptions)+2)
+	switch {
+	case cfg.insecure:
+		dialOptions = append(dialOptions, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	case cfg.tls != nil:
+		dialOptions = append(dialOptions, grpc.WithTransportCredentials(credentials.NewTLS(cfg.tls)))
+	default:
+		dialOptions = append(dialOptions, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{MinVersion: tls.VersionTLS12})))
+	}
+	if cfg.managementKey != "" {
+		dialOptions = append(dialOptions, grpc.WithPerRPCCredentials(bearerToken{
+			token:          cfg.managementKey,
+			requireSecured: !cfg.insecure,
+		}))
+	}
+	dialOptions = append(dialOptions, cfg.dialOptions...)
+
+	conn, err := grpc.NewClient(target, dialOptions...)
+	if err != nil {
+		return nil, fmt.Errorf("keygate: connecting to %q: %w", target, err)
+	}
+	return &Client{
+		KeyManagementServiceClient: keygatev1.NewKeyManagementServiceClient(conn),
+		AuthorizationServiceClient: keygatev1.NewAuthorizationServiceClient(conn),
+		conn:                       conn,
+	}, nil
+}
+
+// Close closes the connection. Calls in flight fail.
+func (c *Client) Close() error {
+	return c.conn.Close()
+}
+
+// CreateKey creates a key. The response holds its secret, the only time
+// Keygate returns it.
+func (c *Client) CreateKey(ctx context.Context, in *keygatev1.CreateKeyRequest, opts ...grpc.CallOption) (*keygatev1.CreateKeyResponse, error) {
+	return call(ctx, c.KeyManagementServiceClient.CreateKey, in, opts)
+}
+
+// GetKey returns a key's metadata.
+func (c *Client) GetKey(ctx context.Context, in *keygatev1.GetKeyRequest, opts ...grpc.CallOption) (*keygatev1.GetKeyResponse, error) {
+	return call(ctx, c.KeyManagementServiceClient.GetKey, in, opts)
+}
+
+// ListKeys returns one page of keys. [Client.AllKeys] iterates over every page.
+func (c *Client) ListKeys(ctx context.Context, in *keygatev1.ListKeysRequest, opts ...grpc.CallOption) (*keygatev1.ListKeysResponse, error) {
+	return call(ctx, c.KeyManagementServiceClient.ListKeys, in, opts)
+}
+
+// RotateKey gives a key a new secret; the old one keeps working for the
+// request's grace period.
+func (c *Client) RotateKey(ctx context.Context, in *keygatev1.RotateKeyRequest, opts ...grpc.CallOption) (*keygatev1.RotateKeyResponse, error) {
+	return call(ctx, c.KeyManagementServiceClient.RotateKey, in, opts)
+}
+
+// RevokeKey ends a key for good.
+func (c *Client) RevokeKey(ctx context.Context, in *keygatev1.RevokeKeyRequest, opts ...grpc.CallOption) (*keygatev1.RevokeKeyResponse, error) {
+	return call(ctx, c.KeyManagementServiceClient.RevokeKey, in, opts)
+}
+
+// UpdateKeyExpiry sets or clears a key's expiry.
+func (c *Client) UpdateKeyExpiry(ctx context.Context, in *keygatev1.UpdateKeyExpiryRequest, opts ...grpc.CallOption) (*keygatev1.UpdateKeyExpiryResponse, error) {
+	return call(ctx, c.KeyManagementServiceClient.UpdateKeyExpiry, in, opts)
+}
+
+// DisableKey switches a key off until [Client.EnableKey].
+func (c *Client) DisableKey(ctx context.Context, in *keygatev1.DisableKeyRequest, opts ...grpc.CallOption) (*keygatev1.DisableKeyResponse, error) {
+	return call(ctx, c.KeyManagementServiceClient.DisableKey, in, opts)
+}
+
+// EnableKey switches a disabled key back on.
+func (c *Client) EnableKey(ctx context.Context, in *keygatev1.EnableKeyRequest, opts ...grpc.CallOption) (*keygatev1.EnableKeyResponse, error) {
+	return call(ctx, c.KeyManagementServiceClient.EnableKey, in, opts)
+}
+
+// Authorize asks whether a presented key may make a request. A deny is a
+// successful response with DECISION_DENY; an error means Keygate could not
+// decide.
+func (c *Client) Authorize(ctx context.Context, in *keygatev1.AuthorizeRequest, opts ...grpc.CallOption) (*keygatev1.AuthorizeResponse, error) {
+	return call(ctx, c.AuthorizationServiceClient.Authorize, in, opts)
+}
+
+// AllKeys iterates over the keys matching filter, fetching page after page.
+// filter's PageToken is where it starts; filter itself is not modified.
+// Iteration stops at the first error, which is yielded with a nil key.
+func (c *Client) AllKeys(ctx context.Context, filter *keygatev1.ListKeysRequest, opts ...grpc.CallOption) iter.Seq2[*keygatev1.ApiKey, error] {
+	return func(yield func(*keygatev1.ApiKey, error) bool) {
+		req := &keygatev1.ListKeysRequest{
+			OwnerId:     filter.GetOwnerId(),
+			Environment: filter.GetEnvironment(),
+			Status:      filter.GetStatus(),
+			PageSize:    filter.GetPageSize(),
+			PageToken:   filter.GetPageToken(),
+		}
+		for {
+			page, err := c.ListKeys(ctx, req, opts...)
+			if err != nil {
+				yield(nil, err)
+				return
+			}
+			for _, key := range page.GetKeys() {
+				if !yield(key, nil) {
+					return
+				}
+			}
+			if page.GetNextPageToken() == "" {
+				return
+			}
+			req.PageToken = page.GetNextPageToken()
+		}
+	}
+}
+
+// call runs one unary RPC and converts its error into an *Error.
+func call[Req, Resp any](
+	ctx context.Context,
+	rpc func(context.Context, Req, ...grpc.CallOption) (Resp, error),
+	in Req,
+	opts []grpc.CallOption,
+) (Resp, error) {
+	resp, err := rpc(ctx, in, opts...)
+	if err != nil {
+		var zero Resp
+		return zero, wrapError(err)
+	}
+	return resp, nil
+}
+
+// bearerToken sends "authorization: Bearer <token>" on every call.
+type bearerToken struct {
+	token          string
+	requireSecured bool
+}
+
+func (b bearerToken) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
+	return map[string]string{"authorization": "Bearer " + b.token}, nil
+}
+
+func (b bearerToken) RequireTransportSecurity() bool { return b.requireSecured }

@@ -1,0 +1,415 @@
+package keygate_test
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/keygate/keygate/sdk/go/keygate"
+	keygatev1 "github.com/keygate/keygate/sdk/go/keygate/v1"
+)
+
+// Tests against a real `keygate serve` (see server_test.go).
+
+func createKey(t *testing.T, client *keygate.Client, req *keygatev1.CreateKeyRequest) *keygatev1.CreateKeyResponse {
+	t.Helper()
+	if req.OwnerId == "" {
+		req.OwnerId = "acme"
+	}
+	if req.Environment == "" {
+		req.Environment = "live"
+	}
+	if req.Name == "" {
+		req.Name = t.Name()
+	}
+	resp, err := client.CreateKey(context.Background(), req)
+	if err != nil {
+		t.Fatalf("CreateKey: %v", err)
+	}
+	return resp
+}
+
+func authorize(t *testing.T, client *keygate.Client, key string, scopes ...string) *keygatev1.AuthorizeResponse {
+	t.Helper()
+	resp, err := client.Authorize(context.Background(), &keygatev1.AuthorizeRequest{
+		Key: key, RequiredScopes: scopes, Environment: "live", ClientIp: "127.0.0.1",
+	})
+	if err != nil {
+		t.Fatalf("Authorize: %v", err)
+	}
+	return resp
+}
+
+func TestLiveKeyLifecycle(t *testing.T) {
+	ctx := context.Background()
+	client := adminClient(t)
+
+	created := createKey(t, client, &keygatev1.CreateKeyRequest{Scopes: []string{"dns:read"}})
+	if !strings.HasPrefix(created.GetSecret(), "kg_live_") {
+		t.Fatalf("secret %q does not start with kg_live_", created.GetSecret())
+	}
+	keyID := created.GetKey().GetKeyId()
+
+	got, err := client.GetKey(ctx, &keygatev1.GetKeyRequest{KeyId: keyID})
+	if err != nil {
+		t.Fatalf("GetKey: %v", err)
+	}
+	if got.GetKey().GetStatus() != keygatev1.KeyStatus_KEY_STATUS_ACTIVE || !slices.Equal(got.GetKey().GetScopes(), []string{"dns:read"}) {
+		t.Errorf("GetKey = %v, want an active key with scopes [dns:read]", got.GetKey())
+	}
+
+	allowed := authorize(t, client, created.GetSecret(), "dns:read")
+	if allowed.GetDecision() != keygatev1.Decision_DECISION_ALLOW || allowed.GetKeyId() != keyID || allowed.GetOwnerId() != "acme" {
+		t.Fatalf("Authorize = %v, want ALLOW for %s of acme", allowed, keyID)
+	}
+
+	rotated, err := client.RotateKey(ctx, &keygatev1.RotateKeyRequest{KeyId: keyID})
+	if err != nil {
+		t.Fatalf("RotateKey: %v", err)
+	}
+	if rotated.GetSecret() == created.GetSecret() || rotated.GetKey().GetKeyId() != keyID {
+		t.Fatalf("RotateKey = %v, want a new secret for %s", rotated, keyID)
+	}
+	if d := authorize(t, client, rotated.GetSecret(), "dns:read").GetDecision(); d != keygatev1.Decision_DECISION_ALLOW {
+		t.Errorf("new secret: decision %v, want ALLOW", d)
+	}
+	if d := authorize(t, client, created.GetSecret(), "dns:read").GetDecision(); d != keygatev1.Decision_DECISION_DENY {
+		t.Errorf("old secret after a rotation without grace: decision %v, want DENY", d)
+	}
+
+	revoked, err := client.RevokeKey(ctx, &keygatev1.RevokeKeyRequest{KeyId: keyID, Reason: "test over"})
+	if err != nil {
+		t.Fatalf("RevokeKey: %v", err)
+	}
+	if revoked.GetKey().GetStatus() != keygatev1.KeyStatus_KEY_STATUS_REVOKED || revoked.GetKey().GetRevokedReason() != "test over" {
+		t.Errorf("RevokeKey = %v, want REVOKED with the reason", revoked.GetKey())
+	}
+	if r := authorize(t, client, rotated.GetSecret()).GetReason(); r != keygatev1.DenyReason_DENY_REASON_KEY_REVOKED {
+		t.Errorf("revoked key: reason %v, want KEY_REVOKED", r)
+	}
+
+	_, err = client.RotateKey(ctx, &keygatev1.RotateKeyRequest{KeyId: keyID})
+	var kerr *keygate.Error
+	if !errors.As(err, &kerr) || kerr.Code != codes.FailedPrecondition {
+		t.Errorf("RotateKey of a revoked key: %v, want a *keygate.Error with FAILED_PRECONDITION", err)
+	}
+	if status.Code(err) != codes.FailedPrecondition {
+		t.Errorf("status.Code(%v) = %v, want FAILED_PRECONDITION through GRPCStatus", err, status.Code(err))
+	}
+}
+
+func TestLiveDisableEnableAndExpiry(t *testing.T) {
+	ctx := context.Background()
+	client := adminClient(t)
+	created := createKey(t, client, &keygatev1.CreateKeyRequest{Scopes: []string{"*"}})
+	keyID := created.GetKey().GetKeyId()
+
+	if _, err := client.DisableKey(ctx, &keygatev1.DisableKeyRequest{KeyId: keyID}); err != nil {
+		t.Fatalf("DisableKey: %v", err)
+	}
+	if r := authorize(t, client, created.GetSecret()).GetReason(); r != keygatev1.DenyReason_DENY_REASON_KEY_DISABLED {
+		t.Errorf("disabled: reason %v, want KEY_DISABLED", r)
+	}
+	if _, err := client.EnableKey(ctx, &keygatev1.EnableKeyRequest{KeyId: keyID}); err != nil {
+		t.Fatalf("EnableKey: %v", err)
+	}
+	if d := authorize(t, client, created.GetSecret()).GetDecision(); d != keygatev1.Decision_DECISION_ALLOW {
+		t.Errorf("enabled again: decision %v, want ALLOW", d)
+	}
+
+	expiry := time.Now().Add(48 * time.Hour).Truncate(time.Second)
+	updated, err := client.UpdateKeyExpiry(ctx, &keygatev1.UpdateKeyExpiryRequest{KeyId: keyID, ExpiresAt: timestamppb.New(expiry)})
+	if err != nil {
+		t.Fatalf("UpdateKeyExpiry: %v", err)
+	}
+	if got := updated.GetKey().GetExpiresAt().AsTime(); !got.Equal(expiry) {
+		t.Errorf("expires_at = %v, want %v", got, expiry)
+	}
+}
+
+func TestLiveAllKeysPages(t *testing.T) {
+	client := adminClient(t)
+	owner := "pager-" + strconv.FormatInt(time.Now().UnixNano(), 36)
+	var want []string
+	for range 5 {
+		want = append(want, createKey(t, client, &keygatev1.CreateKeyRequest{OwnerId: owner, Scopes: []string{"dns:read"}}).GetKey().GetKeyId())
+	}
+	slices.Sort(want)
+
+	var got []string
+	for key, err := range client.AllKeys(context.Background(), &keygatev1.ListKeysRequest{OwnerId: owner, PageSize: 2}) {
+		if err != nil {
+			t.Fatalf("AllKeys: %v", err)
+		}
+		got = append(got, key.GetKeyId())
+	}
+	slices.Sort(got)
+	if !slices.Equal(got, want) {
+		t.Errorf("AllKeys = %v, want %v", got, want)
+	}
+}
+
+func TestLiveErrors(t *testing.T) {
+	srv := live(t)
+	tests := []struct {
+		name     string
+		key      string
+		call     func(*keygate.Client) error
+		wantCode codes.Code
+	}{
+		{"unknown key", srv.adminKey, func(c *keygate.Client) error {
+			_, err := c.GetKey(context.Background(), &keygatev1.GetKeyRequest{KeyId: "key_doesnotexist"})
+			return err
+		}, codes.NotFound},
+		{"bad management key", "kg_live_not-a-real-key", func(c *keygate.Client) error {
+			_, err := c.ListKeys(context.Background(), &keygatev1.ListKeysRequest{})
+			return err
+		}, codes.Unauthenticated},
+		{"no management key", "", func(c *keygate.Client) error {
+			_, err := c.ListKeys(context.Background(), &keygatev1.ListKeysRequest{})
+			return err
+		}, codes.Unauthenticated},
+		{"missing environment", srv.adminKey, func(c *keygate.Client) error {
+			_, err := c.Authorize(context.Background(), &keygatev1.AuthorizeRequest{Key: "kg_live_x"})
+			return err
+		}, codes.InvalidArgument},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			opts := []keygate.Option{keygate.WithInsecure()}
+			if tt.key != "" {
+				opts = append(opts, keygate.WithManagementKey(tt.key))
+			}
+			client, err := keygate.NewClient(srv.addr, opts...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer client.Close()
+			err = tt.call(client)
+			var kerr *keygate.Error
+			if !errors.As(err, &kerr) {
+				t.Fatalf("error %v (%T), want *keygate.Error", err, err)
+			}
+			if kerr.Code != tt.wantCode || keygate.Code(err) != tt.wantCode {
+				t.Errorf("code = %v, want %v (%v)", kerr.Code, tt.wantCode, err)
+			}
+		})
+	}
+}
+
+// TestLiveMiddlewareDenials runs every deny reason through the HTTP
+// middleware, with keys made on the live server.
+func TestLiveMiddlewareDenials(t *testing.T) {
+	ctx := context.Background()
+	client := adminClient(t)
+	auth := keygate.NewAuthorizer(client, "live")
+
+	secret := func(req *keygatev1.CreateKeyRequest) string { return createKey(t, client, req).GetSecret() }
+	reader := createKey(t, client, &keygatev1.CreateKeyRequest{Scopes: []string{"dns:read"}})
+	revoked := createKey(t, client, &keygatev1.CreateKeyRequest{Scopes: []string{"dns:read"}})
+	if _, err := client.RevokeKey(ctx, &keygatev1.RevokeKeyRequest{KeyId: revoked.GetKey().GetKeyId()}); err != nil {
+		t.Fatal(err)
+	}
+	disabled := createKey(t, client, &keygatev1.CreateKeyRequest{Scopes: []string{"dns:read"}})
+	if _, err := client.DisableKey(ctx, &keygatev1.DisableKeyRequest{KeyId: disabled.GetKey().GetKeyId()}); err != nil {
+		t.Fatal(err)
+	}
+	expiring := secret(&keygatev1.CreateKeyRequest{Scopes: []string{"dns:read"}, Expiry: &keygatev1.CreateKeyRequest_Ttl{Ttl: durationpb.New(time.Second)}})
+	testEnv := secret(&keygatev1.CreateKeyRequest{Environment: "test", Scopes: []string{"dns:read"}})
+	elsewhere := secret(&keygatev1.CreateKeyRequest{Scopes: []string{"dns:read"}, IpAllowlist: []string{"10.0.0.0/8"}})
+	local := createKey(t, client, &keygatev1.CreateKeyRequest{Scopes: []string{"dns:read"}, IpAllowlist: []string{"127.0.0.0/8", "::1/128"}})
+	limit := uint32(2)
+	limited := createKey(t, client, &keygatev1.CreateKeyRequest{Scopes: []string{"dns:read"}, RateLimitPerHour: &limit})
+	time.Sleep(1100 * time.Millisecond) // let the 1 s key expire
+
+	tests := []struct {
+		name   string
+		header string
+		scopes []string
+		want   wantResponse
+	}{
+		{"allowed", "Bearer " + reader.GetSecret(), []string{"dns:read"}, wantResponse{status: 200, body: "acme/" + reader.GetKey().GetKeyId(), rateLimit: true}},
+		{"allowed by allowlist", "Bearer " + local.GetSecret(), []string{"dns:read"}, wantResponse{status: 200, body: "acme/" + local.GetKey().GetKeyId(), rateLimit: true}},
+		{"missing header", "", []string{"dns:read"}, wantResponse{status: 401, errorReason: "key_invalid"}},
+		{"invalid key", "Bearer kg_live_00000000000000000000000000000000000000", nil, wantResponse{status: 401, errorReason: "key_invalid"}},
+		{"expired", "Bearer " + expiring, nil, wantResponse{status: 401, errorReason: "key_expired"}},
+		{"revoked", "Bearer " + revoked.GetSecret(), nil, wantResponse{status: 401, errorReason: "key_revoked"}},
+		{"disabled", "Bearer " + disabled.GetSecret(), nil, wantResponse{status: 401, errorReason: "key_disabled"}},
+		{"environment mismatch", "Bearer " + testEnv, nil, wantResponse{status: 401, errorReason: "environment_mismatch"}},
+		{"ip not allowed", "Bearer " + elsewhere, nil, wantResponse{status: 403, errorReason: "ip_not_allowed"}},
+		{"scope missing", "Bearer " + reader.GetSecret(), []string{"dns:read", "dns:write"}, wantResponse{status: 403, errorReason: "scope_missing", missingScopes: []string{"dns:write"}}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			checkResponse(t, serve(auth, tt.header, tt.scopes...), tt.want)
+		})
+	}
+
+	t.Run("rate limited", func(t *testing.T) {
+		for i, want := range []string{"1", "0"} {
+			rec := serve(auth, "Bearer "+limited.GetSecret(), "dns:read")
+			checkResponse(t, rec, wantResponse{status: 200, body: "acme/" + limited.GetKey().GetKeyId(), rateLimit: true})
+			if got := rec.Header().Get("X-RateLimit-Remaining"); got != want {
+				t.Errorf("request %d: X-RateLimit-Remaining = %q, want %q", i+1, got, want)
+			}
+		}
+		rec := serve(auth, "Bearer "+limited.GetSecret(), "dns:read")
+		retryAfter, _ := strconv.Atoi(rec.Header().Get("Retry-After"))
+		checkResponse(t, rec, wantResponse{status: 429, errorReason: "rate_limited", retryAfter: strconv.Itoa(retryAfter), rateLimit: true})
+		if retryAfter < 1 || retryAfter > 3600 {
+			t.Errorf("Retry-After = %d, want 1..3600 seconds", retryAfter)
+		}
+		if got := rec.Header().Get("X-RateLimit-Limit"); got != "2" {
+			t.Errorf("X-RateLimit-Limit = %q, want 2", got)
+		}
+		reset, _ := strconv.ParseInt(rec.Header().Get("X-RateLimit-Reset"), 10, 64)
+		if now := time.Now().Unix(); reset <= now || reset > now+3601 {
+			t.Errorf("X-RateLimit-Reset = %d, want within the next hour of %d", reset, now)
+		}
+	})
+}
+
+// serve sends one GET through auth.Require(scopes...) from 127.0.0.1.
+func serve(auth *keygate.Authorizer, header string, scopes ...string) *httptest.ResponseRecorder {
+	req := httptest.NewRequest(http.MethodGet, "/zones", nil)
+	req.RemoteAddr = "127.0.0.1:40000"
+	if header != "" {
+		req.Header.Set("Authorization", header)
+	}
+	rec := httptest.NewRecorder()
+	auth.Require(scopes...)(identityEcho).ServeHTTP(rec, req)
+	return rec
+}
+
+func TestLiveInterceptor(t *testing.T) {
+	client := adminClient(t)
+	auth := keygate.NewAuthorizer(client, "live")
+	health := protectedHealth(t, auth, map[string][]string{healthCheck: {"health:read"}})
+	reader := createKey(t, client, &keygatev1.CreateKeyRequest{Scopes: []string{"health:read"}}).GetSecret()
+	other := createKey(t, client, &keygatev1.CreateKeyRequest{Scopes: []string{"dns:read"}}).GetSecret()
+
+	tests := []struct {
+		name string
+		key  string
+		want codes.Code
+	}{
+		{"allowed", reader, codes.OK},
+		{"no key", "", codes.Unauthenticated},
+		{"invalid key", "kg_live_nope", codes.Unauthenticated},
+		{"scope missing", other, codes.PermissionDenied},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx := context.Background()
+			if tt.key != "" {
+				ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+tt.key)
+			}
+			_, err := health.Check(ctx, &healthpb.HealthCheckRequest{})
+			if got := status.Code(err); got != tt.want {
+				t.Errorf("code = %v (%v), want %v", got, err, tt.want)
+			}
+		})
+	}
+}
+
+// blackhole accepts TCP connections and never answers, like a hung server.
+func blackhole(t *testing.T) string {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var conns []net.Conn
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			c, err := lis.Accept()
+			if err != nil {
+				return
+			}
+			conns = append(conns, c)
+		}
+	}()
+	t.Cleanup(func() {
+		_ = lis.Close()
+		<-done
+		for _, c := range conns {
+			_ = c.Close()
+		}
+	})
+	return lis.Addr().String()
+}
+
+// closedAddr returns an address nothing listens on.
+func closedAddr(t *testing.T) string {
+	t.Helper()
+	addr, err := freeAddr()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return addr
+}
+
+func TestUnreachableKeygate(t *testing.T) {
+	tests := []struct {
+		name     string
+		addr     func(*testing.T) string
+		failOpen bool
+		want     wantResponse
+	}{
+		{"refused, fail closed", closedAddr, false, wantResponse{status: 503, errorReason: "authorization_unavailable"}},
+		{"refused, fail open", closedAddr, true, wantResponse{status: 200, body: "anonymous"}},
+		{"hung, fail closed", blackhole, false, wantResponse{status: 503, errorReason: "authorization_unavailable"}},
+		{"hung, fail open", blackhole, true, wantResponse{status: 200, body: "anonymous"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			client, err := keygate.NewClient(tt.addr(t), keygate.WithInsecure())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer client.Close()
+			opts := []keygate.AuthorizerOption{keygate.WithTimeout(300 * time.Millisecond)}
+			if tt.failOpen {
+				opts = append(opts, keygate.WithFailOpen())
+			}
+			auth := keygate.NewAuthorizer(client, "live", opts...)
+			start := time.Now()
+			rec := serve(auth, "Bearer kg_live_whatever")
+			if elapsed := time.Since(start); elapsed > 2*time.Second {
+				t.Errorf("took %v, want about the 300ms timeout", elapsed)
+			}
+			checkResponse(t, rec, tt.want)
+		})
+	}
+
+	t.Run("interceptor", func(t *testing.T) {
+		client, err := keygate.NewClient(closedAddr(t), keygate.WithInsecure())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer client.Close()
+		health := protectedHealth(t, keygate.NewAuthorizer(client, "live"), nil)
+		ctx := metadata.AppendToOutgoingContext(context.Background(), "authorization", "Bearer kg_live_whatever")
+		_, err = health.Check(ctx, &healthpb.HealthCheckRequest{}, grpc.WaitForReady(false))
+		if got := status.Code(err); got != codes.Unavailable {
+			t.Errorf("code = %v (%v), want UNAVAILABLE", got, err)
+		}
+	})
+}

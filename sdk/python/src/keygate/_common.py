@@ -1,0 +1,134 @@
+"""What the sync and async clients share: channel set-up and request building."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import grpc
+from google.protobuf import duration_pb2, timestamp_pb2
+
+from keygate.v1 import authorization_pb2, keys_pb2
+
+ChannelOptions = Sequence[tuple[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class CreatedKey:
+    """A new key and its secret, which Keygate returns this once."""
+
+    key: keys_pb2.ApiKey
+    secret: str
+
+
+@dataclass(frozen=True, slots=True)
+class RotatedKey:
+    """A rotated key, its new secret, and when the previous secret stops working."""
+
+    key: keys_pb2.ApiKey
+    secret: str
+    previous_secret_expires_at: datetime | None
+
+
+def channel_credentials(
+    insecure: bool, credentials: grpc.ChannelCredentials | None
+) -> grpc.ChannelCredentials | None:
+    """The transport credentials to use; None means plaintext."""
+    if insecure:
+        if credentials is not None:
+            raise ValueError("insecure=True and credentials exclude each other")
+        return None
+    return credentials if credentials is not None else grpc.ssl_channel_credentials()
+
+
+def bearer_metadata(management_key: str | None) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {management_key}"),) if management_key else ()
+
+
+def timestamp(value: datetime) -> timestamp_pb2.Timestamp:
+    if value.tzinfo is None:
+        raise ValueError("datetime must be timezone-aware, e.g. datetime.now(timezone.utc)")
+    ts = timestamp_pb2.Timestamp()
+    ts.FromDatetime(value)
+    return ts
+
+
+def duration(value: timedelta) -> duration_pb2.Duration:
+    d = duration_pb2.Duration()
+    d.FromTimedelta(value)
+    return d
+
+
+def create_key_request(
+    *,
+    owner_id: str,
+    name: str,
+    environment: str,
+    scopes: Iterable[str],
+    ip_allowlist: Iterable[str],
+    rate_limit_per_hour: int | None,
+    expires_at: datetime | None,
+    ttl: timedelta | None,
+) -> keys_pb2.CreateKeyRequest:
+    if expires_at is not None and ttl is not None:
+        raise ValueError("give expires_at or ttl, not both")
+    request = keys_pb2.CreateKeyRequest(
+        owner_id=owner_id,
+        name=name,
+        environment=environment,
+        scopes=list(scopes),
+        ip_allowlist=list(ip_allowlist),
+    )
+    if rate_limit_per_hour is not None:
+        request.rate_limit_per_hour = rate_limit_per_hour
+    if expires_at is not None:
+        request.expires_at.CopyFrom(timestamp(expires_at))
+    if ttl is not None:
+        request.ttl.CopyFrom(duration(ttl))
+    return request
+
+
+def rotate_key_request(key_id: str, grace_period: timedelta | None) -> keys_pb2.RotateKeyRequest:
+    request = keys_pb2.RotateKeyRequest(key_id=key_id)
+    if grace_period is not None:
+        request.grace_period.CopyFrom(duration(grace_period))
+    return request
+
+
+def rotated_key(response: keys_pb2.RotateKeyResponse) -> RotatedKey:
+    previous = (
+        response.previous_secret_expires_at.ToDatetime(tzinfo=timezone.utc)
+        if response.HasField("previous_secret_expires_at")
+        else None
+    )
+    return RotatedKey(key=response.key, secret=response.secret, previous_secret_expires_at=previous)
+
+
+def update_key_expiry_request(
+    key_id: str, expires_at: datetime | None
+) -> keys_pb2.UpdateKeyExpiryRequest:
+    request = keys_pb2.UpdateKeyExpiryRequest(key_id=key_id)
+    if expires_at is not None:
+        request.expires_at.CopyFrom(timestamp(expires_at))
+    return request
+
+
+def list_keys_request(
+    *, owner_id: str, environment: str, status: keys_pb2.KeyStatus.ValueType, page_size: int
+) -> keys_pb2.ListKeysRequest:
+    return keys_pb2.ListKeysRequest(
+        owner_id=owner_id, environment=environment, status=status, page_size=page_size
+    )
+
+
+def authorize_request(
+    key: str, *, environment: str, required_scopes: Iterable[str], client_ip: str
+) -> authorization_pb2.AuthorizeRequest:
+    return authorization_pb2.AuthorizeRequest(
+        key=key,
+        environment=environment,
+        required_scopes=list(required_scopes),
+        client_ip=client_ip,
+    )

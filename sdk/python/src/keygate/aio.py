@@ -1,0 +1,200 @@
+"""The asyncio Keygate client (grpc.aio)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from datetime import datetime, timedelta
+from types import TracebackType
+from typing import Any, TypeVar
+
+import grpc
+import grpc.aio
+
+from keygate import _common
+from keygate._common import ChannelOptions, CreatedKey, RotatedKey
+from keygate.errors import from_rpc_error
+from keygate.v1 import (
+    authorization_pb2,
+    authorization_pb2_grpc,
+    keys_pb2,
+    keys_pb2_grpc,
+)
+
+_Response = TypeVar("_Response")
+
+
+class AsyncClient:
+    """The asyncio twin of :class:`keygate.Client`, on a ``grpc.aio`` channel.
+
+    Create it inside the event loop that uses it, and ``await close()`` (or
+    use ``async with``) when done::
+
+        async with keygate.AsyncClient("keygate:50051", insecure=True) as kg:
+            decision = await kg.authorize(key, environment="live", required_scopes=["dns:read"])
+    """
+
+    keys: keys_pb2_grpc.KeyManagementServiceAsyncStub
+    authorization: authorization_pb2_grpc.AuthorizationServiceAsyncStub
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        management_key: str | None = None,
+        insecure: bool = False,
+        credentials: grpc.ChannelCredentials | None = None,
+        options: ChannelOptions = (),
+    ) -> None:
+        """Opens a channel to ``target``; the arguments are those of :class:`keygate.Client`."""
+        transport = _common.channel_credentials(insecure, credentials)
+        metadata = _common.bearer_metadata(management_key)
+        interceptors = [_MetadataInterceptor(metadata)] if metadata else None
+        self._channel = (
+            grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
+            if transport is None
+            else grpc.aio.secure_channel(target, transport, options=options, interceptors=interceptors)
+        )
+        self.keys = keys_pb2_grpc.KeyManagementServiceStub(self._channel)  # type: ignore[assignment]
+        self.authorization = authorization_pb2_grpc.AuthorizationServiceStub(self._channel)  # type: ignore[assignment]
+
+    async def close(self) -> None:
+        """Closes the channel; calls in flight are cancelled."""
+        await self._channel.close()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def create_key(
+        self,
+        *,
+        owner_id: str,
+        name: str,
+        environment: str,
+        scopes: Iterable[str] = (),
+        ip_allowlist: Iterable[str] = (),
+        rate_limit_per_hour: int | None = None,
+        expires_at: datetime | None = None,
+        ttl: timedelta | None = None,
+        timeout: float | None = None,
+    ) -> CreatedKey:
+        """Creates a key; the result holds its secret, returned this once."""
+        request = _common.create_key_request(
+            owner_id=owner_id,
+            name=name,
+            environment=environment,
+            scopes=scopes,
+            ip_allowlist=ip_allowlist,
+            rate_limit_per_hour=rate_limit_per_hour,
+            expires_at=expires_at,
+            ttl=ttl,
+        )
+        response = await _call(self.keys.CreateKey, request, timeout)
+        return CreatedKey(key=response.key, secret=response.secret)
+
+    async def get_key(self, key_id: str, *, timeout: float | None = None) -> keys_pb2.ApiKey:
+        """Returns a key's metadata."""
+        return (await _call(self.keys.GetKey, keys_pb2.GetKeyRequest(key_id=key_id), timeout)).key
+
+    async def list_keys(
+        self,
+        *,
+        owner_id: str = "",
+        environment: str = "",
+        status: keys_pb2.KeyStatus.ValueType = keys_pb2.KEY_STATUS_UNSPECIFIED,
+        page_size: int = 0,
+        timeout: float | None = None,
+    ) -> AsyncIterator[keys_pb2.ApiKey]:
+        """Iterates over the matching keys, fetching pages as it goes."""
+        request = _common.list_keys_request(
+            owner_id=owner_id, environment=environment, status=status, page_size=page_size
+        )
+        while True:
+            page = await _call(self.keys.ListKeys, request, timeout)
+            for key in page.keys:
+                yield key
+            if not page.next_page_token:
+                return
+            request.page_token = page.next_page_token
+
+    async def rotate_key(
+        self,
+        key_id: str,
+        *,
+        grace_period: timedelta | None = None,
+        timeout: float | None = None,
+    ) -> RotatedKey:
+        """Gives a key a new secret; the old one works for ``grace_period`` more."""
+        request = _common.rotate_key_request(key_id, grace_period)
+        return _common.rotated_key(await _call(self.keys.RotateKey, request, timeout))
+
+    async def revoke_key(
+        self, key_id: str, *, reason: str = "", timeout: float | None = None
+    ) -> keys_pb2.ApiKey:
+        """Ends a key for good."""
+        request = keys_pb2.RevokeKeyRequest(key_id=key_id, reason=reason)
+        return (await _call(self.keys.RevokeKey, request, timeout)).key
+
+    async def disable_key(self, key_id: str, *, timeout: float | None = None) -> keys_pb2.ApiKey:
+        """Switches a key off until :meth:`enable_key`."""
+        request = keys_pb2.DisableKeyRequest(key_id=key_id)
+        return (await _call(self.keys.DisableKey, request, timeout)).key
+
+    async def enable_key(self, key_id: str, *, timeout: float | None = None) -> keys_pb2.ApiKey:
+        """Switches a disabled key back on."""
+        request = keys_pb2.EnableKeyRequest(key_id=key_id)
+        return (await _call(self.keys.EnableKey, request, timeout)).key
+
+    async def update_key_expiry(
+        self, key_id: str, expires_at: datetime | None, *, timeout: float | None = None
+    ) -> keys_pb2.ApiKey:
+        """Sets a key's expiry (a timezone-aware datetime), or clears it with None."""
+        request = _common.update_key_expiry_request(key_id, expires_at)
+        return (await _call(self.keys.UpdateKeyExpiry, request, timeout)).key
+
+    async def authorize(
+        self,
+        key: str,
+        *,
+        environment: str,
+        required_scopes: Iterable[str] = (),
+        client_ip: str = "",
+        timeout: float | None = None,
+    ) -> authorization_pb2.AuthorizeResponse:
+        """Asks whether ``key`` may make a request; a deny is a normal response."""
+        request = _common.authorize_request(
+            key, environment=environment, required_scopes=required_scopes, client_ip=client_ip
+        )
+        return await _call(self.authorization.Authorize, request, timeout)
+
+
+async def _call(
+    method: grpc.aio.UnaryUnaryMultiCallable[Any, _Response], request: Any, timeout: float | None
+) -> _Response:
+    try:
+        return await method(request, timeout=timeout)
+    except grpc.aio.AioRpcError as error:
+        raise from_rpc_error(error) from error
+
+
+class _MetadataInterceptor(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    """Adds fixed metadata (the bearer management key) to every unary call."""
+
+    def __init__(self, metadata: tuple[tuple[str, str], ...]) -> None:
+        self._metadata = metadata
+
+    async def intercept_unary_unary(
+        self,
+        continuation: Callable[[grpc.aio.ClientCallDetails, Any], Awaitable[Any]],
+        client_call_details: grpc.aio.ClientCallDetails,
+        request: Any,
+    ) -> Any:
+        metadata = grpc.aio.Metadata(*(client_call_details.metadata or ()), *self._metadata)
+        return await continuation(client_call_details._replace(metadata=metadata), request)

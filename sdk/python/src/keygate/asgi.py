@@ -1,0 +1,261 @@
+"""ASGI middleware that protects an application with Keygate.
+
+Plain ASGI 3, so it wraps Starlette, FastAPI, Django (ASGI) or any other ASGI
+application without depending on them::
+
+    app = KeygateMiddleware(app, client=keygate.AsyncClient(...), environment="live",
+                            scopes=["dns:read"])
+
+A request needs an ``Authorization: Bearer <key>`` header with a key that
+Keygate allows for every required scope. The HTTP mapping is that of the Go
+SDK's middleware:
+
+* 401 with ``WWW-Authenticate: Bearer``: no key, or ``key_invalid``,
+  ``key_expired``, ``key_revoked``, ``key_disabled``, ``environment_mismatch``;
+* 403: ``scope_missing`` (the body lists ``missing_scopes``), ``ip_not_allowed``;
+* 429 with ``Retry-After``: ``rate_limited``;
+* 503 ``authorization_unavailable`` when Keygate cannot decide within the
+  timeout, unless ``fail_open=True`` lets the request through without identity.
+
+Bodies are JSON: ``{"error": "<reason>", "message": "..."}``.
+``X-RateLimit-Limit``, ``-Remaining`` and ``-Reset`` (unix seconds) are set
+whenever Keygate returned rate-limit figures. An allowed request carries an
+:class:`Identity` in ``scope["state"]["keygate"]`` (``request.state.keygate``
+in Starlette and FastAPI). WebSocket connections are checked too and closed
+with code 1008 when denied; other scope types (lifespan) pass untouched.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import math
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from keygate.aio import AsyncClient
+from keygate.errors import KeygateError
+from keygate.v1 import authorization_pb2
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+DEFAULT_TIMEOUT = 0.5
+"""Seconds each Authorize call may take, unless the middleware is told otherwise."""
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """The key an allowed request was made with."""
+
+    key_id: str
+    owner_id: str
+    environment: str
+    scopes: tuple[str, ...]
+
+
+def identity(scope: Scope) -> Identity | None:
+    """The :class:`Identity` the middleware attached to ``scope``, if any."""
+    value = scope.get("state", {}).get("keygate")
+    return value if isinstance(value, Identity) else None
+
+
+def remote_addr_ip(scope: Scope) -> str:
+    """The connection peer's address: the default client IP."""
+    client = scope.get("client")
+    return str(client[0]) if client else ""
+
+
+def forwarded_for_ip(scope: Scope) -> str:
+    """The first address of ``X-Forwarded-For``, else the peer's address.
+
+    Pass it as ``client_ip=`` only behind a proxy that sets the header
+    itself: clients can send any value.
+    """
+    for name, value in scope.get("headers", ()):
+        if name.lower() == b"x-forwarded-for":
+            first = value.decode("latin-1").split(",")[0].strip()
+            try:
+                return str(ipaddress.ip_address(first))
+            except ValueError:
+                break
+    return remote_addr_ip(scope)
+
+
+_UNAUTHENTICATED = 401
+_STATUS_BY_REASON: dict[int, int] = {
+    authorization_pb2.DENY_REASON_KEY_INVALID: 401,
+    authorization_pb2.DENY_REASON_KEY_EXPIRED: 401,
+    authorization_pb2.DENY_REASON_KEY_REVOKED: 401,
+    authorization_pb2.DENY_REASON_KEY_DISABLED: 401,
+    authorization_pb2.DENY_REASON_ENVIRONMENT_MISMATCH: 401,
+    authorization_pb2.DENY_REASON_SCOPE_MISSING: 403,
+    authorization_pb2.DENY_REASON_IP_NOT_ALLOWED: 403,
+    authorization_pb2.DENY_REASON_RATE_LIMITED: 429,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class _Refusal:
+    status: int
+    body: dict[str, Any]
+    headers: list[tuple[bytes, bytes]]
+
+
+class KeygateMiddleware:
+    """Checks every HTTP request's API key with Keygate; see the module docs."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        client: AsyncClient,
+        environment: str,
+        scopes: Sequence[str] | Callable[[Scope], Sequence[str]] = (),
+        timeout: float = DEFAULT_TIMEOUT,
+        fail_open: bool = False,
+        client_ip: Callable[[Scope], str] = remote_addr_ip,
+    ) -> None:
+        """
+        Args:
+            app: the application to protect.
+            client: the Keygate client; it must live on the server's event loop.
+            environment: the environment this service runs in, such as ``"live"``.
+            scopes: the scopes every request needs, or a function of the ASGI
+                scope returning them (for per-route or per-method scopes).
+            timeout: seconds each Authorize call may take.
+            fail_open: let requests through, without identity, when Keygate
+                cannot decide (default: answer 503).
+            client_ip: how to find the client's address for the key's IP
+                allowlist (default: the connection's peer; see
+                :func:`forwarded_for_ip`).
+        """
+        self.app = app
+        self._client = client
+        self._environment = environment
+        self._scopes = scopes
+        self._timeout = timeout
+        self._fail_open = fail_open
+        self._client_ip = client_ip
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+
+        key = _bearer_key(scope)
+        if not key:
+            await _refuse(scope, send, _refusal(_UNAUTHENTICATED, "key_invalid", "missing API key"))
+            return
+        scopes = self._scopes(scope) if callable(self._scopes) else self._scopes
+        try:
+            decision = await self._client.authorize(
+                key,
+                environment=self._environment,
+                required_scopes=scopes,
+                client_ip=self._client_ip(scope),
+                timeout=self._timeout,
+            )
+        except KeygateError:
+            if self._fail_open:
+                await self.app(scope, receive, send)
+                return
+            refusal = _refusal(503, "authorization_unavailable", "authorization service unavailable")
+            await _refuse(scope, send, refusal)
+            return
+
+        rate_headers = _rate_limit_headers(decision)
+        if decision.decision != authorization_pb2.DECISION_ALLOW:
+            await _refuse(scope, send, _deny_refusal(decision, rate_headers))
+            return
+
+        allowed = dict(scope)
+        allowed["state"] = {
+            **scope.get("state", {}),
+            "keygate": Identity(
+                key_id=decision.key_id,
+                owner_id=decision.owner_id,
+                environment=decision.environment,
+                scopes=tuple(decision.scopes),
+            ),
+        }
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start" and rate_headers:
+                message = dict(message)
+                message["headers"] = [*message.get("headers", ()), *rate_headers]
+            await send(message)
+
+        await self.app(allowed, receive, send_with_headers)
+
+
+def _bearer_key(scope: Scope) -> str:
+    for name, value in scope.get("headers", ()):
+        if name.lower() == b"authorization":
+            scheme, _, key = value.decode("latin-1").strip().partition(" ")
+            return key.strip() if scheme.lower() == "bearer" else ""
+    return ""
+
+
+def _rate_limit_headers(decision: authorization_pb2.AuthorizeResponse) -> list[tuple[bytes, bytes]]:
+    if not decision.HasField("rate_limit"):
+        return []
+    rl = decision.rate_limit
+    return [
+        (b"x-ratelimit-limit", str(rl.limit).encode()),
+        (b"x-ratelimit-remaining", str(rl.remaining).encode()),
+        (b"x-ratelimit-reset", str(rl.reset_at.seconds).encode()),
+    ]
+
+
+def _refusal(
+    status: int,
+    reason: str,
+    message: str,
+    headers: list[tuple[bytes, bytes]] | None = None,
+    **extra: Any,
+) -> _Refusal:
+    headers = list(headers or [])
+    if status == _UNAUTHENTICATED:
+        headers.append((b"www-authenticate", b"Bearer"))
+    return _Refusal(status, {"error": reason, "message": message, **extra}, headers)
+
+
+def _deny_refusal(
+    decision: authorization_pb2.AuthorizeResponse, headers: list[tuple[bytes, bytes]]
+) -> _Refusal:
+    status = _STATUS_BY_REASON.get(decision.reason)
+    if status is None:
+        # A reason this SDK does not know (a newer server): refuse as invalid.
+        return _refusal(_UNAUTHENTICATED, "key_invalid", decision.message, headers)
+    reason = authorization_pb2.DenyReason.Name(decision.reason).removeprefix("DENY_REASON_").lower()
+    if decision.reason == authorization_pb2.DENY_REASON_SCOPE_MISSING:
+        return _refusal(status, reason, decision.message, headers, missing_scopes=list(decision.missing_scopes))
+    if decision.reason == authorization_pb2.DENY_REASON_RATE_LIMITED:
+        retry_after = decision.rate_limit.retry_after.ToTimedelta().total_seconds()
+        headers = [*headers, (b"retry-after", str(max(1, math.ceil(retry_after))).encode())]
+    return _refusal(status, reason, decision.message, headers)
+
+
+async def _refuse(scope: Scope, send: Send, refusal: _Refusal) -> None:
+    if scope["type"] == "websocket":
+        await send({"type": "websocket.close", "code": 1008, "reason": refusal.body["error"]})
+        return
+    body = json.dumps(refusal.body).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": refusal.status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"x-content-type-options", b"nosniff"),
+                *refusal.headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

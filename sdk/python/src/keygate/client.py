@@ -1,0 +1,231 @@
+"""The synchronous Keygate client."""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable, Iterable, Iterator
+from datetime import datetime, timedelta
+from types import TracebackType
+from typing import Any, TypeVar
+
+import grpc
+
+from keygate import _common
+from keygate._common import ChannelOptions, CreatedKey, RotatedKey
+from keygate.errors import from_rpc_error
+from keygate.v1 import (
+    authorization_pb2,
+    authorization_pb2_grpc,
+    keys_pb2,
+    keys_pb2_grpc,
+)
+
+_Response = TypeVar("_Response")
+
+
+class Client:
+    """A connection to a Keygate server.
+
+    ``keys`` and ``authorization`` are the generated stubs, for any call; the
+    methods wrap the common ones with plain Python arguments and raise
+    :class:`keygate.KeygateError` (keeping the gRPC status code) on errors.
+    The management key, if given, is sent as ``authorization: Bearer <key>``
+    metadata on every call.
+
+    Use it as a context manager, or call :meth:`close`::
+
+        with keygate.Client("keygate:50051", management_key=key, insecure=True) as kg:
+            created = kg.create_key(owner_id="acme", name="ci", environment="live", scopes=["dns:read"])
+    """
+
+    keys: keys_pb2_grpc.KeyManagementServiceStub
+    authorization: authorization_pb2_grpc.AuthorizationServiceStub
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        management_key: str | None = None,
+        insecure: bool = False,
+        credentials: grpc.ChannelCredentials | None = None,
+        options: ChannelOptions = (),
+    ) -> None:
+        """Opens a channel to ``target`` (such as ``"keygate.internal:50051"``).
+
+        TLS with the system's roots by default; ``credentials`` for your own
+        (``grpc.ssl_channel_credentials(...)``); ``insecure=True`` for
+        plaintext. The channel connects lazily, on the first call.
+        """
+        transport = _common.channel_credentials(insecure, credentials)
+        channel = (
+            grpc.insecure_channel(target, options=options)
+            if transport is None
+            else grpc.secure_channel(target, transport, options=options)
+        )
+        metadata = _common.bearer_metadata(management_key)
+        if metadata:
+            channel = grpc.intercept_channel(channel, _MetadataInterceptor(metadata))
+        self._channel = channel
+        self.keys = keys_pb2_grpc.KeyManagementServiceStub(channel)
+        self.authorization = authorization_pb2_grpc.AuthorizationServiceStub(channel)
+
+    def close(self) -> None:
+        """Closes the channel; calls in flight are cancelled."""
+        self._channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def create_key(
+        self,
+        *,
+        owner_id: str,
+        name: str,
+        environment: str,
+        scopes: Iterable[str] = (),
+        ip_allowlist: Iterable[str] = (),
+        rate_limit_per_hour: int | None = None,
+        expires_at: datetime | None = None,
+        ttl: timedelta | None = None,
+        timeout: float | None = None,
+    ) -> CreatedKey:
+        """Creates a key; the result holds its secret, returned this once."""
+        request = _common.create_key_request(
+            owner_id=owner_id,
+            name=name,
+            environment=environment,
+            scopes=scopes,
+            ip_allowlist=ip_allowlist,
+            rate_limit_per_hour=rate_limit_per_hour,
+            expires_at=expires_at,
+            ttl=ttl,
+        )
+        response = _call(self.keys.CreateKey, request, timeout)
+        return CreatedKey(key=response.key, secret=response.secret)
+
+    def get_key(self, key_id: str, *, timeout: float | None = None) -> keys_pb2.ApiKey:
+        """Returns a key's metadata."""
+        return _call(self.keys.GetKey, keys_pb2.GetKeyRequest(key_id=key_id), timeout).key
+
+    def list_keys(
+        self,
+        *,
+        owner_id: str = "",
+        environment: str = "",
+        status: keys_pb2.KeyStatus.ValueType = keys_pb2.KEY_STATUS_UNSPECIFIED,
+        page_size: int = 0,
+        timeout: float | None = None,
+    ) -> Iterator[keys_pb2.ApiKey]:
+        """Iterates over the matching keys, fetching pages as it goes.
+
+        ``timeout`` applies to each page's call.
+        """
+        request = _common.list_keys_request(
+            owner_id=owner_id, environment=environment, status=status, page_size=page_size
+        )
+        while True:
+            page = _call(self.keys.ListKeys, request, timeout)
+            yield from page.keys
+            if not page.next_page_token:
+                return
+            request.page_token = page.next_page_token
+
+    def rotate_key(
+        self,
+        key_id: str,
+        *,
+        grace_period: timedelta | None = None,
+        timeout: float | None = None,
+    ) -> RotatedKey:
+        """Gives a key a new secret; the old one works for ``grace_period`` more."""
+        request = _common.rotate_key_request(key_id, grace_period)
+        return _common.rotated_key(_call(self.keys.RotateKey, request, timeout))
+
+    def revoke_key(self, key_id: str, *, reason: str = "", timeout: float | None = None) -> keys_pb2.ApiKey:
+        """Ends a key for good."""
+        request = keys_pb2.RevokeKeyRequest(key_id=key_id, reason=reason)
+        return _call(self.keys.RevokeKey, request, timeout).key
+
+    def disable_key(self, key_id: str, *, timeout: float | None = None) -> keys_pb2.ApiKey:
+        """Switches a key off until :meth:`enable_key`."""
+        return _call(self.keys.DisableKey, keys_pb2.DisableKeyRequest(key_id=key_id), timeout).key
+
+    def enable_key(self, key_id: str, *, timeout: float | None = None) -> keys_pb2.ApiKey:
+        """Switches a disabled key back on."""
+        return _call(self.keys.EnableKey, keys_pb2.EnableKeyRequest(key_id=key_id), timeout).key
+
+    def update_key_expiry(
+        self, key_id: str, expires_at: datetime | None, *, timeout: float | None = None
+    ) -> keys_pb2.ApiKey:
+        """Sets a key's expiry (a timezone-aware datetime), or clears it with None."""
+        request = _common.update_key_expiry_request(key_id, expires_at)
+        return _call(self.keys.UpdateKeyExpiry, request, timeout).key
+
+    def authorize(
+        self,
+        key: str,
+        *,
+        environment: str,
+        required_scopes: Iterable[str] = (),
+        client_ip: str = "",
+        timeout: float | None = None,
+    ) -> authorization_pb2.AuthorizeResponse:
+        """Asks whether ``key`` may make a request.
+
+        A deny is a normal response (``decision == DECISION_DENY`` with a
+        ``reason``); an exception means Keygate could not decide.
+        """
+        request = _common.authorize_request(
+            key, environment=environment, required_scopes=required_scopes, client_ip=client_ip
+        )
+        return _call(self.authorization.Authorize, request, timeout)
+
+
+def _call(
+    method: grpc.UnaryUnaryMultiCallable[Any, _Response], request: Any, timeout: float | None
+) -> _Response:
+    try:
+        return method(request, timeout=timeout)
+    except grpc.RpcError as error:
+        raise from_rpc_error(error) from error
+
+
+class _CallDetails(
+    collections.namedtuple(
+        "_CallDetails",
+        ("method", "timeout", "metadata", "credentials", "wait_for_ready", "compression"),
+    ),
+    grpc.ClientCallDetails,
+):
+    """grpc.ClientCallDetails with replaceable fields."""
+
+
+class _MetadataInterceptor(grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    """Adds fixed metadata (the bearer management key) to every unary call."""
+
+    def __init__(self, metadata: tuple[tuple[str, str], ...]) -> None:
+        self._metadata = metadata
+
+    def intercept_unary_unary(
+        self,
+        continuation: Callable[[grpc.ClientCallDetails, Any], Any],
+        client_call_details: grpc.ClientCallDetails,
+        request: Any,
+    ) -> Any:
+        details = _CallDetails(
+            client_call_details.method,
+            client_call_details.timeout,
+            (*(client_call_details.metadata or ()), *self._metadata),
+            client_call_details.credentials,
+            client_call_details.wait_for_ready,
+            client_call_details.compression,
+        )
+        return continuation(details, request)
