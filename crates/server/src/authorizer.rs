@@ -22,10 +22,10 @@ use keygate_domain::{
     rights::Principal,
     scope::Scope,
 };
-use keygate_persistence::Store;
+use keygate_persistence::{Backend, Store};
 
 use crate::{
-    cache::{Entry, KeyCache},
+    cache::{Entry, KeyCache, LoadError},
     config::Config,
     error::ApiError,
     limiter::RateLimiter,
@@ -40,6 +40,8 @@ pub struct Metrics {
     pub authorize_db_queries: AtomicU64,
     /// Authorize calls answered.
     pub authorize_calls: AtomicU64,
+    /// Decisions taken from a stale cache entry because storage was down.
+    pub stale_served: AtomicU64,
 }
 
 /// What Authorize decided.
@@ -92,7 +94,6 @@ impl Authorizer {
     /// Builds the hot path over `store` with `config`'s cache and limits.
     pub fn new(store: Store, config: &Config) -> Self {
         Self {
-            store,
             format: config.key_format.clone(),
             default_quota: Quota::per_hour(config.default_rate_limit_per_hour.max(1))
                 .expect("non-zero quota"),
@@ -101,15 +102,24 @@ impl Authorizer {
                 config.cache_ttl,
                 config.negative_cache_ttl,
             ),
-            limiter: RateLimiter::new(config.cache_capacity),
+            limiter: RateLimiter::new(
+                config.cache_capacity,
+                store.backend() == Backend::Postgres,
+            ),
             usage: Arc::new(UsageRecorder::default()),
             metrics: Arc::new(Metrics::default()),
+            store,
         }
     }
 
     /// The verified-key cache (for invalidation).
     pub fn cache(&self) -> &KeyCache {
         &self.cache
+    }
+
+    /// The rate limiter (for the cross-replica sync).
+    pub fn limiter(&self) -> &RateLimiter {
+        &self.limiter
     }
 
     /// Pending usage (for the flusher and for fresher management views).
@@ -134,7 +144,7 @@ impl Authorizer {
         let Ok(parsed) = self.format.parse(presented) else {
             return Ok(None);
         };
-        let entry = self
+        let loaded = self
             .cache
             .get_or_load(parsed.lookup_id, || async {
                 self.metrics.authorize_db_queries.fetch_add(1, Ordering::Relaxed);
@@ -143,11 +153,19 @@ impl Authorizer {
                     None => Entry::Unknown,
                 })
             })
-            .await
-            .map_err(|err| match &*err {
-                ApiError::Unavailable(msg) => ApiError::Unavailable(msg.clone()),
-                other => ApiError::Internal(other.to_string()),
-            })?;
+            .await;
+        let entry = match loaded {
+            Ok(entry) => entry,
+            // Storage is down: keep deciding from what we knew (fail-static).
+            Err(LoadError {
+                error: ApiError::Unavailable(_),
+                stale: Some(stale),
+            }) => {
+                self.metrics.stale_served.fetch_add(1, Ordering::Relaxed);
+                stale
+            }
+            Err(LoadError { error, .. }) => return Err(error),
+        };
         let Entry::Known(key) = entry else {
             return Ok(None);
         };

@@ -1,11 +1,17 @@
 //! The verified-key cache: lookup id → the key record Authorize needs, so a
 //! warm Authorize never touches storage.
 //!
-//! Unknown lookup ids are remembered for a short time (negative entries), so a
-//! flood of made-up keys costs one query per id, not one per request.
-//! Concurrent misses for one lookup id share a single load. Every change to a
-//! key evicts its lookup ids ([`KeyCache::invalidate`]), and an epoch counter
-//! makes sure a load that raced with an eviction is not kept.
+//! - Unknown lookup ids are remembered for a short time (negative entries),
+//!   so a flood of made-up keys costs one query per id, not one per request.
+//! - Concurrent misses for one lookup id share a single load: loads run
+//!   under moka's per-key lock, and a waiter finding a fresh entry uses it.
+//! - Every change to a key evicts its lookup ids ([`KeyCache::invalidate`]);
+//!   a load that raced with an eviction is kept only as already stale.
+//! - An entry is fresh for a configured lifetime (the safety net behind
+//!   explicit invalidation), or until [`KeyCache::clear`] (lost invalidation
+//!   messages). A stale entry is reloaded on its next use; if storage cannot
+//!   be reached, the caller gets the stale entry back alongside the error and
+//!   may keep serving from it (fail-static through a database outage).
 
 use std::{
     future::Future,
@@ -17,7 +23,7 @@ use std::{
 };
 
 use keygate_domain::ApiKey;
-use moka::{Expiry, future::Cache};
+use moka::{future::Cache, ops::compute::Op};
 
 /// What the cache knows about one lookup id.
 #[derive(Clone, Debug)]
@@ -29,93 +35,124 @@ pub enum Entry {
 }
 
 #[derive(Debug)]
-struct EntryLifetime {
-    known: Duration,
-    unknown: Duration,
+struct Slot {
+    entry: Entry,
+    fresh_until: Instant,
+    generation: u64,
 }
 
-impl Expiry<String, Entry> for EntryLifetime {
-    fn expire_after_create(&self, _key: &String, value: &Entry, _now: Instant) -> Option<Duration> {
-        Some(match value {
-            Entry::Known(_) => self.known,
-            Entry::Unknown => self.unknown,
-        })
-    }
+/// A failed load, with the stale entry it would have replaced, if any.
+#[derive(Debug)]
+pub struct LoadError<E> {
+    /// Why the load failed.
+    pub error: E,
+    /// What the cache held before, no longer fresh.
+    pub stale: Option<Entry>,
 }
 
 /// Bounded cache of verified key records, keyed by lookup id.
 #[derive(Clone, Debug)]
 pub struct KeyCache {
-    entries: Cache<String, Entry>,
-    epoch: Arc<AtomicU64>,
+    slots: Cache<String, Arc<Slot>>,
+    ttl: Duration,
+    negative_ttl: Duration,
+    /// Bumped by every invalidation: a load that saw it change is not fresh.
+    evictions: Arc<AtomicU64>,
+    /// Bumped by [`KeyCache::clear`]: slots of older generations are stale.
+    generation: Arc<AtomicU64>,
 }
 
-/// How many times a miss is retried when invalidations race with its load.
-const MAX_RACING_LOADS: usize = 3;
+/// How long an idle slot is kept for fail-static use before it is dropped.
+const IDLE_LIMIT: Duration = Duration::from_secs(3600);
 
 impl KeyCache {
-    /// A cache of at most `capacity` entries; known keys live `ttl`, unknown
-    /// lookup ids `negative_ttl`.
+    /// A cache of at most `capacity` entries; known keys are fresh for `ttl`,
+    /// unknown lookup ids for `negative_ttl`.
     pub fn new(capacity: u64, ttl: Duration, negative_ttl: Duration) -> Self {
-        let entries = Cache::builder()
-            .max_capacity(capacity)
-            .expire_after(EntryLifetime {
-                known: ttl,
-                unknown: negative_ttl,
-            })
-            .build();
         Self {
-            entries,
-            epoch: Arc::new(AtomicU64::new(0)),
+            slots: Cache::builder()
+                .max_capacity(capacity)
+                .time_to_idle(IDLE_LIMIT.max(ttl))
+                .build(),
+            ttl,
+            negative_ttl,
+            evictions: Arc::new(AtomicU64::new(0)),
+            generation: Arc::new(AtomicU64::new(0)),
         }
     }
 
-    /// The entry for `lookup_id`, loading it with `load` on a miss. Concurrent
-    /// misses for the same id wait for one load.
-    pub async fn get_or_load<F, Fut, E>(&self, lookup_id: &str, load: F) -> Result<Entry, Arc<E>>
+    fn is_fresh(&self, slot: &Slot) -> bool {
+        slot.generation == self.generation.load(Ordering::Acquire) && Instant::now() < slot.fresh_until
+    }
+
+    /// The entry for `lookup_id`, loading it with `load` when missing or
+    /// stale. Concurrent loads of one id are serialized, and a waiter that
+    /// finds a fresh entry does not load again.
+    pub async fn get_or_load<F, Fut, E>(&self, lookup_id: &str, load: F) -> Result<Entry, LoadError<E>>
     where
-        F: Fn() -> Fut,
+        F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Entry, E>>,
         E: Send + Sync + 'static,
     {
-        if let Some(entry) = self.entries.get(lookup_id).await {
-            return Ok(entry);
-        }
-        let mut attempt = 0;
-        loop {
-            let epoch = self.epoch.load(Ordering::Acquire);
-            let entry = self
-                .entries
-                .try_get_with(lookup_id.to_owned(), load())
-                .await?;
-            attempt += 1;
-            if self.epoch.load(Ordering::Acquire) == epoch || attempt >= MAX_RACING_LOADS {
-                return Ok(entry);
-            }
-            // An invalidation happened while we loaded: what we hold may be
-            // older than it. Drop it and load again.
-            self.entries.invalidate(lookup_id).await;
+        let stale = match self.slots.get(lookup_id).await {
+            Some(slot) if self.is_fresh(&slot) => return Ok(slot.entry.clone()),
+            Some(slot) => Some(slot.entry.clone()),
+            None => None,
+        };
+        let result = self
+            .slots
+            .entry_by_ref(lookup_id)
+            .and_try_compute_with(|current| async move {
+                if current.as_ref().is_some_and(|slot| self.is_fresh(slot.value())) {
+                    return Ok(Op::Nop);
+                }
+                let generation = self.generation.load(Ordering::Acquire);
+                let evictions = self.evictions.load(Ordering::Acquire);
+                let entry = load().await?;
+                let lifetime = match entry {
+                    Entry::Known(_) => self.ttl,
+                    Entry::Unknown => self.negative_ttl,
+                };
+                // An invalidation during the load may have been for this id:
+                // keep the result for this caller, but not as fresh.
+                let raced = self.evictions.load(Ordering::Acquire) != evictions;
+                let now = Instant::now();
+                Ok(Op::Put(Arc::new(Slot {
+                    entry,
+                    fresh_until: if raced { now } else { now + lifetime },
+                    generation,
+                })))
+            })
+            .await;
+        match result {
+            Ok(outcome) => Ok(outcome
+                .into_entry()
+                .map(|slot| slot.into_value().entry.clone())
+                .unwrap_or(Entry::Unknown)),
+            Err(error) => Err(LoadError { error, stale }),
         }
     }
 
     /// Evicts these lookup ids (all credentials of a changed key).
     pub async fn invalidate<S: AsRef<str>>(&self, lookup_ids: &[S]) {
-        self.epoch.fetch_add(1, Ordering::AcqRel);
+        self.evictions.fetch_add(1, Ordering::AcqRel);
         for id in lookup_ids {
-            self.entries.invalidate(id.as_ref()).await;
+            self.slots.invalidate(id.as_ref()).await;
         }
     }
 
-    /// Evicts everything (for example after lost invalidation messages).
+    /// Makes every entry stale (for example after invalidation messages may
+    /// have been lost): each is reloaded on its next use, but stays available
+    /// as a fail-static fallback while storage is unreachable.
     pub fn clear(&self) {
-        self.epoch.fetch_add(1, Ordering::AcqRel);
-        self.entries.invalidate_all();
+        self.evictions.fetch_add(1, Ordering::AcqRel);
+        self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
-    /// Entries held now (approximate; for metrics and tests).
+    /// Entries held now, fresh or stale (for metrics and tests).
     pub async fn len(&self) -> u64 {
-        self.entries.run_pending_tasks().await;
-        self.entries.entry_count()
+        self.slots.run_pending_tasks().await;
+        self.slots.entry_count()
     }
 
     /// Whether the cache holds no entry.
@@ -134,19 +171,22 @@ mod tests {
         KeyCache::new(100, Duration::from_secs(60), Duration::from_secs(60))
     }
 
+    async fn load_counting(cache: &KeyCache, loads: &AtomicUsize) -> Entry {
+        cache
+            .get_or_load("abcdefgh", || async {
+                loads.fetch_add(1, Ordering::SeqCst);
+                Ok::<_, ()>(Entry::Unknown)
+            })
+            .await
+            .unwrap()
+    }
+
     #[tokio::test]
     async fn a_hit_does_not_load_again() {
         let cache = cache();
         let loads = AtomicUsize::new(0);
         for _ in 0..5 {
-            let entry = cache
-                .get_or_load("abcdefgh", || async {
-                    loads.fetch_add(1, Ordering::SeqCst);
-                    Ok::<_, ()>(Entry::Unknown)
-                })
-                .await
-                .unwrap();
-            assert!(matches!(entry, Entry::Unknown));
+            assert!(matches!(load_counting(&cache, &loads).await, Entry::Unknown));
         }
         assert_eq!(loads.load(Ordering::SeqCst), 1);
     }
@@ -161,13 +201,10 @@ mod tests {
             let loads = loads.clone();
             tasks.push(tokio::spawn(async move {
                 cache
-                    .get_or_load("abcdefgh", || {
-                        let loads = loads.clone();
-                        async move {
-                            loads.fetch_add(1, Ordering::SeqCst);
-                            tokio::time::sleep(Duration::from_millis(20)).await;
-                            Ok::<_, ()>(Entry::Unknown)
-                        }
+                    .get_or_load("abcdefgh", || async move {
+                        loads.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        Ok::<_, ()>(Entry::Unknown)
                     })
                     .await
                     .unwrap()
@@ -180,18 +217,15 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn invalidate_forces_a_reload() {
+    async fn invalidate_and_clear_force_a_reload() {
         let cache = cache();
         let loads = AtomicUsize::new(0);
-        let load = || async {
-            loads.fetch_add(1, Ordering::SeqCst);
-            Ok::<_, ()>(Entry::Unknown)
-        };
-        cache.get_or_load("abcdefgh", load).await.unwrap();
+        load_counting(&cache, &loads).await;
         cache.invalidate(&["abcdefgh"]).await;
-        cache.get_or_load("abcdefgh", load).await.unwrap();
+        load_counting(&cache, &loads).await;
         cache.clear();
-        cache.get_or_load("abcdefgh", load).await.unwrap();
+        load_counting(&cache, &loads).await;
+        load_counting(&cache, &loads).await;
         assert_eq!(loads.load(Ordering::SeqCst), 3);
     }
 
@@ -199,38 +233,52 @@ mod tests {
     async fn negative_entries_expire_on_their_own_clock() {
         let cache = KeyCache::new(100, Duration::from_secs(60), Duration::from_millis(50));
         let loads = AtomicUsize::new(0);
-        let load = || async {
-            loads.fetch_add(1, Ordering::SeqCst);
-            Ok::<_, ()>(Entry::Unknown)
-        };
-        cache.get_or_load("abcdefgh", load).await.unwrap();
+        load_counting(&cache, &loads).await;
         tokio::time::sleep(Duration::from_millis(120)).await;
-        cache.get_or_load("abcdefgh", load).await.unwrap();
+        load_counting(&cache, &loads).await;
         assert_eq!(loads.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]
-    async fn a_load_that_raced_an_invalidation_is_not_kept() {
+    async fn a_load_that_raced_an_invalidation_is_not_kept_fresh() {
         let cache = cache();
-        let loads = AtomicUsize::new(0);
         let racing = cache.clone();
-        let entry = cache
-            .get_or_load("abcdefgh", || {
-                let n = loads.fetch_add(1, Ordering::SeqCst);
-                let racing = racing.clone();
-                async move {
-                    if n == 0 {
-                        // The key changes while the first load is in flight.
-                        racing.invalidate(&["abcdefgh"]).await;
-                        return Ok::<_, ()>(Entry::Unknown);
-                    }
-                    Ok(Entry::Known(Arc::new(test_key())))
-                }
+        let first = cache
+            .get_or_load("abcdefgh", || async move {
+                // The key changes while this load is in flight.
+                racing.invalidate(&["abcdefgh"]).await;
+                Ok::<_, ()>(Entry::Unknown)
             })
             .await
             .unwrap();
-        assert!(matches!(entry, Entry::Known(_)));
-        assert_eq!(loads.load(Ordering::SeqCst), 2);
+        assert!(matches!(first, Entry::Unknown));
+        let second = cache
+            .get_or_load("abcdefgh", || async { Ok::<_, ()>(Entry::Known(Arc::new(test_key()))) })
+            .await
+            .unwrap();
+        assert!(matches!(second, Entry::Known(_)), "the raced load was served as fresh");
+    }
+
+    #[tokio::test]
+    async fn a_failed_reload_hands_back_the_stale_entry() {
+        let cache = cache();
+        cache
+            .get_or_load("abcdefgh", || async { Ok::<_, ()>(Entry::Known(Arc::new(test_key()))) })
+            .await
+            .unwrap();
+        cache.clear();
+        let err = cache
+            .get_or_load("abcdefgh", || async { Err::<Entry, _>("database down") })
+            .await
+            .unwrap_err();
+        assert_eq!(err.error, "database down");
+        assert!(matches!(err.stale, Some(Entry::Known(_))));
+        // A miss with no previous entry has nothing to fall back on.
+        let err = cache
+            .get_or_load("zzzzzzzz", || async { Err::<Entry, _>("database down") })
+            .await
+            .unwrap_err();
+        assert!(err.stale.is_none());
     }
 
     fn test_key() -> ApiKey {

@@ -2,7 +2,11 @@
 //! services, health, reflection, and the background tasks (usage flusher,
 //! cross-replica invalidation, storage health), with a graceful stop.
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{
+    future::Future,
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
 
 use keygate::v1::{
     authorization_service_server::AuthorizationServiceServer,
@@ -12,7 +16,7 @@ use keygate_domain::{
     scope::KEYS_ADMIN,
     validation::{self, NewKeyInput, ValidationError},
 };
-use keygate_persistence::{Change, Store, StoreError};
+use keygate_persistence::{Backend, Change, Store, StoreError};
 use tokio::{net::TcpListener, sync::watch};
 use tonic::transport::server::TcpIncoming;
 use tonic_health::{ServingStatus, server::HealthReporter};
@@ -120,6 +124,12 @@ impl Keygate {
             stop_rx.clone(),
         ));
         let watchdog = tokio::spawn(watch_storage(store.clone(), health.clone(), stop_rx.clone()));
+        let rate_sync = tokio::spawn(share_rate_limits(
+            authorizer.clone(),
+            store.clone(),
+            config.rate_limit_sync_interval,
+            stop_rx.clone(),
+        ));
 
         let local = listener.local_addr()?;
         tracing::info!(listen = %local, "keygate serving");
@@ -137,8 +147,15 @@ impl Keygate {
         tracing::info!("stopping: in-flight calls finished, flushing usage");
         let _ = stop_tx.send(true);
         let _ = flusher.await;
+        let _ = rate_sync.await;
         invalidation.abort();
         watchdog.abort();
+        let metrics = authorizer.metrics();
+        tracing::info!(
+            authorize_calls = metrics.authorize_calls.load(Ordering::Relaxed),
+            authorize_db_queries = metrics.authorize_db_queries.load(Ordering::Relaxed),
+            "hot path totals"
+        );
         result?;
         Ok(())
     }
@@ -156,6 +173,35 @@ async fn set_storage_health(health: &HealthReporter, up: bool) {
             status,
         )
         .await;
+}
+
+/// Exchanges rate-limit consumption with the other replicas every
+/// `interval` (PostgreSQL only: on SQLite there is one process), and once
+/// more at a graceful stop.
+async fn share_rate_limits(
+    authorizer: Arc<Authorizer>,
+    store: Store,
+    interval: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    if store.backend() != Backend::Postgres {
+        return;
+    }
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let stopping = tokio::select! {
+            _ = ticker.tick() => false,
+            _ = stop.wait_for(|s| *s) => true,
+        };
+        let now = chrono::Utc::now().timestamp();
+        if let Err(err) = authorizer.limiter().sync(&store, now).await {
+            tracing::warn!(error = %err, "rate-limit sync failed; limits are local until it recovers");
+        }
+        if stopping {
+            return;
+        }
+    }
 }
 
 /// Turns KeyManagementService NOT_SERVING while storage is unreachable, and
