@@ -173,7 +173,7 @@ func TestLiveErrors(t *testing.T) {
 		wantCode codes.Code
 	}{
 		{"unknown key", srv.adminKey, func(c *keygate.Client) error {
-			_, err := c.GetKey(context.Background(), &keygatev1.GetKeyRequest{KeyId: "key_doesnotexist"})
+			_, err := c.GetKey(context.Background(), &keygatev1.GetKeyRequest{KeyId: "00000000-0000-7000-8000-000000000000"})
 			return err
 		}, codes.NotFound},
 		{"bad management key", "kg_live_not-a-real-key", func(c *keygate.Client) error {

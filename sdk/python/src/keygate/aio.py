@@ -54,8 +54,8 @@ class AsyncClient:
             if transport is None
             else grpc.aio.secure_channel(target, transport, options=options, interceptors=interceptors)
         )
-        self.keys = keys_pb2_grpc.KeyManagementServiceStub(self._channel)  # type: ignore[assignment]
-        self.authorization = authorization_pb2_grpc.AuthorizationServiceStub(self._channel)  # type: ignore[assignment]
+        self.keys = keys_pb2_grpc.KeyManagementServiceStub(self._channel)
+        self.authorization = authorization_pb2_grpc.AuthorizationServiceStub(self._channel)
 
     async def close(self) -> None:
         """Closes the channel; calls in flight are cancelled."""
@@ -184,7 +184,7 @@ async def _call(
         raise from_rpc_error(error) from error
 
 
-class _MetadataInterceptor(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+class _MetadataInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
     """Adds fixed metadata (the bearer management key) to every unary call."""
 
     def __init__(self, metadata: tuple[tuple[str, str], ...]) -> None:
@@ -197,4 +197,11 @@ class _MetadataInterceptor(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignor
         request: Any,
     ) -> Any:
         metadata = grpc.aio.Metadata(*(client_call_details.metadata or ()), *self._metadata)
-        return await continuation(client_call_details._replace(metadata=metadata), request)
+        details = grpc.aio.ClientCallDetails(
+            method=client_call_details.method,
+            timeout=client_call_details.timeout,
+            metadata=metadata,
+            credentials=client_call_details.credentials,
+            wait_for_ready=client_call_details.wait_for_ready,
+        )
+        return await continuation(details, request)

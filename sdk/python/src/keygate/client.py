@@ -208,7 +208,7 @@ class _CallDetails(
     """grpc.ClientCallDetails with replaceable fields."""
 
 
-class _MetadataInterceptor(grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+class _MetadataInterceptor(grpc.UnaryUnaryClientInterceptor):
     """Adds fixed metadata (the bearer management key) to every unary call."""
 
     def __init__(self, metadata: tuple[tuple[str, str], ...]) -> None:

@@ -1,0 +1,144 @@
+"""Client and AsyncClient against a real Keygate."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
+
+import grpc
+import pytest
+from conftest import KeygateServer
+
+import keygate
+from keygate.v1 import authorization_pb2, keys_pb2
+
+MISSING_KEY_ID = "00000000-0000-7000-8000-000000000000"
+
+
+def test_key_lifecycle(admin: keygate.Client) -> None:
+    created = admin.create_key(owner_id="acme", name="lifecycle", environment="live", scopes=["dns:read"])
+    assert created.secret.startswith("kg_live_")
+    key_id = created.key.key_id
+    assert admin.get_key(key_id).status == keys_pb2.KEY_STATUS_ACTIVE
+
+    allowed = admin.authorize(created.secret, environment="live", required_scopes=["dns:read"])
+    assert allowed.decision == authorization_pb2.DECISION_ALLOW
+    assert (allowed.key_id, allowed.owner_id, list(allowed.scopes)) == (key_id, "acme", ["dns:read"])
+    assert allowed.HasField("rate_limit")
+
+    rotated = admin.rotate_key(key_id, grace_period=timedelta(minutes=5))
+    assert rotated.secret != created.secret and rotated.key.key_id == key_id
+    assert rotated.previous_secret_expires_at is not None
+    assert rotated.previous_secret_expires_at > datetime.now(timezone.utc)
+    for secret in (created.secret, rotated.secret):  # both work during the grace period
+        assert admin.authorize(secret, environment="live").decision == authorization_pb2.DECISION_ALLOW
+
+    revoked = admin.revoke_key(key_id, reason="done")
+    assert revoked.status == keys_pb2.KEY_STATUS_REVOKED and revoked.revoked_reason == "done"
+    denied = admin.authorize(rotated.secret, environment="live")
+    assert (denied.decision, denied.reason) == (
+        authorization_pb2.DECISION_DENY,
+        authorization_pb2.DENY_REASON_KEY_REVOKED,
+    )
+    with pytest.raises(keygate.FailedPreconditionError) as raised:
+        admin.rotate_key(key_id)
+    assert raised.value.code == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_disable_enable_and_expiry(admin: keygate.Client) -> None:
+    created = admin.create_key(owner_id="acme", name="toggle", environment="live", scopes=["*"])
+    key_id = created.key.key_id
+    assert admin.disable_key(key_id).status == keys_pb2.KEY_STATUS_DISABLED
+    assert admin.authorize(created.secret, environment="live").reason == authorization_pb2.DENY_REASON_KEY_DISABLED
+    assert admin.enable_key(key_id).status == keys_pb2.KEY_STATUS_ACTIVE
+
+    expiry = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(days=2)
+    updated = admin.update_key_expiry(key_id, expiry)
+    assert updated.expires_at.ToDatetime(tzinfo=timezone.utc) == expiry
+    assert not admin.update_key_expiry(key_id, None).HasField("expires_at")
+
+
+def test_list_keys_iterates_over_pages(admin: keygate.Client) -> None:
+    owner = f"pager-{uuid.uuid4().hex[:8]}"
+    made = {
+        admin.create_key(owner_id=owner, name=f"k{i}", environment="test", scopes=["dns:read"]).key.key_id
+        for i in range(5)
+    }
+    listed = [key.key_id for key in admin.list_keys(owner_id=owner, page_size=2)]
+    assert sorted(listed) == sorted(made)
+    assert list(admin.list_keys(owner_id=owner, status=keys_pb2.KEY_STATUS_REVOKED)) == []
+
+
+@pytest.mark.parametrize(
+    ("management_key", "call", "error", "code"),
+    [
+        ("admin", lambda c: c.get_key(MISSING_KEY_ID), keygate.NotFoundError, grpc.StatusCode.NOT_FOUND),
+        ("admin", lambda c: c.get_key("not a key id"), keygate.InvalidArgumentError, grpc.StatusCode.INVALID_ARGUMENT),
+        ("admin", lambda c: c.authorize("kg_live_x", environment=""), keygate.InvalidArgumentError, grpc.StatusCode.INVALID_ARGUMENT),
+        ("kg_live_forged", lambda c: list(c.list_keys()), keygate.UnauthenticatedError, grpc.StatusCode.UNAUTHENTICATED),
+        (None, lambda c: list(c.list_keys()), keygate.UnauthenticatedError, grpc.StatusCode.UNAUTHENTICATED),
+    ],
+    ids=["not-found", "bad-key-id", "no-environment", "forged-management-key", "no-management-key"],
+)
+def test_errors_keep_the_status_code(
+    keygate_server: KeygateServer,
+    management_key: str | None,
+    call: Callable[[keygate.Client], object],
+    error: type[keygate.KeygateError],
+    code: grpc.StatusCode,
+) -> None:
+    key = keygate_server.admin_key if management_key == "admin" else management_key
+    with keygate.Client(keygate_server.address, management_key=key, insecure=True) as client:
+        with pytest.raises(error) as raised:
+            call(client)
+    assert raised.value.code == code
+    assert isinstance(raised.value, keygate.KeygateError) and raised.value.message
+
+
+def test_least_privilege_management_key(admin: keygate.Client, keygate_server: KeygateServer) -> None:
+    reader = admin.create_key(owner_id="acme", name="reader", environment="live", scopes=["keys:read"])
+    with keygate.Client(keygate_server.address, management_key=reader.secret, insecure=True) as client:
+        assert client.get_key(reader.key.key_id).key_id == reader.key.key_id
+        with pytest.raises(keygate.PermissionDeniedError):
+            client.create_key(owner_id="acme", name="nope", environment="live", scopes=["dns:read"])
+
+
+def test_async_client_lifecycle(keygate_server: KeygateServer) -> None:
+    async def scenario() -> None:
+        async with keygate.AsyncClient(
+            keygate_server.address, management_key=keygate_server.admin_key, insecure=True
+        ) as client:
+            created = await client.create_key(
+                owner_id="acme-async", name="async", environment="live", scopes=["dns:*"], ttl=timedelta(days=30)
+            )
+            assert created.key.HasField("expires_at")
+            decision = await client.authorize(created.secret, environment="live", required_scopes=["dns:write"])
+            assert decision.decision == authorization_pb2.DECISION_ALLOW
+            assert (await client.get_key(created.key.key_id)).name == "async"
+            assert [k.key_id async for k in client.list_keys(owner_id="acme-async", page_size=1)] == [created.key.key_id]
+            rotated = await client.rotate_key(created.key.key_id)
+            assert (await client.disable_key(created.key.key_id)).status == keys_pb2.KEY_STATUS_DISABLED
+            assert (await client.enable_key(created.key.key_id)).status == keys_pb2.KEY_STATUS_ACTIVE
+            assert not (await client.update_key_expiry(created.key.key_id, None)).HasField("expires_at")
+            assert (await client.revoke_key(created.key.key_id)).status == keys_pb2.KEY_STATUS_REVOKED
+            denied = await client.authorize(rotated.secret, environment="live")
+            assert denied.reason == authorization_pb2.DENY_REASON_KEY_REVOKED
+            with pytest.raises(keygate.NotFoundError):
+                await client.get_key(MISSING_KEY_ID)
+
+    asyncio.run(scenario())
+
+
+def test_create_key_argument_checks() -> None:
+    with keygate.Client("127.0.0.1:1", insecure=True) as client:
+        with pytest.raises(ValueError, match="not both"):
+            client.create_key(
+                owner_id="a", name="n", environment="live",
+                expires_at=datetime.now(timezone.utc), ttl=timedelta(days=1),
+            )
+        with pytest.raises(ValueError, match="timezone-aware"):
+            client.update_key_expiry(MISSING_KEY_ID, datetime(2030, 1, 1))
+    with pytest.raises(ValueError, match="exclude"):
+        keygate.Client("127.0.0.1:1", insecure=True, credentials=grpc.ssl_channel_credentials())
