@@ -38,27 +38,44 @@ async fn create_returns_the_secret_once_and_never_again(db: TestDatabase) {
 
     let got = admin
         .keys
-        .get_key(pb::GetKeyRequest { key_id: key.key_id.clone() })
+        .get_key(pb::GetKeyRequest {
+            key_id: key.key_id.clone(),
+        })
         .await
         .unwrap()
         .into_inner();
     assert!(!format!("{got:?}").contains(&secret));
-    let listed = admin.keys.list_keys(pb::ListKeysRequest::default()).await.unwrap().into_inner();
+    let listed = admin
+        .keys
+        .list_keys(pb::ListKeysRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
     assert!(listed.keys.iter().any(|k| k.key_id == key.key_id));
     assert!(!format!("{listed:?}").contains(&secret));
 
     // The stored form is not the key: neither the secret nor its random body
     // appears anywhere in the SQLite file.
     server.stop().await;
-    if let Some(path) = db.url.strip_prefix("sqlite://").and_then(|p| p.split('?').next()) {
+    if let Some(path) = db
+        .url
+        .strip_prefix("sqlite://")
+        .and_then(|p| p.split('?').next())
+    {
         let mut bytes = std::fs::read(path).unwrap();
         for suffix in ["-wal", "-shm"] {
             bytes.extend(std::fs::read(format!("{path}{suffix}")).unwrap_or_default());
         }
         let body = &secret["kg_live_".len()..];
         let haystack = String::from_utf8_lossy(&bytes);
-        assert!(!haystack.contains(body), "secret body found in the database file");
-        assert!(!haystack.contains(&body[8..]), "secret remainder found in the database file");
+        assert!(
+            !haystack.contains(body),
+            "secret body found in the database file"
+        );
+        assert!(
+            !haystack.contains(&body[8..]),
+            "secret remainder found in the database file"
+        );
     }
 }
 
@@ -66,25 +83,69 @@ async fn create_rejects_bad_input_naming_the_field(db: TestDatabase) {
     let server = TestServer::start(test_config(&db)).await;
     let mut admin = server.admin().await;
     let cases: Vec<(&str, pb::CreateKeyRequest)> = vec![
-        ("name", pb::CreateKeyRequest { name: String::new(), ..new_key("x", &[]) }),
-        ("name", pb::CreateKeyRequest { name: "n".repeat(201), ..new_key("x", &[]) }),
-        ("owner_id", pb::CreateKeyRequest { owner_id: "  ".into(), ..new_key("x", &[]) }),
-        ("environment", pb::CreateKeyRequest { environment: "staging".into(), ..new_key("x", &[]) }),
-        ("ip_allowlist[0]", pb::CreateKeyRequest { ip_allowlist: vec!["10.0.0.0/33".into()], ..new_key("x", &[]) }),
+        (
+            "name",
+            pb::CreateKeyRequest {
+                name: String::new(),
+                ..new_key("x", &[])
+            },
+        ),
+        (
+            "name",
+            pb::CreateKeyRequest {
+                name: "n".repeat(201),
+                ..new_key("x", &[])
+            },
+        ),
+        (
+            "owner_id",
+            pb::CreateKeyRequest {
+                owner_id: "  ".into(),
+                ..new_key("x", &[])
+            },
+        ),
+        (
+            "environment",
+            pb::CreateKeyRequest {
+                environment: "staging".into(),
+                ..new_key("x", &[])
+            },
+        ),
+        (
+            "ip_allowlist[0]",
+            pb::CreateKeyRequest {
+                ip_allowlist: vec!["10.0.0.0/33".into()],
+                ..new_key("x", &[])
+            },
+        ),
         ("scopes[1]", new_key("x", &["dns:read", ""])),
         ("scopes[0]", new_key("x", &["DNS READ"])),
-        ("rate_limit_per_hour", pb::CreateKeyRequest { rate_limit_per_hour: Some(0), ..new_key("x", &[]) }),
+        (
+            "rate_limit_per_hour",
+            pb::CreateKeyRequest {
+                rate_limit_per_hour: Some(0),
+                ..new_key("x", &[])
+            },
+        ),
         (
             "expires_at",
             pb::CreateKeyRequest {
-                expiry: Some(pb::create_key_request::Expiry::ExpiresAt(prost_types::Timestamp { seconds: 1_000, nanos: 0 })),
+                expiry: Some(pb::create_key_request::Expiry::ExpiresAt(
+                    prost_types::Timestamp {
+                        seconds: 1_000,
+                        nanos: 0,
+                    },
+                )),
                 ..new_key("x", &[])
             },
         ),
         (
             "ttl",
             pb::CreateKeyRequest {
-                expiry: Some(pb::create_key_request::Expiry::Ttl(prost_types::Duration { seconds: -5, nanos: 0 })),
+                expiry: Some(pb::create_key_request::Expiry::Ttl(prost_types::Duration {
+                    seconds: -5,
+                    nanos: 0,
+                })),
                 ..new_key("x", &[])
             },
         ),
@@ -93,18 +154,32 @@ async fn create_rejects_bad_input_naming_the_field(db: TestDatabase) {
         assert_invalid_field(admin.keys.create_key(request).await, field);
     }
     let many: Vec<String> = (0..101).map(|i| format!("svc{i}:read")).collect();
-    let request = pb::CreateKeyRequest { scopes: many, ..new_key("x", &[]) };
+    let request = pb::CreateKeyRequest {
+        scopes: many,
+        ..new_key("x", &[])
+    };
     assert_invalid_field(admin.keys.create_key(request).await, "scopes");
     let many: Vec<String> = (0..101).map(|i| format!("10.0.{i}.0/24")).collect();
-    let request = pb::CreateKeyRequest { ip_allowlist: many, ..new_key("x", &[]) };
+    let request = pb::CreateKeyRequest {
+        ip_allowlist: many,
+        ..new_key("x", &[])
+    };
     assert_invalid_field(admin.keys.create_key(request).await, "ip_allowlist");
 
     // Nothing was created by the rejected requests: only the bootstrap key.
-    let listed = admin.keys.list_keys(pb::ListKeysRequest::default()).await.unwrap().into_inner();
+    let listed = admin
+        .keys
+        .list_keys(pb::ListKeysRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(listed.keys.len(), 1, "{listed:?}");
 
     // A request over the message size limit is refused and harms nothing.
-    let huge = pb::CreateKeyRequest { name: "n".repeat(1024 * 1024), ..new_key("x", &[]) };
+    let huge = pb::CreateKeyRequest {
+        name: "n".repeat(1024 * 1024),
+        ..new_key("x", &[])
+    };
     let status = admin.keys.create_key(huge).await.unwrap_err();
     assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
     create(&mut admin, new_key("after the big one", &[])).await;
@@ -114,7 +189,10 @@ async fn management_calls_need_a_valid_key(db: TestDatabase) {
     let server = TestServer::start(test_config(&db)).await;
     let mut anonymous = server.client().await;
     assert_status(
-        anonymous.keys.get_key(pb::GetKeyRequest { key_id: "x".into() }).await,
+        anonymous
+            .keys
+            .get_key(pb::GetKeyRequest { key_id: "x".into() })
+            .await,
         Code::Unauthenticated,
         "MANAGEMENT_KEY_MISSING",
     );
@@ -129,22 +207,51 @@ async fn management_calls_need_a_valid_key(db: TestDatabase) {
     let mut admin = server.admin().await;
     let (manager, manager_secret) = create(&mut admin, new_key("manager", &["keys:write"])).await;
     let mut as_manager = server.client_with(&manager_secret).await;
-    as_manager.keys.list_keys(pb::ListKeysRequest::default()).await.unwrap();
-    admin.keys.disable_key(pb::DisableKeyRequest { key_id: manager.key_id.clone() }).await.unwrap();
-    assert_status(
-        as_manager.keys.list_keys(pb::ListKeysRequest::default()).await,
-        Code::Unauthenticated,
-        "MANAGEMENT_KEY_INVALID",
-    );
-    admin.keys.enable_key(pb::EnableKeyRequest { key_id: manager.key_id.clone() }).await.unwrap();
-    as_manager.keys.list_keys(pb::ListKeysRequest::default()).await.unwrap();
+    as_manager
+        .keys
+        .list_keys(pb::ListKeysRequest::default())
+        .await
+        .unwrap();
     admin
         .keys
-        .revoke_key(pb::RevokeKeyRequest { key_id: manager.key_id.clone(), reason: "left".into() })
+        .disable_key(pb::DisableKeyRequest {
+            key_id: manager.key_id.clone(),
+        })
         .await
         .unwrap();
     assert_status(
-        as_manager.keys.list_keys(pb::ListKeysRequest::default()).await,
+        as_manager
+            .keys
+            .list_keys(pb::ListKeysRequest::default())
+            .await,
+        Code::Unauthenticated,
+        "MANAGEMENT_KEY_INVALID",
+    );
+    admin
+        .keys
+        .enable_key(pb::EnableKeyRequest {
+            key_id: manager.key_id.clone(),
+        })
+        .await
+        .unwrap();
+    as_manager
+        .keys
+        .list_keys(pb::ListKeysRequest::default())
+        .await
+        .unwrap();
+    admin
+        .keys
+        .revoke_key(pb::RevokeKeyRequest {
+            key_id: manager.key_id.clone(),
+            reason: "left".into(),
+        })
+        .await
+        .unwrap();
+    assert_status(
+        as_manager
+            .keys
+            .list_keys(pb::ListKeysRequest::default())
+            .await,
         Code::Unauthenticated,
         "MANAGEMENT_KEY_INVALID",
     );
@@ -160,16 +267,37 @@ async fn rights_are_enforced(db: TestDatabase) {
     // A key without management scopes can do nothing.
     let mut as_plain = server.client_with(&plain_secret).await;
     assert_status(
-        as_plain.keys.get_key(pb::GetKeyRequest { key_id: plain.key_id.clone() }).await,
+        as_plain
+            .keys
+            .get_key(pb::GetKeyRequest {
+                key_id: plain.key_id.clone(),
+            })
+            .await,
         Code::PermissionDenied,
         "MISSING_RIGHT",
     );
     // keys:read reads but does not write.
     let mut as_reader = server.client_with(&reader).await;
-    as_reader.keys.get_key(pb::GetKeyRequest { key_id: plain.key_id.clone() }).await.unwrap();
-    assert_status(as_reader.keys.create_key(new_key("x", &[])).await, Code::PermissionDenied, "MISSING_RIGHT");
+    as_reader
+        .keys
+        .get_key(pb::GetKeyRequest {
+            key_id: plain.key_id.clone(),
+        })
+        .await
+        .unwrap();
     assert_status(
-        as_reader.keys.revoke_key(pb::RevokeKeyRequest { key_id: plain.key_id.clone(), reason: String::new() }).await,
+        as_reader.keys.create_key(new_key("x", &[])).await,
+        Code::PermissionDenied,
+        "MISSING_RIGHT",
+    );
+    assert_status(
+        as_reader
+            .keys
+            .revoke_key(pb::RevokeKeyRequest {
+                key_id: plain.key_id.clone(),
+                reason: String::new(),
+            })
+            .await,
         Code::PermissionDenied,
         "MISSING_RIGHT",
     );
@@ -177,64 +305,135 @@ async fn rights_are_enforced(db: TestDatabase) {
     let mut as_writer = server.client_with(&writer).await;
     create(&mut as_writer, new_key("child", &["dns:read", "dns:*"])).await;
     assert_status(
-        as_writer.keys.create_key(new_key("x", &["billing:read"])).await,
+        as_writer
+            .keys
+            .create_key(new_key("x", &["billing:read"]))
+            .await,
         Code::PermissionDenied,
         "SCOPE_ESCALATION",
     );
     assert_status(
-        as_writer.keys.create_key(new_key("x", &["keys:admin"])).await,
+        as_writer
+            .keys
+            .create_key(new_key("x", &["keys:admin"]))
+            .await,
         Code::PermissionDenied,
         "SCOPE_ESCALATION",
     );
-    let other_owner = pb::CreateKeyRequest { owner_id: "globex".into(), ..new_key("x", &[]) };
-    assert_status(as_writer.keys.create_key(other_owner).await, Code::PermissionDenied, "OUT_OF_BOUNDS");
-    let other_env = pb::CreateKeyRequest { environment: "test".into(), ..new_key("x", &[]) };
-    assert_status(as_writer.keys.create_key(other_env).await, Code::PermissionDenied, "OUT_OF_BOUNDS");
+    let other_owner = pb::CreateKeyRequest {
+        owner_id: "globex".into(),
+        ..new_key("x", &[])
+    };
+    assert_status(
+        as_writer.keys.create_key(other_owner).await,
+        Code::PermissionDenied,
+        "OUT_OF_BOUNDS",
+    );
+    let other_env = pb::CreateKeyRequest {
+        environment: "test".into(),
+        ..new_key("x", &[])
+    };
+    assert_status(
+        as_writer.keys.create_key(other_env).await,
+        Code::PermissionDenied,
+        "OUT_OF_BOUNDS",
+    );
     // It cannot rotate (take over) a key with scopes beyond its own.
     let (wide, _) = create(&mut admin, new_key("wide", &["billing:write"])).await;
     assert_status(
-        as_writer.keys.rotate_key(pb::RotateKeyRequest { key_id: wide.key_id.clone(), grace_period: None }).await,
+        as_writer
+            .keys
+            .rotate_key(pb::RotateKeyRequest {
+                key_id: wide.key_id.clone(),
+                grace_period: None,
+            })
+            .await,
         Code::PermissionDenied,
         "SCOPE_ESCALATION",
     );
     // Listing another owner is refused.
-    let other = pb::ListKeysRequest { owner_id: "globex".into(), ..Default::default() };
-    assert_status(as_reader.keys.list_keys(other).await, Code::PermissionDenied, "OUT_OF_BOUNDS");
+    let other = pb::ListKeysRequest {
+        owner_id: "globex".into(),
+        ..Default::default()
+    };
+    assert_status(
+        as_reader.keys.list_keys(other).await,
+        Code::PermissionDenied,
+        "OUT_OF_BOUNDS",
+    );
 }
 
 async fn other_owners_keys_are_invisible(db: TestDatabase) {
     let server = TestServer::start(test_config(&db)).await;
     let mut admin = server.admin().await;
-    let globex = pb::CreateKeyRequest { owner_id: "globex".into(), ..new_key("theirs", &["dns:read"]) };
+    let globex = pb::CreateKeyRequest {
+        owner_id: "globex".into(),
+        ..new_key("theirs", &["dns:read"])
+    };
     let (theirs, _) = create(&mut admin, globex).await;
-    let test_env = pb::CreateKeyRequest { environment: "test".into(), ..new_key("test key", &["dns:read"]) };
+    let test_env = pb::CreateKeyRequest {
+        environment: "test".into(),
+        ..new_key("test key", &["dns:read"])
+    };
     let (test_key, _) = create(&mut admin, test_env).await;
     let (_, manager) = create(&mut admin, new_key("manager", &["keys:write", "dns:read"])).await;
     let mut as_manager = server.client_with(&manager).await;
 
     for key_id in [&theirs.key_id, &test_key.key_id] {
         assert_status(
-            as_manager.keys.get_key(pb::GetKeyRequest { key_id: key_id.clone() }).await,
+            as_manager
+                .keys
+                .get_key(pb::GetKeyRequest {
+                    key_id: key_id.clone(),
+                })
+                .await,
             Code::NotFound,
             "KEY_NOT_FOUND",
         );
         assert_status(
-            as_manager.keys.revoke_key(pb::RevokeKeyRequest { key_id: key_id.clone(), reason: String::new() }).await,
+            as_manager
+                .keys
+                .revoke_key(pb::RevokeKeyRequest {
+                    key_id: key_id.clone(),
+                    reason: String::new(),
+                })
+                .await,
             Code::NotFound,
             "KEY_NOT_FOUND",
         );
         assert_status(
-            as_manager.keys.disable_key(pb::DisableKeyRequest { key_id: key_id.clone() }).await,
+            as_manager
+                .keys
+                .disable_key(pb::DisableKeyRequest {
+                    key_id: key_id.clone(),
+                })
+                .await,
             Code::NotFound,
             "KEY_NOT_FOUND",
         );
     }
     // Its list shows only acme/live keys.
-    let listed = as_manager.keys.list_keys(pb::ListKeysRequest::default()).await.unwrap().into_inner();
+    let listed = as_manager
+        .keys
+        .list_keys(pb::ListKeysRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
     assert!(!listed.keys.is_empty());
-    assert!(listed.keys.iter().all(|k| k.owner_id == "acme" && k.environment == "live"), "{listed:?}");
+    assert!(
+        listed
+            .keys
+            .iter()
+            .all(|k| k.owner_id == "acme" && k.environment == "live"),
+        "{listed:?}"
+    );
     // The admin sees everything.
-    let all = admin.keys.list_keys(pb::ListKeysRequest::default()).await.unwrap().into_inner();
+    let all = admin
+        .keys
+        .list_keys(pb::ListKeysRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(all.keys.len(), 4);
 }
 
@@ -242,17 +441,41 @@ async fn get_and_ids_fail_cleanly(db: TestDatabase) {
     let server = TestServer::start(test_config(&db)).await;
     let mut admin = server.admin().await;
     assert_status(
-        admin.keys.get_key(pb::GetKeyRequest { key_id: "0190b5a2-0000-7000-8000-000000000000".into() }).await,
+        admin
+            .keys
+            .get_key(pb::GetKeyRequest {
+                key_id: "0190b5a2-0000-7000-8000-000000000000".into(),
+            })
+            .await,
         Code::NotFound,
         "KEY_NOT_FOUND",
     );
-    assert_invalid_field(admin.keys.get_key(pb::GetKeyRequest { key_id: String::new() }).await, "key_id");
     assert_invalid_field(
-        admin.keys.get_key(pb::GetKeyRequest { key_id: "'; drop table api_keys; --".into() }).await,
+        admin
+            .keys
+            .get_key(pb::GetKeyRequest {
+                key_id: String::new(),
+            })
+            .await,
         "key_id",
     );
     assert_invalid_field(
-        admin.keys.rotate_key(pb::RotateKeyRequest { key_id: String::new(), grace_period: None }).await,
+        admin
+            .keys
+            .get_key(pb::GetKeyRequest {
+                key_id: "'; drop table api_keys; --".into(),
+            })
+            .await,
+        "key_id",
+    );
+    assert_invalid_field(
+        admin
+            .keys
+            .rotate_key(pb::RotateKeyRequest {
+                key_id: String::new(),
+                grace_period: None,
+            })
+            .await,
         "key_id",
     );
     assert_status(
@@ -267,7 +490,12 @@ async fn get_and_ids_fail_cleanly(db: TestDatabase) {
         "KEY_NOT_FOUND",
     );
     assert_status(
-        admin.keys.enable_key(pb::EnableKeyRequest { key_id: "0190b5a2-0000-7000-8000-000000000000".into() }).await,
+        admin
+            .keys
+            .enable_key(pb::EnableKeyRequest {
+                key_id: "0190b5a2-0000-7000-8000-000000000000".into(),
+            })
+            .await,
         Code::NotFound,
         "KEY_NOT_FOUND",
     );
@@ -282,7 +510,13 @@ async fn list_pages_filters_and_rejects_tampered_tokens(db: TestDatabase) {
         created.push(key.key_id);
     }
     let (disabled, _) = create(&mut admin, new_key("off", &[])).await;
-    admin.keys.disable_key(pb::DisableKeyRequest { key_id: disabled.key_id.clone() }).await.unwrap();
+    admin
+        .keys
+        .disable_key(pb::DisableKeyRequest {
+            key_id: disabled.key_id.clone(),
+        })
+        .await
+        .unwrap();
 
     // Pages of 3, with a key inserted between pages: no duplicates, no skips.
     let mut seen = Vec::new();
@@ -291,7 +525,11 @@ async fn list_pages_filters_and_rejects_tampered_tokens(db: TestDatabase) {
     loop {
         let page = admin
             .keys
-            .list_keys(pb::ListKeysRequest { page_size: 3, page_token: token.clone(), ..Default::default() })
+            .list_keys(pb::ListKeysRequest {
+                page_size: 3,
+                page_token: token.clone(),
+                ..Default::default()
+            })
             .await
             .unwrap()
             .into_inner();
@@ -316,18 +554,56 @@ async fn list_pages_filters_and_rejects_tampered_tokens(db: TestDatabase) {
     }
 
     // Filters.
-    let disabled_only = pb::ListKeysRequest { status: pb::KeyStatus::Disabled.into(), ..Default::default() };
-    let page = admin.keys.list_keys(disabled_only).await.unwrap().into_inner();
-    assert_eq!(page.keys.iter().map(|k| &k.key_id).collect::<Vec<_>>(), vec![&disabled.key_id]);
-    let nobody = pb::ListKeysRequest { owner_id: "nobody".into(), ..Default::default() };
-    assert!(admin.keys.list_keys(nobody).await.unwrap().into_inner().keys.is_empty());
-    let test_env = pb::ListKeysRequest { environment: "test".into(), ..Default::default() };
-    assert!(admin.keys.list_keys(test_env).await.unwrap().into_inner().keys.is_empty());
+    let disabled_only = pb::ListKeysRequest {
+        status: pb::KeyStatus::Disabled.into(),
+        ..Default::default()
+    };
+    let page = admin
+        .keys
+        .list_keys(disabled_only)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        page.keys.iter().map(|k| &k.key_id).collect::<Vec<_>>(),
+        vec![&disabled.key_id]
+    );
+    let nobody = pb::ListKeysRequest {
+        owner_id: "nobody".into(),
+        ..Default::default()
+    };
+    assert!(
+        admin
+            .keys
+            .list_keys(nobody)
+            .await
+            .unwrap()
+            .into_inner()
+            .keys
+            .is_empty()
+    );
+    let test_env = pb::ListKeysRequest {
+        environment: "test".into(),
+        ..Default::default()
+    };
+    assert!(
+        admin
+            .keys
+            .list_keys(test_env)
+            .await
+            .unwrap()
+            .into_inner()
+            .keys
+            .is_empty()
+    );
 
     // Bad tokens, sizes and statuses.
     let first = admin
         .keys
-        .list_keys(pb::ListKeysRequest { page_size: 2, ..Default::default() })
+        .list_keys(pb::ListKeysRequest {
+            page_size: 2,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
@@ -336,13 +612,22 @@ async fn list_pages_filters_and_rejects_tampered_tokens(db: TestDatabase) {
     tampered[last] = if tampered[last] == b'A' { b'B' } else { b'A' };
     let tampered = String::from_utf8(tampered).unwrap();
     assert_invalid_field(
-        admin.keys.list_keys(pb::ListKeysRequest { page_token: tampered, ..Default::default() }).await,
+        admin
+            .keys
+            .list_keys(pb::ListKeysRequest {
+                page_token: tampered,
+                ..Default::default()
+            })
+            .await,
         "page_token",
     );
     assert_invalid_field(
         admin
             .keys
-            .list_keys(pb::ListKeysRequest { page_token: "!!not a token!!".into(), ..Default::default() })
+            .list_keys(pb::ListKeysRequest {
+                page_token: "!!not a token!!".into(),
+                ..Default::default()
+            })
             .await,
         "page_token",
     );
@@ -353,17 +638,32 @@ async fn list_pages_filters_and_rejects_tampered_tokens(db: TestDatabase) {
     };
     assert_invalid_field(admin.keys.list_keys(other_filter).await, "page_token");
     assert_invalid_field(
-        admin.keys.list_keys(pb::ListKeysRequest { page_size: -1, ..Default::default() }).await,
+        admin
+            .keys
+            .list_keys(pb::ListKeysRequest {
+                page_size: -1,
+                ..Default::default()
+            })
+            .await,
         "page_size",
     );
     assert_invalid_field(
-        admin.keys.list_keys(pb::ListKeysRequest { status: 99, ..Default::default() }).await,
+        admin
+            .keys
+            .list_keys(pb::ListKeysRequest {
+                status: 99,
+                ..Default::default()
+            })
+            .await,
         "status",
     );
     // Oversized pages are served at the maximum, not refused.
     let big = admin
         .keys
-        .list_keys(pb::ListKeysRequest { page_size: 5000, ..Default::default() })
+        .list_keys(pb::ListKeysRequest {
+            page_size: 5000,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
@@ -379,10 +679,16 @@ async fn rotate_with_and_without_grace(db: TestDatabase) {
     assert_allowed(&authorize(&mut client, authz(&old, &["dns:read"])).await);
 
     // With a grace period both secrets work.
-    let grace = prost_types::Duration { seconds: 3600, nanos: 0 };
+    let grace = prost_types::Duration {
+        seconds: 3600,
+        nanos: 0,
+    };
     let rotated = admin
         .keys
-        .rotate_key(pb::RotateKeyRequest { key_id: key.key_id.clone(), grace_period: Some(grace) })
+        .rotate_key(pb::RotateKeyRequest {
+            key_id: key.key_id.clone(),
+            grace_period: Some(grace),
+        })
         .await
         .unwrap()
         .into_inner();
@@ -395,19 +701,31 @@ async fn rotate_with_and_without_grace(db: TestDatabase) {
     assert_eq!(rotated_key.credentials.len(), 2);
     let previous_end = rotated.previous_secret_expires_at.unwrap();
     let now = chrono::Utc::now().timestamp();
-    assert!((previous_end.seconds - (now + 3600)).abs() < 60, "{previous_end:?}");
+    assert!(
+        (previous_end.seconds - (now + 3600)).abs() < 60,
+        "{previous_end:?}"
+    );
     assert_allowed(&authorize(&mut client, authz(&old, &["dns:read"])).await);
     assert_allowed(&authorize(&mut client, authz(&new, &["dns:read"])).await);
 
     // Without one the previous secret stops at once.
     let again = admin
         .keys
-        .rotate_key(pb::RotateKeyRequest { key_id: key.key_id.clone(), grace_period: None })
+        .rotate_key(pb::RotateKeyRequest {
+            key_id: key.key_id.clone(),
+            grace_period: None,
+        })
         .await
         .unwrap()
         .into_inner();
-    assert_denied(&authorize(&mut client, authz(&new, &["dns:read"])).await, pb::DenyReason::KeyExpired);
-    assert_denied(&authorize(&mut client, authz(&old, &["dns:read"])).await, pb::DenyReason::KeyExpired);
+    assert_denied(
+        &authorize(&mut client, authz(&new, &["dns:read"])).await,
+        pb::DenyReason::KeyExpired,
+    );
+    assert_denied(
+        &authorize(&mut client, authz(&old, &["dns:read"])).await,
+        pb::DenyReason::KeyExpired,
+    );
     assert_allowed(&authorize(&mut client, authz(&again.secret, &["dns:read"])).await);
 
     // Failure paths.
@@ -416,18 +734,30 @@ async fn rotate_with_and_without_grace(db: TestDatabase) {
             .keys
             .rotate_key(pb::RotateKeyRequest {
                 key_id: key.key_id.clone(),
-                grace_period: Some(prost_types::Duration { seconds: -1, nanos: 0 }),
+                grace_period: Some(prost_types::Duration {
+                    seconds: -1,
+                    nanos: 0,
+                }),
             })
             .await,
         "grace_period",
     );
     admin
         .keys
-        .revoke_key(pb::RevokeKeyRequest { key_id: key.key_id.clone(), reason: "done".into() })
+        .revoke_key(pb::RevokeKeyRequest {
+            key_id: key.key_id.clone(),
+            reason: "done".into(),
+        })
         .await
         .unwrap();
     assert_status(
-        admin.keys.rotate_key(pb::RotateKeyRequest { key_id: key.key_id.clone(), grace_period: None }).await,
+        admin
+            .keys
+            .rotate_key(pb::RotateKeyRequest {
+                key_id: key.key_id.clone(),
+                grace_period: None,
+            })
+            .await,
         Code::FailedPrecondition,
         "KEY_REVOKED",
     );
@@ -442,7 +772,10 @@ async fn revoke_is_permanent_and_immediate(db: TestDatabase) {
 
     let revoked = admin
         .keys
-        .revoke_key(pb::RevokeKeyRequest { key_id: key.key_id.clone(), reason: "leaked in a log".into() })
+        .revoke_key(pb::RevokeKeyRequest {
+            key_id: key.key_id.clone(),
+            reason: "leaked in a log".into(),
+        })
         .await
         .unwrap()
         .into_inner()
@@ -452,12 +785,18 @@ async fn revoke_is_permanent_and_immediate(db: TestDatabase) {
     assert!(revoked.revoked_at.is_some());
     assert_eq!(revoked.revoked_reason, "leaked in a log");
     // The very next Authorize denies (the key was cached warm before).
-    assert_denied(&authorize(&mut client, authz(&secret, &["dns:read"])).await, pb::DenyReason::KeyRevoked);
+    assert_denied(
+        &authorize(&mut client, authz(&secret, &["dns:read"])).await,
+        pb::DenyReason::KeyRevoked,
+    );
 
     // Revoking again is harmless and keeps the first reason.
     let again = admin
         .keys
-        .revoke_key(pb::RevokeKeyRequest { key_id: key.key_id.clone(), reason: "again".into() })
+        .revoke_key(pb::RevokeKeyRequest {
+            key_id: key.key_id.clone(),
+            reason: "again".into(),
+        })
         .await
         .unwrap()
         .into_inner()
@@ -466,26 +805,52 @@ async fn revoke_is_permanent_and_immediate(db: TestDatabase) {
     assert_eq!(again.revoked_reason, "leaked in a log");
     // Nothing brings it back; the record stays readable.
     assert_status(
-        admin.keys.enable_key(pb::EnableKeyRequest { key_id: key.key_id.clone() }).await,
+        admin
+            .keys
+            .enable_key(pb::EnableKeyRequest {
+                key_id: key.key_id.clone(),
+            })
+            .await,
         Code::FailedPrecondition,
         "KEY_REVOKED",
     );
     assert_status(
-        admin.keys.disable_key(pb::DisableKeyRequest { key_id: key.key_id.clone() }).await,
+        admin
+            .keys
+            .disable_key(pb::DisableKeyRequest {
+                key_id: key.key_id.clone(),
+            })
+            .await,
         Code::FailedPrecondition,
         "KEY_REVOKED",
     );
     assert_status(
-        admin.keys.update_key_expiry(pb::UpdateKeyExpiryRequest { key_id: key.key_id.clone(), expires_at: None }).await,
+        admin
+            .keys
+            .update_key_expiry(pb::UpdateKeyExpiryRequest {
+                key_id: key.key_id.clone(),
+                expires_at: None,
+            })
+            .await,
         Code::FailedPrecondition,
         "KEY_REVOKED",
     );
-    let got = admin.keys.get_key(pb::GetKeyRequest { key_id: key.key_id.clone() }).await.unwrap().into_inner();
+    let got = admin
+        .keys
+        .get_key(pb::GetKeyRequest {
+            key_id: key.key_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(got.key.unwrap().status(), pb::KeyStatus::Revoked);
     assert_invalid_field(
         admin
             .keys
-            .revoke_key(pb::RevokeKeyRequest { key_id: key.key_id.clone(), reason: "r".repeat(501) })
+            .revoke_key(pb::RevokeKeyRequest {
+                key_id: key.key_id.clone(),
+                reason: "r".repeat(501),
+            })
             .await,
         "reason",
     );
@@ -497,19 +862,43 @@ async fn disable_enable_and_expiry(db: TestDatabase) {
     let (key, secret) = create(&mut admin, new_key("switch", &["dns:read"])).await;
     let mut client = server.client().await;
 
-    let off = admin.keys.disable_key(pb::DisableKeyRequest { key_id: key.key_id.clone() }).await.unwrap();
-    assert_eq!(off.into_inner().key.unwrap().status(), pb::KeyStatus::Disabled);
-    assert_denied(&authorize(&mut client, authz(&secret, &["dns:read"])).await, pb::DenyReason::KeyDisabled);
-    let on = admin.keys.enable_key(pb::EnableKeyRequest { key_id: key.key_id.clone() }).await.unwrap();
+    let off = admin
+        .keys
+        .disable_key(pb::DisableKeyRequest {
+            key_id: key.key_id.clone(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        off.into_inner().key.unwrap().status(),
+        pb::KeyStatus::Disabled
+    );
+    assert_denied(
+        &authorize(&mut client, authz(&secret, &["dns:read"])).await,
+        pb::DenyReason::KeyDisabled,
+    );
+    let on = admin
+        .keys
+        .enable_key(pb::EnableKeyRequest {
+            key_id: key.key_id.clone(),
+        })
+        .await
+        .unwrap();
     assert_eq!(on.into_inner().key.unwrap().status(), pb::KeyStatus::Active);
     assert_allowed(&authorize(&mut client, authz(&secret, &["dns:read"])).await);
 
     // Expiry: in the past is refused; soon makes the key expire; clearing revives it.
-    let past = prost_types::Timestamp { seconds: chrono::Utc::now().timestamp() - 10, nanos: 0 };
+    let past = prost_types::Timestamp {
+        seconds: chrono::Utc::now().timestamp() - 10,
+        nanos: 0,
+    };
     assert_invalid_field(
         admin
             .keys
-            .update_key_expiry(pb::UpdateKeyExpiryRequest { key_id: key.key_id.clone(), expires_at: Some(past) })
+            .update_key_expiry(pb::UpdateKeyExpiryRequest {
+                key_id: key.key_id.clone(),
+                expires_at: Some(past),
+            })
             .await,
         "expires_at",
     );
@@ -518,7 +907,10 @@ async fn disable_enable_and_expiry(db: TestDatabase) {
         .keys
         .update_key_expiry(pb::UpdateKeyExpiryRequest {
             key_id: key.key_id.clone(),
-            expires_at: Some(prost_types::Timestamp { seconds: soon.timestamp(), nanos: soon.timestamp_subsec_nanos() as i32 }),
+            expires_at: Some(prost_types::Timestamp {
+                seconds: soon.timestamp(),
+                nanos: soon.timestamp_subsec_nanos() as i32,
+            }),
         })
         .await
         .unwrap()
@@ -527,22 +919,46 @@ async fn disable_enable_and_expiry(db: TestDatabase) {
         .unwrap();
     assert!(updated.expires_at.is_some());
     tokio::time::sleep(std::time::Duration::from_millis(400)).await;
-    assert_denied(&authorize(&mut client, authz(&secret, &["dns:read"])).await, pb::DenyReason::KeyExpired);
-    let got = admin.keys.get_key(pb::GetKeyRequest { key_id: key.key_id.clone() }).await.unwrap().into_inner();
+    assert_denied(
+        &authorize(&mut client, authz(&secret, &["dns:read"])).await,
+        pb::DenyReason::KeyExpired,
+    );
+    let got = admin
+        .keys
+        .get_key(pb::GetKeyRequest {
+            key_id: key.key_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(got.key.unwrap().status(), pb::KeyStatus::Expired);
-    let expired_only = pb::ListKeysRequest { status: pb::KeyStatus::Expired.into(), ..Default::default() };
-    let listed = admin.keys.list_keys(expired_only).await.unwrap().into_inner();
+    let expired_only = pb::ListKeysRequest {
+        status: pb::KeyStatus::Expired.into(),
+        ..Default::default()
+    };
+    let listed = admin
+        .keys
+        .list_keys(expired_only)
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(listed.keys.len(), 1);
     admin
         .keys
-        .update_key_expiry(pb::UpdateKeyExpiryRequest { key_id: key.key_id.clone(), expires_at: None })
+        .update_key_expiry(pb::UpdateKeyExpiryRequest {
+            key_id: key.key_id.clone(),
+            expires_at: None,
+        })
         .await
         .unwrap();
     assert_allowed(&authorize(&mut client, authz(&secret, &["dns:read"])).await);
 
     // A TTL at creation sets the expiry relative to now.
     let ttl = pb::CreateKeyRequest {
-        expiry: Some(pb::create_key_request::Expiry::Ttl(prost_types::Duration { seconds: 30 * 86_400, nanos: 0 })),
+        expiry: Some(pb::create_key_request::Expiry::Ttl(prost_types::Duration {
+            seconds: 30 * 86_400,
+            nanos: 0,
+        })),
         ..new_key("thirty days", &[])
     };
     let (with_ttl, _) = create(&mut admin, ttl).await;

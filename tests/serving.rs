@@ -5,7 +5,9 @@ mod common;
 
 use common::*;
 use keygate_persistence::testing::TestDatabase;
-use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
 use tonic_reflection::pb::v1::{
     ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
     server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
@@ -24,15 +26,25 @@ async fn health_reports_serving_for_the_server_and_both_services() {
     let db = TestDatabase::sqlite();
     let server = TestServer::start(test_config(&db)).await;
     let mut health = HealthClient::new(channel(&server).await);
-    for service in ["", "keygate.v1.KeyManagementService", "keygate.v1.AuthorizationService"] {
+    for service in [
+        "",
+        "keygate.v1.KeyManagementService",
+        "keygate.v1.AuthorizationService",
+    ] {
         let resp = health
-            .check(HealthCheckRequest { service: service.into() })
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
             .await
             .unwrap()
             .into_inner();
         assert_eq!(resp.status(), ServingStatus::Serving, "service {service:?}");
     }
-    let unknown = health.check(HealthCheckRequest { service: "nope.Service".into() }).await;
+    let unknown = health
+        .check(HealthCheckRequest {
+            service: "nope.Service".into(),
+        })
+        .await;
     assert_eq!(unknown.unwrap_err().code(), tonic::Code::NotFound);
 }
 
@@ -60,6 +72,9 @@ async fn reflection_lists_keygate_services() {
         "keygate.v1.AuthorizationService",
         "grpc.health.v1.Health",
     ] {
-        assert!(names.contains(&expected), "{expected} missing from {names:?}");
+        assert!(
+            names.contains(&expected),
+            "{expected} missing from {names:?}"
+        );
     }
 }

@@ -4,6 +4,8 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod proxy;
+
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use keygate::{Client, v1 as pb};
@@ -81,9 +83,10 @@ impl TestServer {
     /// Starts a server with `config`, bootstrapping an admin key for owner `acme` in `live`.
     pub async fn start(config: Config) -> Self {
         let keygate = Keygate::open(config.clone()).await.expect("open keygate");
-        let admin_key = keygate_server::bootstrap(keygate.store(), &config, "acme", "live", "test admin")
-            .await
-            .expect("bootstrap");
+        let admin_key =
+            keygate_server::bootstrap(keygate.store(), &config, "acme", "live", "test admin")
+                .await
+                .expect("bootstrap");
         Self::serve(keygate, admin_key).await
     }
 
@@ -94,7 +97,9 @@ impl TestServer {
     }
 
     async fn serve(keygate: Keygate, admin_key: String) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let authorizer = keygate.authorizer().clone();
         let (tx, rx) = oneshot::channel();
@@ -118,7 +123,10 @@ impl TestServer {
 
     /// A client sending `key` as management key.
     pub async fn client_with(&self, key: &str) -> Client {
-        self.client().await.with_management_key(key).expect("ascii key")
+        self.client()
+            .await
+            .with_management_key(key)
+            .expect("ascii key")
     }
 
     /// A client sending no management key.
@@ -162,7 +170,12 @@ pub fn new_key(name: &str, scopes: &[&str]) -> pb::CreateKeyRequest {
 
 /// Creates a key with the admin client; returns (key, secret).
 pub async fn create(client: &mut Client, req: pb::CreateKeyRequest) -> (pb::ApiKey, String) {
-    let resp = client.keys.create_key(req).await.expect("create key").into_inner();
+    let resp = client
+        .keys
+        .create_key(req)
+        .await
+        .expect("create key")
+        .into_inner();
     (resp.key.expect("key in response"), resp.secret)
 }
 
@@ -178,28 +191,47 @@ pub fn authz(key: &str, scopes: &[&str]) -> pb::AuthorizeRequest {
 
 /// Calls Authorize and returns the response.
 pub async fn authorize(client: &mut Client, req: pb::AuthorizeRequest) -> pb::AuthorizeResponse {
-    client.authz.authorize(req).await.expect("authorize rpc").into_inner()
+    client
+        .authz
+        .authorize(req)
+        .await
+        .expect("authorize rpc")
+        .into_inner()
 }
 
 /// Asserts a deny with `reason`.
 pub fn assert_denied(resp: &pb::AuthorizeResponse, reason: pb::DenyReason) {
-    assert_eq!(resp.decision(), pb::Decision::Deny, "expected deny, got {resp:?}");
+    assert_eq!(
+        resp.decision(),
+        pb::Decision::Deny,
+        "expected deny, got {resp:?}"
+    );
     assert_eq!(resp.reason(), reason, "wrong reason in {resp:?}");
     assert!(!resp.message.is_empty());
 }
 
 /// Asserts an allow.
 pub fn assert_allowed(resp: &pb::AuthorizeResponse) {
-    assert_eq!(resp.decision(), pb::Decision::Allow, "expected allow, got {resp:?}");
+    assert_eq!(
+        resp.decision(),
+        pb::Decision::Allow,
+        "expected allow, got {resp:?}"
+    );
     assert_eq!(resp.reason(), pb::DenyReason::Unspecified);
 }
 
 /// Asserts an RPC error with `code` whose ErrorInfo carries `reason`.
-pub fn assert_status(result: Result<impl std::fmt::Debug, Status>, code: Code, reason: &str) -> Status {
+pub fn assert_status(
+    result: Result<impl std::fmt::Debug, Status>,
+    code: Code,
+    reason: &str,
+) -> Status {
     let status = result.expect_err("expected an error status");
     assert_eq!(status.code(), code, "wrong code: {status:?}");
     let details = status.get_error_details();
-    let info = details.error_info().unwrap_or_else(|| panic!("no ErrorInfo in {status:?}"));
+    let info = details
+        .error_info()
+        .unwrap_or_else(|| panic!("no ErrorInfo in {status:?}"));
     assert_eq!(info.reason, reason, "wrong ErrorInfo reason in {status:?}");
     assert_eq!(info.domain, "keygate.dev");
     status
@@ -217,5 +249,9 @@ pub fn assert_invalid_field(result: Result<impl std::fmt::Debug, Status>, field:
         bad.field_violations.iter().any(|v| v.field == field),
         "no violation for {field} in {bad:?}"
     );
-    assert!(status.message().contains(field), "message does not name {field}: {}", status.message());
+    assert!(
+        status.message().contains(field),
+        "message does not name {field}: {}",
+        status.message()
+    );
 }

@@ -21,6 +21,9 @@ const MAX_PAYLOAD: usize = 7900;
 /// Payload meaning "too many lookup ids to list: clear everything".
 const RESET_PAYLOAD: &str = "*";
 
+/// Payload of a liveness heartbeat (key ids are UUIDs, so it names no key).
+pub(crate) const HEARTBEAT_PAYLOAD: &str = "heartbeat";
+
 /// A change announced by another replica (or this one).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Change {
@@ -35,6 +38,9 @@ pub enum Change {
     /// been lost; the caller must clear its cache. Also sent for a change too
     /// large to describe in one notification.
     Reset,
+    /// A heartbeat from some replica ([`crate::Store::send_heartbeat`]): proof
+    /// that this listener's connection still delivers notifications.
+    Heartbeat,
 }
 
 /// The notification payload for a change of `key_id`: the key id followed by
@@ -54,6 +60,9 @@ pub(crate) fn encode_payload(key_id: &str, lookup_ids: &[String]) -> String {
 
 /// Parses a payload written by [`encode_payload`].
 pub(crate) fn decode_payload(payload: &str) -> Change {
+    if payload == HEARTBEAT_PAYLOAD {
+        return Change::Heartbeat;
+    }
     let mut parts = payload.split(',').filter(|p| !p.is_empty());
     match parts.next() {
         Some(key_id) if payload != RESET_PAYLOAD => Change::Key {
@@ -147,6 +156,11 @@ mod tests {
                 lookup_ids: vec![]
             }
         );
+    }
+
+    #[test]
+    fn heartbeat_is_not_a_key() {
+        assert_eq!(decode_payload(HEARTBEAT_PAYLOAD), Change::Heartbeat);
     }
 
     #[test]

@@ -26,7 +26,7 @@ use crate::convert::{
 use crate::entity::{api_key, credential};
 use crate::error::StoreError;
 use crate::migration::Migrator;
-use crate::notify::{ChangeListener, notify_in};
+use crate::notify::{CHANGE_CHANNEL, ChangeListener, HEARTBEAT_PAYLOAD, notify_in};
 
 /// How long connecting or waiting for a pooled connection may take before the
 /// database is reported unavailable.
@@ -465,6 +465,23 @@ impl Store {
                 ChangeListener::start(pool).await.map(Some)
             }
         }
+    }
+
+    /// Sends a heartbeat notification that every listener receives as
+    /// [`crate::Change::Heartbeat`], so a listener whose connection silently
+    /// stopped delivering can tell (PostgreSQL only; a no-op on SQLite).
+    pub async fn send_heartbeat(&self) -> Result<(), StoreError> {
+        if self.backend() != Backend::Postgres {
+            return Ok(());
+        }
+        self.db
+            .execute_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "SELECT pg_notify($1, $2)",
+                [CHANGE_CHANNEL.into(), HEARTBEAT_PAYLOAD.into()],
+            ))
+            .await?;
+        Ok(())
     }
 }
 

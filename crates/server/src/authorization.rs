@@ -79,7 +79,10 @@ impl AuthorizeService {
                     decision: pb::Decision::Deny.into(),
                     reason: convert::deny_reason(reason).into(),
                     message: reason.message().to_owned(),
-                    missing_scopes: missing_scopes.iter().map(|s| s.as_str().to_owned()).collect(),
+                    missing_scopes: missing_scopes
+                        .iter()
+                        .map(|s| s.as_str().to_owned())
+                        .collect(),
                     rate_limit: rate.map(|r| convert::rate_limit(&r, now)),
                     ..Default::default()
                 };
@@ -97,7 +100,10 @@ impl AuthorizeService {
 
 #[tonic::async_trait]
 impl AuthorizationService for AuthorizeService {
-    async fn authorize(&self, request: Request<pb::AuthorizeRequest>) -> Result<Response<pb::AuthorizeResponse>, Status> {
+    async fn authorize(
+        &self,
+        request: Request<pb::AuthorizeRequest>,
+    ) -> Result<Response<pb::AuthorizeResponse>, Status> {
         Ok(Response::new(self.decide(request.into_inner()).await?))
     }
 }

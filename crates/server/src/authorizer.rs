@@ -11,6 +11,7 @@ use std::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
+    time::Duration,
 };
 
 use chrono::{DateTime, Utc};
@@ -31,6 +32,10 @@ use crate::{
     limiter::RateLimiter,
     usage::UsageRecorder,
 };
+
+/// Longest a cache miss waits for storage before the key is decided from a
+/// stale entry (or the call fails as UNAVAILABLE).
+const LOAD_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Counters a test or an operator reads to see what the hot path did.
 #[derive(Debug, Default)]
@@ -102,10 +107,7 @@ impl Authorizer {
                 config.cache_ttl,
                 config.negative_cache_ttl,
             ),
-            limiter: RateLimiter::new(
-                config.cache_capacity,
-                store.backend() == Backend::Postgres,
-            ),
+            limiter: RateLimiter::new(config.cache_capacity, store.backend() == Backend::Postgres),
             usage: Arc::new(UsageRecorder::default()),
             metrics: Arc::new(Metrics::default()),
             store,
@@ -140,15 +142,28 @@ impl Authorizer {
     /// Finds the key and credential a presented secret belongs to, through
     /// the cache. `Ok(None)` means the key is malformed or unknown, or the
     /// secret does not match: all look the same to the caller.
-    async fn resolve(&self, presented: &str) -> Result<Option<(Arc<ApiKey>, Credential)>, ApiError> {
+    async fn resolve(
+        &self,
+        presented: &str,
+    ) -> Result<Option<(Arc<ApiKey>, Credential)>, ApiError> {
         let Ok(parsed) = self.format.parse(presented) else {
             return Ok(None);
         };
         let loaded = self
             .cache
             .get_or_load(parsed.lookup_id, || async {
-                self.metrics.authorize_db_queries.fetch_add(1, Ordering::Relaxed);
-                Ok::<_, ApiError>(match self.store.find_by_lookup_id(parsed.lookup_id).await? {
+                self.metrics
+                    .authorize_db_queries
+                    .fetch_add(1, Ordering::Relaxed);
+                let found = tokio::time::timeout(
+                    LOAD_TIMEOUT,
+                    self.store.find_by_lookup_id(parsed.lookup_id),
+                )
+                .await
+                .map_err(|_| {
+                    ApiError::Unavailable(format!("storage did not answer within {LOAD_TIMEOUT:?}"))
+                })??;
+                Ok::<_, ApiError>(match found {
                     Some(key) => Entry::Known(Arc::new(key)),
                     None => Entry::Unknown,
                 })
@@ -221,7 +236,9 @@ impl Authorizer {
         let Some(bearer) = bearer else {
             return Err(ApiError::Unauthenticated {
                 reason: "MANAGEMENT_KEY_MISSING",
-                message: "missing authorization metadata: send `authorization: Bearer <management key>`".into(),
+                message:
+                    "missing authorization metadata: send `authorization: Bearer <management key>`"
+                        .into(),
             });
         };
         let invalid = || ApiError::Unauthenticated {

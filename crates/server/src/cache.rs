@@ -82,13 +82,18 @@ impl KeyCache {
     }
 
     fn is_fresh(&self, slot: &Slot) -> bool {
-        slot.generation == self.generation.load(Ordering::Acquire) && Instant::now() < slot.fresh_until
+        slot.generation == self.generation.load(Ordering::Acquire)
+            && Instant::now() < slot.fresh_until
     }
 
     /// The entry for `lookup_id`, loading it with `load` when missing or
     /// stale. Concurrent loads of one id are serialized, and a waiter that
     /// finds a fresh entry does not load again.
-    pub async fn get_or_load<F, Fut, E>(&self, lookup_id: &str, load: F) -> Result<Entry, LoadError<E>>
+    pub async fn get_or_load<F, Fut, E>(
+        &self,
+        lookup_id: &str,
+        load: F,
+    ) -> Result<Entry, LoadError<E>>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Entry, E>>,
@@ -103,7 +108,10 @@ impl KeyCache {
             .slots
             .entry_by_ref(lookup_id)
             .and_try_compute_with(|current| async move {
-                if current.as_ref().is_some_and(|slot| self.is_fresh(slot.value())) {
+                if current
+                    .as_ref()
+                    .is_some_and(|slot| self.is_fresh(slot.value()))
+                {
                     return Ok(Op::Nop);
                 }
                 let generation = self.generation.load(Ordering::Acquire);
@@ -186,7 +194,10 @@ mod tests {
         let cache = cache();
         let loads = AtomicUsize::new(0);
         for _ in 0..5 {
-            assert!(matches!(load_counting(&cache, &loads).await, Entry::Unknown));
+            assert!(matches!(
+                load_counting(&cache, &loads).await,
+                Entry::Unknown
+            ));
         }
         assert_eq!(loads.load(Ordering::SeqCst), 1);
     }
@@ -253,17 +264,24 @@ mod tests {
             .unwrap();
         assert!(matches!(first, Entry::Unknown));
         let second = cache
-            .get_or_load("abcdefgh", || async { Ok::<_, ()>(Entry::Known(Arc::new(test_key()))) })
+            .get_or_load("abcdefgh", || async {
+                Ok::<_, ()>(Entry::Known(Arc::new(test_key())))
+            })
             .await
             .unwrap();
-        assert!(matches!(second, Entry::Known(_)), "the raced load was served as fresh");
+        assert!(
+            matches!(second, Entry::Known(_)),
+            "the raced load was served as fresh"
+        );
     }
 
     #[tokio::test]
     async fn a_failed_reload_hands_back_the_stale_entry() {
         let cache = cache();
         cache
-            .get_or_load("abcdefgh", || async { Ok::<_, ()>(Entry::Known(Arc::new(test_key()))) })
+            .get_or_load("abcdefgh", || async {
+                Ok::<_, ()>(Entry::Known(Arc::new(test_key())))
+            })
             .await
             .unwrap();
         cache.clear();

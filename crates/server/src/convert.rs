@@ -66,7 +66,10 @@ pub fn status_filter(raw: i32) -> Result<Option<KeyStatus>, ApiError> {
         Ok(pb::KeyStatus::Disabled) => Ok(Some(KeyStatus::Disabled)),
         Ok(pb::KeyStatus::Expired) => Ok(Some(KeyStatus::Expired)),
         Ok(pb::KeyStatus::Revoked) => Ok(Some(KeyStatus::Revoked)),
-        Err(_) => Err(ApiError::invalid("status", format!("unknown key status {raw}"))),
+        Err(_) => Err(ApiError::invalid(
+            "status",
+            format!("unknown key status {raw}"),
+        )),
     }
 }
 
@@ -86,7 +89,8 @@ pub fn deny_reason(reason: DenyReason) -> pb::DenyReason {
 
 /// Rate-limit figures on the wire.
 pub fn rate_limit(rate: &RateDecision, now: DateTime<Utc>) -> pb::RateLimit {
-    let reset = chrono::Duration::nanoseconds(i64::try_from(rate.reset_after_nanos).unwrap_or(i64::MAX));
+    let reset =
+        chrono::Duration::nanoseconds(i64::try_from(rate.reset_after_nanos).unwrap_or(i64::MAX));
     pb::RateLimit {
         limit: rate.limit,
         remaining: rate.remaining,
@@ -99,7 +103,9 @@ pub fn rate_limit(rate: &RateDecision, now: DateTime<Utc>) -> pb::RateLimit {
 pub fn new_key_input(req: pb::CreateKeyRequest) -> Result<NewKeyInput, ApiError> {
     let expiry = match &req.expiry {
         None => Expiry::Never,
-        Some(pb::create_key_request::Expiry::ExpiresAt(ts)) => Expiry::At(from_timestamp("expires_at", ts)?),
+        Some(pb::create_key_request::Expiry::ExpiresAt(ts)) => {
+            Expiry::At(from_timestamp("expires_at", ts)?)
+        }
         Some(pb::create_key_request::Expiry::Ttl(d)) => Expiry::Ttl(from_duration("ttl", d)?),
     };
     Ok(NewKeyInput {
@@ -150,7 +156,11 @@ pub fn api_key(key: &ApiKey, now: DateTime<Utc>, usage: &UsageRecorder) -> pb::A
         last_used_at: last_used_at.map(timestamp),
         revoked_at: key.revoked_at.map(timestamp),
         revoked_reason: key.revoked_reason.clone().unwrap_or_default(),
-        credentials: key.credentials.iter().map(|c| credential(c, usage)).collect(),
+        credentials: key
+            .credentials
+            .iter()
+            .map(|c| credential(c, usage))
+            .collect(),
     }
 }
 
@@ -161,23 +171,45 @@ mod tests {
     #[test]
     fn durations_reject_mixed_signs_and_overflowing_nanos() {
         let bad = [
-            prost_types::Duration { seconds: 1, nanos: -1 },
-            prost_types::Duration { seconds: 0, nanos: 1_000_000_000 },
-            prost_types::Duration { seconds: i64::MAX, nanos: 0 },
+            prost_types::Duration {
+                seconds: 1,
+                nanos: -1,
+            },
+            prost_types::Duration {
+                seconds: 0,
+                nanos: 1_000_000_000,
+            },
+            prost_types::Duration {
+                seconds: i64::MAX,
+                nanos: 0,
+            },
         ];
         for d in bad {
             let err = from_duration("ttl", &d).unwrap_err();
             assert!(err.to_string().contains("ttl"), "{err}");
         }
-        let ok = from_duration("ttl", &prost_types::Duration { seconds: 90, nanos: 5 }).unwrap();
-        assert_eq!(ok, chrono::Duration::seconds(90) + chrono::Duration::nanoseconds(5));
+        let ok = from_duration(
+            "ttl",
+            &prost_types::Duration {
+                seconds: 90,
+                nanos: 5,
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            ok,
+            chrono::Duration::seconds(90) + chrono::Duration::nanoseconds(5)
+        );
     }
 
     #[test]
     fn timestamps_round_trip_and_reject_bad_nanos() {
         let now = Utc::now();
         assert_eq!(from_timestamp("expires_at", &timestamp(now)).unwrap(), now);
-        let bad = prost_types::Timestamp { seconds: 0, nanos: -5 };
+        let bad = prost_types::Timestamp {
+            seconds: 0,
+            nanos: -5,
+        };
         assert!(from_timestamp("expires_at", &bad).is_err());
     }
 

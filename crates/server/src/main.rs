@@ -1,7 +1,7 @@
 //! `keygate`: serve, migrate, bootstrap. Flags and `KEYGATE_*` environment
 //! variables become a [`Config`]; everything else lives in the library.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{io::IsTerminal, net::SocketAddr, time::Duration};
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -32,7 +32,13 @@ struct Common {
     #[arg(long, env = "KEYGATE_KEY_PREFIX", default_value = "kg", global = true)]
     key_prefix: String,
     /// Comma-separated environments keys can belong to.
-    #[arg(long, env = "KEYGATE_ENVIRONMENTS", default_value = "live,test", value_delimiter = ',', global = true)]
+    #[arg(
+        long,
+        env = "KEYGATE_ENVIRONMENTS",
+        default_value = "live,test",
+        value_delimiter = ',',
+        global = true
+    )]
     environments: Vec<String>,
 }
 
@@ -94,7 +100,9 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         "s" | "" => Ok(Duration::from_secs(n)),
         "m" => Ok(Duration::from_secs(n * 60)),
         "h" => Ok(Duration::from_secs(n * 3600)),
-        other => Err(format!("unknown unit {other:?} in {s:?}; use ms, s, m or h")),
+        other => Err(format!(
+            "unknown unit {other:?} in {s:?}; use ms, s, m or h"
+        )),
     }
 }
 
@@ -114,6 +122,7 @@ impl Common {
 async fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             EnvFilter::try_from_env("KEYGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
         )

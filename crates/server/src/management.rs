@@ -46,7 +46,12 @@ impl ManagementService {
         }
     }
 
-    async fn principal<T>(&self, request: &Request<T>, access: Access, now: DateTime<Utc>) -> Result<Principal, ApiError> {
+    async fn principal<T>(
+        &self,
+        request: &Request<T>,
+        access: Access,
+        now: DateTime<Utc>,
+    ) -> Result<Principal, ApiError> {
         let bearer = request
             .metadata()
             .get("authorization")
@@ -79,7 +84,11 @@ impl ManagementService {
     }
 
     async fn evict(&self, key: &ApiKey) {
-        let lookup_ids: Vec<&str> = key.credentials.iter().map(|c| c.lookup_id.as_str()).collect();
+        let lookup_ids: Vec<&str> = key
+            .credentials
+            .iter()
+            .map(|c| c.lookup_id.as_str())
+            .collect();
         self.authorizer.cache().invalidate(&lookup_ids).await;
     }
 
@@ -104,18 +113,23 @@ impl ManagementService {
         }
     }
 
-    async fn create(&self, request: Request<pb::CreateKeyRequest>) -> Result<pb::CreateKeyResponse, ApiError> {
+    async fn create(
+        &self,
+        request: Request<pb::CreateKeyRequest>,
+    ) -> Result<pb::CreateKeyResponse, ApiError> {
         let now = Utc::now();
         let principal = self.principal(&request, Access::Write, now).await?;
         let input = convert::new_key_input(request.into_inner())?;
         let new = validation::validate_new_key(input, &self.environments, now)?;
-        principal.may_touch(&new.owner_id, &new.environment).map_err(|_| ApiError::PermissionDenied {
-            reason: "OUT_OF_BOUNDS",
-            message: format!(
-                "this management key may only create keys for owner {:?} in environment {:?}",
-                principal.owner_id, principal.environment
-            ),
-        })?;
+        principal
+            .may_touch(&new.owner_id, &new.environment)
+            .map_err(|_| ApiError::PermissionDenied {
+                reason: "OUT_OF_BOUNDS",
+                message: format!(
+                    "this management key may only create keys for owner {:?} in environment {:?}",
+                    principal.owner_id, principal.environment
+                ),
+            })?;
         principal.may_grant(&new.scopes)?;
         let (secret, key) = issue_key(new, self.authorizer.format(), now);
         self.store.insert_key(&key).await?;
@@ -128,7 +142,10 @@ impl ManagementService {
         })
     }
 
-    async fn list(&self, request: Request<pb::ListKeysRequest>) -> Result<pb::ListKeysResponse, ApiError> {
+    async fn list(
+        &self,
+        request: Request<pb::ListKeysRequest>,
+    ) -> Result<pb::ListKeysResponse, ApiError> {
         let now = Utc::now();
         let principal = self.principal(&request, Access::Read, now).await?;
         let req = request.into_inner();
@@ -145,7 +162,10 @@ impl ManagementService {
         };
         if let Some((owner, environment)) = principal.list_bounds() {
             let asks_other = filter.owner_id.as_deref().is_some_and(|o| o != owner)
-                || filter.environment.as_deref().is_some_and(|e| e != environment);
+                || filter
+                    .environment
+                    .as_deref()
+                    .is_some_and(|e| e != environment);
             if asks_other {
                 return Err(RightsError::OutOfBounds.into());
             }
@@ -184,12 +204,17 @@ impl ManagementService {
         })
     }
 
-    async fn rotate(&self, request: Request<pb::RotateKeyRequest>) -> Result<pb::RotateKeyResponse, ApiError> {
+    async fn rotate(
+        &self,
+        request: Request<pb::RotateKeyRequest>,
+    ) -> Result<pb::RotateKeyResponse, ApiError> {
         let now = Utc::now();
         let principal = self.principal(&request, Access::Write, now).await?;
         let req = request.into_inner();
         let grace = match &req.grace_period {
-            Some(d) => validation::validate_grace_period(convert::from_duration("grace_period", d)?)?,
+            Some(d) => {
+                validation::validate_grace_period(convert::from_duration("grace_period", d)?)?
+            }
             None => chrono::Duration::zero(),
         };
         let key = self.writable_key(&principal, &req.key_id).await?;
@@ -197,7 +222,8 @@ impl ManagementService {
             return Err(Self::revoked(&key, "rotated"));
         }
         let old_expire_at = now + grace;
-        let (generated, credential) = hashing::issue_credential(self.authorizer.format(), &key.environment, now);
+        let (generated, credential) =
+            hashing::issue_credential(self.authorizer.format(), &key.environment, now);
         let result = self
             .store
             .rotate_key(&key.id, &credential, old_expire_at, now)
@@ -213,7 +239,10 @@ impl ManagementService {
         })
     }
 
-    async fn revoke(&self, request: Request<pb::RevokeKeyRequest>) -> Result<pb::RevokeKeyResponse, ApiError> {
+    async fn revoke(
+        &self,
+        request: Request<pb::RevokeKeyRequest>,
+    ) -> Result<pb::RevokeKeyResponse, ApiError> {
         let now = Utc::now();
         let principal = self.principal(&request, Access::Write, now).await?;
         let req = request.into_inner();
@@ -257,12 +286,21 @@ impl ManagementService {
         })
     }
 
-    async fn set_state<T>(&self, request: Request<T>, key_id: &str, state: KeyState) -> Result<pb::ApiKey, ApiError> {
+    async fn set_state<T>(
+        &self,
+        request: Request<T>,
+        key_id: &str,
+        state: KeyState,
+    ) -> Result<pb::ApiKey, ApiError> {
         let now = Utc::now();
         let principal = self.principal(&request, Access::Write, now).await?;
         let mut key = self.writable_key(&principal, key_id).await?;
         if key.state == KeyState::Revoked {
-            let action = if state == KeyState::Active { "enabled" } else { "disabled" };
+            let action = if state == KeyState::Active {
+                "enabled"
+            } else {
+                "disabled"
+            };
             return Err(Self::revoked(&key, action));
         }
         if key.state != state {
@@ -302,28 +340,42 @@ pub(crate) fn issue_key(new: NewKey, format: &KeyFormat, now: DateTime<Utc>) -> 
 
 #[tonic::async_trait]
 impl KeyManagementService for ManagementService {
-    async fn create_key(&self, request: Request<pb::CreateKeyRequest>) -> RpcResult<pb::CreateKeyResponse> {
+    async fn create_key(
+        &self,
+        request: Request<pb::CreateKeyRequest>,
+    ) -> RpcResult<pb::CreateKeyResponse> {
         Ok(Response::new(self.create(request).await?))
     }
 
     async fn get_key(&self, request: Request<pb::GetKeyRequest>) -> RpcResult<pb::GetKeyResponse> {
         let now = Utc::now();
         let principal = self.principal(&request, Access::Read, now).await?;
-        let key = self.visible_key(&principal, &request.get_ref().key_id).await?;
+        let key = self
+            .visible_key(&principal, &request.get_ref().key_id)
+            .await?;
         Ok(Response::new(pb::GetKeyResponse {
             key: Some(self.view(&key, now)),
         }))
     }
 
-    async fn list_keys(&self, request: Request<pb::ListKeysRequest>) -> RpcResult<pb::ListKeysResponse> {
+    async fn list_keys(
+        &self,
+        request: Request<pb::ListKeysRequest>,
+    ) -> RpcResult<pb::ListKeysResponse> {
         Ok(Response::new(self.list(request).await?))
     }
 
-    async fn rotate_key(&self, request: Request<pb::RotateKeyRequest>) -> RpcResult<pb::RotateKeyResponse> {
+    async fn rotate_key(
+        &self,
+        request: Request<pb::RotateKeyRequest>,
+    ) -> RpcResult<pb::RotateKeyResponse> {
         Ok(Response::new(self.rotate(request).await?))
     }
 
-    async fn revoke_key(&self, request: Request<pb::RevokeKeyRequest>) -> RpcResult<pb::RevokeKeyResponse> {
+    async fn revoke_key(
+        &self,
+        request: Request<pb::RevokeKeyRequest>,
+    ) -> RpcResult<pb::RevokeKeyResponse> {
         Ok(Response::new(self.revoke(request).await?))
     }
 
@@ -334,13 +386,19 @@ impl KeyManagementService for ManagementService {
         Ok(Response::new(self.update_expiry(request).await?))
     }
 
-    async fn disable_key(&self, request: Request<pb::DisableKeyRequest>) -> RpcResult<pb::DisableKeyResponse> {
+    async fn disable_key(
+        &self,
+        request: Request<pb::DisableKeyRequest>,
+    ) -> RpcResult<pb::DisableKeyResponse> {
         let key_id = request.get_ref().key_id.clone();
         let key = self.set_state(request, &key_id, KeyState::Disabled).await?;
         Ok(Response::new(pb::DisableKeyResponse { key: Some(key) }))
     }
 
-    async fn enable_key(&self, request: Request<pb::EnableKeyRequest>) -> RpcResult<pb::EnableKeyResponse> {
+    async fn enable_key(
+        &self,
+        request: Request<pb::EnableKeyRequest>,
+    ) -> RpcResult<pb::EnableKeyResponse> {
         let key_id = request.get_ref().key_id.clone();
         let key = self.set_state(request, &key_id, KeyState::Active).await?;
         Ok(Response::new(pb::EnableKeyResponse { key: Some(key) }))

@@ -16,13 +16,16 @@ use keygate_domain::{
     scope::KEYS_ADMIN,
     validation::{self, NewKeyInput, ValidationError},
 };
-use keygate_persistence::{Backend, Change, Store, StoreError};
+use keygate_persistence::{Backend, Change, ChangeListener, Store, StoreError};
 use tokio::{net::TcpListener, sync::watch};
 use tonic::transport::server::TcpIncoming;
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
-    authorization::AuthorizeService, authorizer::Authorizer, cache::KeyCache, config::Config,
+    authorization::AuthorizeService,
+    authorizer::Authorizer,
+    cache::KeyCache,
+    config::Config,
     management::{ManagementService, issue_key},
 };
 
@@ -76,7 +79,11 @@ impl Keygate {
 
     /// Serves on `listener` until `shutdown` completes, then lets in-flight
     /// calls finish and flushes pending usage.
-    pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), ServeError> {
         let Self {
             config,
             store,
@@ -90,14 +97,8 @@ impl Keygate {
             .set_serving::<AuthorizationServiceServer<AuthorizeService>>()
             .await;
 
-        let reflection_v1 = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(keygate::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()?;
-        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(keygate::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1alpha()?;
+        let reflection_v1 = reflection().build_v1()?;
+        let reflection_v1alpha = reflection().build_v1alpha()?;
 
         let management = KeyManagementServiceServer::new(ManagementService::new(
             store.clone(),
@@ -118,12 +119,26 @@ impl Keygate {
             let stop = stop_rx.clone();
             tokio::spawn(async move { usage.run_flusher(store, interval, stop).await })
         };
+        // LISTEN before serving, so a ready replica misses no change.
+        let first_listener = match store.listen().await {
+            Ok(listener) => listener,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot listen for key changes yet; retrying in the background");
+                None
+            }
+        };
         let invalidation = tokio::spawn(follow_changes(
+            first_listener,
             store.clone(),
             authorizer.cache().clone(),
             stop_rx.clone(),
         ));
-        let watchdog = tokio::spawn(watch_storage(store.clone(), health.clone(), stop_rx.clone()));
+        let heartbeat = tokio::spawn(send_heartbeats(store.clone(), stop_rx.clone()));
+        let watchdog = tokio::spawn(watch_storage(
+            store.clone(),
+            health.clone(),
+            stop_rx.clone(),
+        ));
         let rate_sync = tokio::spawn(share_rate_limits(
             authorizer.clone(),
             store.clone(),
@@ -149,6 +164,7 @@ impl Keygate {
         let _ = flusher.await;
         let _ = rate_sync.await;
         invalidation.abort();
+        heartbeat.abort();
         watchdog.abort();
         let metrics = authorizer.metrics();
         tracing::info!(
@@ -159,6 +175,15 @@ impl Keygate {
         result?;
         Ok(())
     }
+}
+
+/// Reflection over every message a client may meet: ours, health, and the
+/// google.rpc error details attached to errors (so grpcurl can print them).
+fn reflection() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(keygate::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
 }
 
 async fn set_storage_health(health: &HealthReporter, up: bool) {
@@ -213,13 +238,18 @@ async fn watch_storage(store: Store, health: HealthReporter, mut stop: watch::Re
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
-        let now_up = store.ping().await.is_ok();
+        let now_up = matches!(
+            tokio::time::timeout(Duration::from_secs(2), store.ping()).await,
+            Ok(Ok(()))
+        );
         if now_up != up {
             up = now_up;
             if up {
                 tracing::info!("storage reachable again");
             } else {
-                tracing::warn!("storage unreachable; management answers UNAVAILABLE, Authorize serves cached keys");
+                tracing::warn!(
+                    "storage unreachable; management answers UNAVAILABLE, Authorize serves cached keys"
+                );
             }
             set_storage_health(&health, up).await;
         }
@@ -229,12 +259,23 @@ async fn watch_storage(store: Store, health: HealthReporter, mut stop: watch::Re
 /// Evicts keys changed by other replicas (PostgreSQL LISTEN/NOTIFY). When the
 /// listening connection drops, notifications may be lost, so the whole cache
 /// is cleared. On SQLite there are no other replicas and this returns at once.
-async fn follow_changes(store: Store, cache: KeyCache, mut stop: watch::Receiver<bool>) {
+async fn follow_changes(
+    mut first: Option<ChangeListener>,
+    store: Store,
+    cache: KeyCache,
+    mut stop: watch::Receiver<bool>,
+) {
+    if store.backend() != Backend::Postgres {
+        return;
+    }
     let mut backoff = Duration::from_millis(100);
     loop {
-        let listener = tokio::select! {
-            listener = store.listen() => listener,
-            _ = stop.wait_for(|s| *s) => return,
+        let listener = match first.take() {
+            Some(listener) => Ok(Some(listener)),
+            None => tokio::select! {
+                listener = store.listen() => listener,
+                _ = stop.wait_for(|s| *s) => return,
+            },
         };
         let mut listener = match listener {
             Ok(Some(listener)) => listener,
@@ -247,29 +288,62 @@ async fn follow_changes(store: Store, cache: KeyCache, mut stop: watch::Receiver
                 continue;
             }
         };
-        // Anything missed before LISTEN started is gone: start clean.
+        // Anything missed before LISTEN started is gone: revalidate.
         cache.clear();
         backoff = Duration::from_millis(100);
         loop {
             let change = tokio::select! {
-                change = listener.next() => change,
+                change = tokio::time::timeout(LISTENER_SILENCE_LIMIT, listener.next()) => change,
                 _ = stop.wait_for(|s| *s) => return,
             };
             match change {
-                Ok(Change::Key { lookup_ids, .. }) => {
-                    cache.invalidate(&lookup_ids).await;
-                }
-                Ok(Change::Reset) => {
-                    tracing::warn!("key change listener reconnected; cache cleared");
+                Ok(Ok(Change::Key { lookup_ids, .. })) => cache.invalidate(&lookup_ids).await,
+                Ok(Ok(Change::Heartbeat)) => {}
+                Ok(Ok(Change::Reset)) => {
+                    tracing::warn!("key change listener reconnected; cache marked stale");
                     cache.clear();
                 }
-                Err(err) => {
-                    tracing::warn!(error = %err, "key change listener failed; cache cleared");
+                Ok(Err(err)) => {
+                    tracing::warn!(error = %err, "key change listener failed; cache marked stale");
                     cache.clear();
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
+                Err(_silence) => {
+                    // Not even a heartbeat: the connection may be dead
+                    // without knowing it. Start over on a new one.
+                    tracing::warn!(
+                        "key change listener went silent; reconnecting, cache marked stale"
+                    );
+                    cache.clear();
+                    break;
+                }
             }
+        }
+    }
+}
+
+/// How often each replica sends a heartbeat notification.
+const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+/// How long a listener may hear nothing (not even a heartbeat) before its
+/// connection is presumed dead. Bounds how stale a replica's cache can get
+/// when notifications stop arriving: about this plus one reconnect.
+const LISTENER_SILENCE_LIMIT: Duration = Duration::from_secs(3);
+
+/// Sends a heartbeat every [`HEARTBEAT_INTERVAL`] so that listeners (this
+/// replica's and the others') can tell a live connection from a dead one.
+async fn send_heartbeats(store: Store, mut stop: watch::Receiver<bool>) {
+    if store.backend() != Backend::Postgres {
+        return;
+    }
+    let mut ticker = tokio::time::interval(HEARTBEAT_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        if let Err(err) = store.send_heartbeat().await {
+            tracing::debug!(error = %err, "heartbeat not sent");
         }
     }
 }

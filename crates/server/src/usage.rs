@@ -81,7 +81,12 @@ impl UsageRecorder {
     }
 
     /// Flushes every `interval` until `stop` turns true, then once more.
-    pub async fn run_flusher(&self, store: Store, interval: Duration, mut stop: watch::Receiver<bool>) {
+    pub async fn run_flusher(
+        &self,
+        store: Store,
+        interval: Duration,
+        mut stop: watch::Receiver<bool>,
+    ) {
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -95,7 +100,9 @@ impl UsageRecorder {
         }
         match self.flush(&store).await {
             Ok(n) => tracing::debug!(credentials = n, "final usage flush"),
-            Err(err) => tracing::error!(error = %err, "final usage flush failed; usage since the last flush is lost"),
+            Err(err) => {
+                tracing::error!(error = %err, "final usage flush failed; usage since the last flush is lost")
+            }
         }
     }
 }

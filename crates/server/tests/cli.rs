@@ -13,7 +13,11 @@ use keygate::{Client, v1 as pb};
 const BIN: &str = env!("CARGO_BIN_EXE_keygate");
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn sqlite_url(dir: &tempfile::TempDir) -> String {
@@ -24,19 +28,32 @@ fn sqlite_url(dir: &tempfile::TempDir) -> String {
 fn migrate_then_bootstrap_prints_exactly_one_key() {
     let dir = tempfile::tempdir().unwrap();
     let url = sqlite_url(&dir);
-    let migrate = Command::new(BIN).args(["migrate", "--database-url", &url]).output().unwrap();
-    assert!(migrate.status.success(), "{}", String::from_utf8_lossy(&migrate.stderr));
+    let migrate = Command::new(BIN)
+        .args(["migrate", "--database-url", &url])
+        .output()
+        .unwrap();
+    assert!(
+        migrate.status.success(),
+        "{}",
+        String::from_utf8_lossy(&migrate.stderr)
+    );
     assert!(migrate.stdout.is_empty());
 
     let out = Command::new(BIN)
         .args(["bootstrap", "--owner", "acme", "--database-url", &url])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8(out.stdout).unwrap();
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines.len(), 1, "stdout: {stdout:?}");
-    let key = keygate_domain::keyformat::KeyFormat::default().parse(lines[0]).expect("a valid key");
+    let key = keygate_domain::keyformat::KeyFormat::default()
+        .parse(lines[0])
+        .expect("a valid key");
     assert_eq!(key.environment, "live");
 }
 
@@ -52,7 +69,15 @@ fn bootstrap_rejects_bad_arguments_clearly() {
     assert!(out.stdout.is_empty());
     assert!(String::from_utf8_lossy(&out.stderr).contains("owner_id"));
     let out = Command::new(BIN)
-        .args(["bootstrap", "--owner", "acme", "--environment", "prod", "--database-url", &url])
+        .args([
+            "bootstrap",
+            "--owner",
+            "acme",
+            "--environment",
+            "prod",
+            "--database-url",
+            &url,
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());
@@ -84,7 +109,9 @@ fn serve_answers_and_stops_gracefully_on_sigterm() {
         let client = loop {
             match Client::connect(format!("http://{listen}")).await {
                 Ok(client) => break client,
-                Err(_) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(100)).await,
+                Err(_) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await
+                }
                 Err(err) => panic!("server did not come up: {err}"),
             }
         };
@@ -103,14 +130,20 @@ fn serve_answers_and_stops_gracefully_on_sigterm() {
     });
     assert!(created.secret.starts_with("kg_live_"));
 
-    let kill = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(kill.success());
     let deadline = Instant::now() + Duration::from_secs(20);
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
             break status;
         }
-        assert!(Instant::now() < deadline, "server did not stop after SIGTERM");
+        assert!(
+            Instant::now() < deadline,
+            "server did not stop after SIGTERM"
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
     assert_eq!(status.code(), Some(0), "exit status {status:?}");
@@ -119,7 +152,13 @@ fn serve_answers_and_stops_gracefully_on_sigterm() {
 #[test]
 fn bad_flags_fail_with_a_message() {
     let out = Command::new(BIN)
-        .args(["serve", "--cache-ttl", "soon", "--database-url", "sqlite::memory:"])
+        .args([
+            "serve",
+            "--cache-ttl",
+            "soon",
+            "--database-url",
+            "sqlite::memory:",
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());

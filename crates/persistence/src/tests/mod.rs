@@ -639,6 +639,8 @@ async fn listen_matches_backend(db: &TestDatabase) {
         Backend::Sqlite => assert!(listener.is_none()),
         Backend::Postgres => assert!(listener.is_some()),
     }
+    // Without listeners a heartbeat is harmless on both backends.
+    store.send_heartbeat().await.expect("heartbeat");
 }
 
 #[tokio::test]
@@ -760,4 +762,12 @@ async fn postgres_change_notifications() {
         .expect("rate usage");
     let quiet = tokio::time::timeout(Duration::from_millis(300), listener.next()).await;
     assert!(quiet.is_err(), "usage must not notify: {quiet:?}");
+
+    // Heartbeats reach every listener, as a heartbeat, not a key change.
+    replica_b.send_heartbeat().await.expect("heartbeat");
+    let beat = tokio::time::timeout(Duration::from_secs(1), listener.next())
+        .await
+        .expect("heartbeat within a second")
+        .expect("change");
+    assert_eq!(beat, Change::Heartbeat);
 }
