@@ -109,7 +109,87 @@ impl UsageRecorder {
 
 #[cfg(test)]
 mod tests {
+    use keygate_domain::{ApiKey, Credential, KeyState};
+    use keygate_persistence::testing::TestDatabase;
+
     use super::*;
+
+    fn stored_key(now: DateTime<Utc>) -> ApiKey {
+        ApiKey {
+            id: "0190b5a2-0000-7000-8000-000000000001".into(),
+            owner_id: "acme".into(),
+            name: "flushed".into(),
+            environment: "live".into(),
+            scopes: vec![],
+            ip_allowlist: vec![],
+            rate_limit_per_hour: None,
+            state: KeyState::Active,
+            expires_at: None,
+            prefix: "kg_live_".into(),
+            created_at: now,
+            updated_at: now,
+            last_used_at: None,
+            revoked_at: None,
+            revoked_reason: None,
+            credentials: vec![Credential {
+                lookup_id: "aaaaaaaa".into(),
+                salt: [1; 16],
+                hash: [2; 32],
+                hint: "abcd".into(),
+                created_at: now,
+                expires_at: None,
+                last_used_at: None,
+            }],
+        }
+    }
+
+    #[tokio::test]
+    async fn the_flusher_writes_batches_and_a_final_flush_on_stop() {
+        let db = TestDatabase::sqlite();
+        let store = Store::connect(&db.url).await.unwrap();
+        store.migrate().await.unwrap();
+        let now = Utc::now();
+        let key = stored_key(now);
+        store.insert_key(&key).await.unwrap();
+        let recorder = std::sync::Arc::new(UsageRecorder::default());
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let flusher = {
+            let (recorder, store) = (recorder.clone(), store.clone());
+            tokio::spawn(async move {
+                recorder
+                    .run_flusher(store, Duration::from_millis(20), stop_rx)
+                    .await
+            })
+        };
+        recorder.record(&key.id, "aaaaaaaa", now);
+        recorder.record(&key.id, "aaaaaaaa", now);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(store.request_count(&key.id).await.unwrap(), Some(2));
+        // Usage recorded just before the stop is written by the final flush.
+        recorder.record(&key.id, "aaaaaaaa", now);
+        stop_tx.send(true).unwrap();
+        flusher.await.unwrap();
+        assert_eq!(store.request_count(&key.id).await.unwrap(), Some(3));
+        let stored = store.get_key(&key.id).await.unwrap().unwrap();
+        assert!(stored.last_used_at.is_some());
+        assert!(stored.credentials[0].last_used_at.is_some());
+    }
+
+    #[tokio::test]
+    async fn a_failed_flush_keeps_the_batch_for_later() {
+        let db = TestDatabase::sqlite();
+        let store = Store::connect(&db.url).await.unwrap();
+        let recorder = UsageRecorder::default();
+        let now = Utc::now();
+        recorder.record("0190b5a2-0000-7000-8000-000000000001", "aaaaaaaa", now);
+        // No tables yet: the write fails and nothing is lost.
+        assert!(recorder.flush(&store).await.is_err());
+        assert_eq!(recorder.pending_last_used("aaaaaaaa"), Some(now));
+        store.migrate().await.unwrap();
+        store.insert_key(&stored_key(now)).await.unwrap();
+        assert_eq!(recorder.flush(&store).await.unwrap(), 1);
+        assert_eq!(recorder.pending_last_used("aaaaaaaa"), None);
+    }
 
     #[test]
     fn records_merge_per_credential() {
