@@ -330,15 +330,7 @@ async fn restart_keeps_keys_and_usage(db: TestDatabase) {
         &authorize(&mut client, authz(&revoked_secret, &[])).await,
         pb::DenyReason::KeyRevoked,
     );
-    let got = admin
-        .keys
-        .get_key(pb::GetKeyRequest {
-            key_id: key.key_id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let got = got.key.unwrap();
+    let got = get_key(&mut admin, &key.key_id).await;
     assert_eq!(got.name, "durable");
     assert!(
         got.last_used_at.is_some(),

@@ -36,14 +36,7 @@ async fn create_returns_the_secret_once_and_never_again(db: TestDatabase) {
     assert_eq!(key.credentials.len(), 1);
     assert!(key.created_at.is_some() && key.expires_at.is_none());
 
-    let got = admin
-        .keys
-        .get_key(pb::GetKeyRequest {
-            key_id: key.key_id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let got = get_key(&mut admin, &key.key_id).await;
     assert!(!format!("{got:?}").contains(&secret));
     let listed = admin
         .keys
@@ -278,13 +271,7 @@ async fn rights_are_enforced(db: TestDatabase) {
     );
     // keys:read reads but does not write.
     let mut as_reader = server.client_with(&reader).await;
-    as_reader
-        .keys
-        .get_key(pb::GetKeyRequest {
-            key_id: plain.key_id.clone(),
-        })
-        .await
-        .unwrap();
+    get_key(&mut as_reader, &plain.key_id).await;
     assert_status(
         as_reader.keys.create_key(new_key("x", &[])).await,
         Code::PermissionDenied,
@@ -835,15 +822,8 @@ async fn revoke_is_permanent_and_immediate(db: TestDatabase) {
         Code::FailedPrecondition,
         "KEY_REVOKED",
     );
-    let got = admin
-        .keys
-        .get_key(pb::GetKeyRequest {
-            key_id: key.key_id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(got.key.unwrap().status(), pb::KeyStatus::Revoked);
+    let got = get_key(&mut admin, &key.key_id).await;
+    assert_eq!(got.status(), pb::KeyStatus::Revoked);
     assert_invalid_field(
         admin
             .keys
@@ -907,10 +887,7 @@ async fn disable_enable_and_expiry(db: TestDatabase) {
         .keys
         .update_key_expiry(pb::UpdateKeyExpiryRequest {
             key_id: key.key_id.clone(),
-            expires_at: Some(prost_types::Timestamp {
-                seconds: soon.timestamp(),
-                nanos: soon.timestamp_subsec_nanos() as i32,
-            }),
+            expires_at: Some(timestamp(soon)),
         })
         .await
         .unwrap()
@@ -923,15 +900,8 @@ async fn disable_enable_and_expiry(db: TestDatabase) {
         &authorize(&mut client, authz(&secret, &["dns:read"])).await,
         pb::DenyReason::KeyExpired,
     );
-    let got = admin
-        .keys
-        .get_key(pb::GetKeyRequest {
-            key_id: key.key_id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(got.key.unwrap().status(), pb::KeyStatus::Expired);
+    let got = get_key(&mut admin, &key.key_id).await;
+    assert_eq!(got.status(), pb::KeyStatus::Expired);
     let expired_only = pb::ListKeysRequest {
         status: pb::KeyStatus::Expired.into(),
         ..Default::default()

@@ -124,10 +124,7 @@ async fn changes_reach_the_other_replica_at_once() {
         .keys
         .update_key_expiry(pb::UpdateKeyExpiryRequest {
             key_id: key.key_id.clone(),
-            expires_at: Some(prost_types::Timestamp {
-                seconds: soon.timestamp(),
-                nanos: soon.timestamp_subsec_nanos() as i32,
-            }),
+            expires_at: Some(timestamp(soon)),
         })
         .await
         .unwrap();

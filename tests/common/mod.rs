@@ -255,3 +255,25 @@ pub fn assert_invalid_field(result: Result<impl std::fmt::Debug, Status>, field:
         status.message()
     );
 }
+
+/// A UTC time on the wire.
+pub fn timestamp(at: chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: at.timestamp(),
+        nanos: i32::try_from(at.timestamp_subsec_nanos()).expect("nanos fit"),
+    }
+}
+
+/// GetKey through `client`, unwrapped.
+pub async fn get_key(client: &mut Client, key_id: &str) -> pb::ApiKey {
+    client
+        .keys
+        .get_key(pb::GetKeyRequest {
+            key_id: key_id.to_owned(),
+        })
+        .await
+        .expect("get key")
+        .into_inner()
+        .key
+        .expect("key in response")
+}

@@ -265,7 +265,9 @@ mod tests {
         assert!(matches!(first, Entry::Unknown));
         let second = cache
             .get_or_load("abcdefgh", || async {
-                Ok::<_, ()>(Entry::Known(Arc::new(test_key())))
+                Ok::<_, ()>(Entry::Known(Arc::new(crate::fixtures::api_key(
+                    "k", "abcdefgh",
+                ))))
             })
             .await
             .unwrap();
@@ -280,7 +282,9 @@ mod tests {
         let cache = cache();
         cache
             .get_or_load("abcdefgh", || async {
-                Ok::<_, ()>(Entry::Known(Arc::new(test_key())))
+                Ok::<_, ()>(Entry::Known(Arc::new(crate::fixtures::api_key(
+                    "k", "abcdefgh",
+                ))))
             })
             .await
             .unwrap();
@@ -297,27 +301,5 @@ mod tests {
             .await
             .unwrap_err();
         assert!(err.stale.is_none());
-    }
-
-    fn test_key() -> ApiKey {
-        let now = chrono::Utc::now();
-        ApiKey {
-            id: "k".into(),
-            owner_id: "o".into(),
-            name: "n".into(),
-            environment: "live".into(),
-            scopes: vec![],
-            ip_allowlist: vec![],
-            rate_limit_per_hour: None,
-            state: keygate_domain::KeyState::Active,
-            expires_at: None,
-            prefix: "kg_live_".into(),
-            created_at: now,
-            updated_at: now,
-            last_used_at: None,
-            revoked_at: None,
-            revoked_reason: None,
-            credentials: vec![],
-        }
     }
 }

@@ -12,6 +12,8 @@ pub mod cache;
 pub mod config;
 pub mod convert;
 pub mod error;
+#[cfg(test)]
+mod fixtures;
 pub mod limiter;
 pub mod management;
 pub mod server;

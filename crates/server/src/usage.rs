@@ -109,38 +109,12 @@ impl UsageRecorder {
 
 #[cfg(test)]
 mod tests {
-    use keygate_domain::{ApiKey, Credential, KeyState};
     use keygate_persistence::testing::TestDatabase;
 
     use super::*;
 
-    fn stored_key(now: DateTime<Utc>) -> ApiKey {
-        ApiKey {
-            id: "0190b5a2-0000-7000-8000-000000000001".into(),
-            owner_id: "acme".into(),
-            name: "flushed".into(),
-            environment: "live".into(),
-            scopes: vec![],
-            ip_allowlist: vec![],
-            rate_limit_per_hour: None,
-            state: KeyState::Active,
-            expires_at: None,
-            prefix: "kg_live_".into(),
-            created_at: now,
-            updated_at: now,
-            last_used_at: None,
-            revoked_at: None,
-            revoked_reason: None,
-            credentials: vec![Credential {
-                lookup_id: "aaaaaaaa".into(),
-                salt: [1; 16],
-                hash: [2; 32],
-                hint: "abcd".into(),
-                created_at: now,
-                expires_at: None,
-                last_used_at: None,
-            }],
-        }
+    fn stored_key() -> keygate_domain::ApiKey {
+        crate::fixtures::api_key("0190b5a2-0000-7000-8000-000000000001", "aaaaaaaa")
     }
 
     #[tokio::test]
@@ -149,7 +123,7 @@ mod tests {
         let store = Store::connect(&db.url).await.unwrap();
         store.migrate().await.unwrap();
         let now = Utc::now();
-        let key = stored_key(now);
+        let key = stored_key();
         store.insert_key(&key).await.unwrap();
         let recorder = std::sync::Arc::new(UsageRecorder::default());
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -186,7 +160,7 @@ mod tests {
         assert!(recorder.flush(&store).await.is_err());
         assert_eq!(recorder.pending_last_used("aaaaaaaa"), Some(now));
         store.migrate().await.unwrap();
-        store.insert_key(&stored_key(now)).await.unwrap();
+        store.insert_key(&stored_key()).await.unwrap();
         assert_eq!(recorder.flush(&store).await.unwrap(), 1);
         assert_eq!(recorder.pending_last_used("aaaaaaaa"), None);
     }
