@@ -10,8 +10,7 @@ use tonic::{
 };
 
 use crate::v1::{
-    AuthorizeRequest, AuthorizeResponse,
-    authorization_service_client::AuthorizationServiceClient,
+    AuthorizeRequest, AuthorizeResponse, authorization_service_client::AuthorizationServiceClient,
     key_management_service_client::KeyManagementServiceClient,
 };
 

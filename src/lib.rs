@@ -9,7 +9,12 @@ pub mod client;
 
 /// Generated code for the `keygate.v1` protobuf package.
 pub mod v1 {
-    #![allow(missing_docs, unreachable_pub, clippy::all, clippy::doc_lazy_continuation)]
+    #![allow(
+        missing_docs,
+        unreachable_pub,
+        clippy::all,
+        clippy::doc_lazy_continuation
+    )]
     tonic::include_proto!("keygate.v1");
 }
 
