@@ -17,6 +17,7 @@ pub mod policy;
 pub mod ratelimit;
 pub mod rights;
 pub mod scope;
+pub mod snapshot;
 pub mod validation;
 
 pub use model::{ApiKey, Credential, KeyState, KeyStatus};

@@ -21,9 +21,9 @@ use std::net::IpAddr;
 use chrono::{DateTime, Utc};
 
 use crate::allowlist;
-use crate::hashing;
-use crate::model::{ApiKey, Credential, KeyState};
+use crate::model::KeyState;
 use crate::scope::{self, Scope};
+use crate::snapshot::{KeySnapshot, SecretCheck};
 
 /// Why a request was denied.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -102,8 +102,8 @@ impl From<DenyReason> for Denial {
 /// Decides whether `key`, presented through `credential`, may serve
 /// `request` at `now`, checking in the order documented on this module.
 pub fn check(
-    key: &ApiKey,
-    credential: &Credential,
+    key: &KeySnapshot,
+    credential: &SecretCheck,
     request: &AccessRequest<'_>,
     now: DateTime<Utc>,
 ) -> Result<(), Denial> {
@@ -115,7 +115,7 @@ pub fn check(
     if key.expires_at.is_some_and(|at| at <= now) || !credential.is_live_at(now) {
         return Err(DenyReason::KeyExpired.into());
     }
-    if key.environment != request.environment {
+    if *key.environment != *request.environment {
         return Err(DenyReason::EnvironmentMismatch.into());
     }
     if !allowlist::allows(&key.ip_allowlist, request.client_ip) {
@@ -131,22 +131,26 @@ pub fn check(
     Ok(())
 }
 
-/// The credential of `key` with `lookup_id` whose hash matches `presented`
-/// (constant-time compare); `None` if there is none.
-pub fn find_credential<'k>(
-    key: &'k ApiKey,
-    lookup_id: &str,
-    presented: &str,
-) -> Option<&'k Credential> {
-    key.credentials
-        .iter()
-        .filter(|c| c.lookup_id == lookup_id)
-        .find(|c| hashing::verify(&c.salt, &c.hash, presented))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{ApiKey, Credential};
+
+    /// `check` on the snapshot of a full key record.
+    fn check(
+        key: &ApiKey,
+        cred: &Credential,
+        request: &AccessRequest<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<(), Denial> {
+        super::check(
+            &KeySnapshot::from(key),
+            &SecretCheck::from(cred),
+            request,
+            now,
+        )
+    }
+
     use crate::allowlist::parse_network;
     use crate::hashing::issue_credential;
     use crate::keyformat::KeyFormat;
@@ -427,28 +431,5 @@ mod tests {
             "Insufficient permissions"
         );
         assert_eq!(DenyReason::RateLimited.message(), "Rate limit exceeded");
-    }
-
-    #[test]
-    fn find_credential_matches_lookup_and_hash() {
-        let (mut key, old, old_secret) = key_and_cred();
-        let (new_generated, new) = issue_credential(&KeyFormat::default(), "live", now());
-        key.credentials.insert(0, new.clone());
-        assert_eq!(
-            find_credential(&key, &old.lookup_id, &old_secret),
-            Some(&old)
-        );
-        assert_eq!(
-            find_credential(&key, &new.lookup_id, &new_generated.secret),
-            Some(&new)
-        );
-        // Right lookup id, wrong secret.
-        assert_eq!(
-            find_credential(&key, &old.lookup_id, &new_generated.secret),
-            None
-        );
-        // Right secret, wrong lookup id.
-        assert_eq!(find_credential(&key, &new.lookup_id, &old_secret), None);
-        assert_eq!(find_credential(&key, "zzzzzzzz", &old_secret), None);
     }
 }

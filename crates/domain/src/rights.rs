@@ -15,6 +15,7 @@
 
 use crate::model::ApiKey;
 use crate::scope::{self, KEYS_ADMIN, KEYS_READ, KEYS_WRITE, Scope};
+use crate::snapshot::KeySnapshot;
 
 /// The management key making a call.
 #[derive(Clone, Debug)]
@@ -80,6 +81,16 @@ impl Principal {
             owner_id: key.owner_id.clone(),
             environment: key.environment.clone(),
             scopes: key.scopes.clone(),
+        }
+    }
+
+    /// The principal a management key's hot-path snapshot stands for.
+    pub fn from_snapshot(key: &KeySnapshot) -> Self {
+        Self {
+            key_id: key.id.to_string(),
+            owner_id: key.owner_id.to_string(),
+            environment: key.environment.to_string(),
+            scopes: key.scopes.to_vec(),
         }
     }
 

@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use chrono::Utc;
 use keygate::v1::{self as pb, authorization_service_server::AuthorizationService};
-use keygate_domain::{allowlist, environment::Environments, policy::AccessRequest, validation};
+use keygate_domain::{
+    allowlist, environment::Environments, policy::AccessRequest, scope::Scope, validation,
+};
 use tonic::{Request, Response, Status};
 
 use crate::{
@@ -62,10 +64,10 @@ impl AuthorizeService {
                 decision: pb::Decision::Allow.into(),
                 reason: pb::DenyReason::Unspecified.into(),
                 message: "Authorized".to_owned(),
-                key_id: key.id.clone(),
-                owner_id: key.owner_id.clone(),
-                environment: key.environment.clone(),
-                scopes: key.scopes.iter().map(|s| s.as_str().to_owned()).collect(),
+                key_id: key.snapshot.id.to_string(),
+                owner_id: key.snapshot.owner_id.to_string(),
+                environment: key.snapshot.environment.to_string(),
+                scopes: scope_names(&key.snapshot.scopes),
                 missing_scopes: Vec::new(),
                 rate_limit: Some(convert::rate_limit(&rate, now)),
             },
@@ -87,15 +89,19 @@ impl AuthorizeService {
                     ..Default::default()
                 };
                 if let Some(key) = key {
-                    response.key_id = key.id.clone();
-                    response.owner_id = key.owner_id.clone();
-                    response.environment = key.environment.clone();
-                    response.scopes = key.scopes.iter().map(|s| s.as_str().to_owned()).collect();
+                    response.key_id = key.snapshot.id.to_string();
+                    response.owner_id = key.snapshot.owner_id.to_string();
+                    response.environment = key.snapshot.environment.to_string();
+                    response.scopes = scope_names(&key.snapshot.scopes);
                 }
                 response
             }
         })
     }
+}
+
+fn scope_names(scopes: &[Scope]) -> Vec<String> {
+    scopes.iter().map(|s| s.as_str().to_owned()).collect()
 }
 
 #[tonic::async_trait]

@@ -1,5 +1,5 @@
-//! The verified-key cache: lookup id → the key record Authorize needs, so a
-//! warm Authorize never touches storage.
+//! The verified-key cache: lookup id → the key snapshot (and per-key runtime
+//! state) Authorize needs, so a warm Authorize never touches storage.
 //!
 //! - Unknown lookup ids are remembered for a short time (negative entries),
 //!   so a flood of made-up keys costs one query per id, not one per request.
@@ -7,11 +7,14 @@
 //!   under moka's per-key lock, and a waiter finding a fresh entry uses it.
 //! - Every change to a key evicts its lookup ids ([`KeyCache::invalidate`]);
 //!   a load that raced with an eviction is kept only as already stale.
-//! - An entry is fresh for a configured lifetime (the safety net behind
-//!   explicit invalidation), or until [`KeyCache::clear`] (lost invalidation
-//!   messages). A stale entry is reloaded on its next use; if storage cannot
-//!   be reached, the caller gets the stale entry back alongside the error and
-//!   may keep serving from it (fail-static through a database outage).
+//! - A known key is fresh for the configured lifetime (with jitter, so
+//!   entries loaded together do not expire together). Past it, the entry is
+//!   still served and the caller is told to refresh it in the background:
+//!   explicit invalidation, not the lifetime, is what makes changes visible.
+//! - [`KeyCache::clear`] (invalidation messages may have been lost) makes
+//!   every entry stale for real: it is reloaded before use, and if storage
+//!   cannot be reached the caller gets the stale entry back alongside the
+//!   error and may keep serving from it (fail-static through an outage).
 
 use std::{
     future::Future,
@@ -22,14 +25,25 @@ use std::{
     time::{Duration, Instant},
 };
 
-use keygate_domain::ApiKey;
-use moka::{future::Cache, ops::compute::Op};
+use keygate_domain::snapshot::KeySnapshot;
+use moka::{Expiry, future::Cache, ops::compute::Op};
+
+use crate::runtime::KeyRuntime;
+
+/// A known key as the hot path holds it.
+#[derive(Debug)]
+pub struct CachedKey {
+    /// What a decision reads.
+    pub snapshot: KeySnapshot,
+    /// The key's rate-limit state and pending usage, shared by all its entries.
+    pub runtime: Arc<KeyRuntime>,
+}
 
 /// What the cache knows about one lookup id.
 #[derive(Clone, Debug)]
 pub enum Entry {
     /// The key owning a credential with this lookup id.
-    Known(Arc<ApiKey>),
+    Known(Arc<CachedKey>),
     /// No credential has this lookup id (as of the load).
     Unknown,
 }
@@ -37,8 +51,12 @@ pub enum Entry {
 #[derive(Debug)]
 struct Slot {
     entry: Entry,
+    loaded_at: Instant,
     fresh_until: Instant,
     generation: u64,
+    /// Nanoseconds after `loaded_at` before which no new background refresh
+    /// is started (one refresh at a time, retried after a second on failure).
+    refresh_not_before: AtomicU64,
 }
 
 /// A failed load, with the stale entry it would have replaced, if any.
@@ -50,7 +68,50 @@ pub struct LoadError<E> {
     pub stale: Option<Entry>,
 }
 
-/// Bounded cache of verified key records, keyed by lookup id.
+/// A cache answer.
+#[derive(Debug)]
+pub struct Lookup {
+    /// The entry to decide with.
+    pub entry: Entry,
+    /// Past its lifetime: the caller should start [`KeyCache::refresh`]
+    /// (this caller won the right to; others were not told).
+    pub refresh: bool,
+}
+
+/// Keeps known keys an hour after their last (re)load, unknown ids for
+/// their negative lifetime: moka then frees the memory.
+#[derive(Debug)]
+struct Retention {
+    known: Duration,
+    unknown: Duration,
+}
+
+impl Retention {
+    fn of(&self, slot: &Slot) -> Duration {
+        match slot.entry {
+            Entry::Known(_) => self.known,
+            Entry::Unknown => self.unknown,
+        }
+    }
+}
+
+impl Expiry<String, Arc<Slot>> for Retention {
+    fn expire_after_create(&self, _: &String, slot: &Arc<Slot>, _: Instant) -> Option<Duration> {
+        Some(self.of(slot))
+    }
+
+    fn expire_after_update(
+        &self,
+        _: &String,
+        slot: &Arc<Slot>,
+        _: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(self.of(slot))
+    }
+}
+
+/// Bounded cache of verified key snapshots, keyed by lookup id.
 #[derive(Clone, Debug)]
 pub struct KeyCache {
     slots: Cache<String, Arc<Slot>>,
@@ -62,17 +123,23 @@ pub struct KeyCache {
     generation: Arc<AtomicU64>,
 }
 
-/// How long an idle slot is kept for fail-static use before it is dropped.
-const IDLE_LIMIT: Duration = Duration::from_secs(3600);
+/// How long a known entry is kept after its last load, for fail-static use
+/// and background refreshes, before moka drops it.
+const RETENTION: Duration = Duration::from_secs(3600);
+/// Pause between background refresh attempts of one entry.
+const REFRESH_RETRY: Duration = Duration::from_secs(1);
 
 impl KeyCache {
-    /// A cache of at most `capacity` entries; known keys are fresh for `ttl`,
-    /// unknown lookup ids for `negative_ttl`.
+    /// A cache of at most `capacity` entries; known keys are fresh for about
+    /// `ttl`, unknown lookup ids for `negative_ttl`.
     pub fn new(capacity: u64, ttl: Duration, negative_ttl: Duration) -> Self {
         Self {
             slots: Cache::builder()
                 .max_capacity(capacity)
-                .time_to_idle(IDLE_LIMIT.max(ttl))
+                .expire_after(Retention {
+                    known: RETENTION.max(ttl * 2),
+                    unknown: negative_ttl,
+                })
                 .build(),
             ttl,
             negative_ttl,
@@ -81,30 +148,92 @@ impl KeyCache {
         }
     }
 
-    fn is_fresh(&self, slot: &Slot) -> bool {
+    fn same_generation(&self, slot: &Slot) -> bool {
         slot.generation == self.generation.load(Ordering::Acquire)
-            && Instant::now() < slot.fresh_until
     }
 
-    /// The entry for `lookup_id`, loading it with `load` when missing or
-    /// stale. Concurrent loads of one id are serialized, and a waiter that
-    /// finds a fresh entry does not load again.
+    fn is_fresh(&self, slot: &Slot) -> bool {
+        self.same_generation(slot) && Instant::now() < slot.fresh_until
+    }
+
+    /// Whether this caller should refresh `slot` (past its lifetime, and no
+    /// other refresh started within the last second).
+    fn claim_refresh(slot: &Slot) -> bool {
+        let now = u64::try_from(slot.loaded_at.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let not_before = slot.refresh_not_before.load(Ordering::Acquire);
+        now >= not_before
+            && slot
+                .refresh_not_before
+                .compare_exchange(
+                    not_before,
+                    now.saturating_add(REFRESH_RETRY.as_nanos() as u64),
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                )
+                .is_ok()
+    }
+
+    /// The entry for `lookup_id`. A fresh entry, or a known key merely past
+    /// its lifetime, is returned at once (the latter with `refresh` set for
+    /// one caller); a missing or invalidated one is loaded with `load`, one
+    /// load at a time per id.
     pub async fn get_or_load<F, Fut, E>(
         &self,
         lookup_id: &str,
         load: F,
-    ) -> Result<Entry, LoadError<E>>
+    ) -> Result<Lookup, LoadError<E>>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Entry, E>>,
         E: Send + Sync + 'static,
     {
         let stale = match self.slots.get(lookup_id).await {
-            Some(slot) if self.is_fresh(&slot) => return Ok(slot.entry.clone()),
+            Some(slot) if self.is_fresh(&slot) => {
+                return Ok(Lookup {
+                    entry: slot.entry.clone(),
+                    refresh: false,
+                });
+            }
+            Some(slot) if self.same_generation(&slot) && matches!(slot.entry, Entry::Known(_)) => {
+                return Ok(Lookup {
+                    entry: slot.entry.clone(),
+                    refresh: Self::claim_refresh(&slot),
+                });
+            }
             Some(slot) => Some(slot.entry.clone()),
             None => None,
         };
-        let result = self
+        match self.load_into(lookup_id, load, false).await {
+            Ok(entry) => Ok(Lookup {
+                entry,
+                refresh: false,
+            }),
+            Err(error) => Err(LoadError { error, stale }),
+        }
+    }
+
+    /// Reloads `lookup_id` now, unless someone else just did.
+    pub async fn refresh<F, Fut, E>(&self, lookup_id: &str, load: F) -> Result<(), E>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Entry, E>>,
+        E: Send + Sync + 'static,
+    {
+        self.load_into(lookup_id, load, true).await.map(|_| ())
+    }
+
+    async fn load_into<F, Fut, E>(
+        &self,
+        lookup_id: &str,
+        load: F,
+        refreshing: bool,
+    ) -> Result<Entry, E>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Entry, E>>,
+        E: Send + Sync + 'static,
+    {
+        let outcome = self
             .slots
             .entry_by_ref(lookup_id)
             .and_try_compute_with(|current| async move {
@@ -114,11 +243,17 @@ impl KeyCache {
                 {
                     return Ok(Op::Nop);
                 }
+                if refreshing && current.is_none() {
+                    // Evicted meanwhile: the next use loads it.
+                    return Ok(Op::Nop);
+                }
                 let generation = self.generation.load(Ordering::Acquire);
                 let evictions = self.evictions.load(Ordering::Acquire);
                 let entry = load().await?;
                 let lifetime = match entry {
-                    Entry::Known(_) => self.ttl,
+                    // 80–100% of the lifetime, so a batch of keys loaded
+                    // together is refreshed spread out.
+                    Entry::Known(_) => self.ttl.mul_f64(0.8 + 0.2 * rand::random::<f64>()),
                     Entry::Unknown => self.negative_ttl,
                 };
                 // An invalidation during the load may have been for this id:
@@ -127,18 +262,17 @@ impl KeyCache {
                 let now = Instant::now();
                 Ok(Op::Put(Arc::new(Slot {
                     entry,
+                    loaded_at: now,
                     fresh_until: if raced { now } else { now + lifetime },
                     generation,
+                    refresh_not_before: AtomicU64::new(lifetime.as_nanos() as u64),
                 })))
             })
-            .await;
-        match result {
-            Ok(outcome) => Ok(outcome
-                .into_entry()
-                .map(|slot| slot.into_value().entry.clone())
-                .unwrap_or(Entry::Unknown)),
-            Err(error) => Err(LoadError { error, stale }),
-        }
+            .await?;
+        Ok(outcome
+            .into_entry()
+            .map(|slot| slot.into_value().entry.clone())
+            .unwrap_or(Entry::Unknown))
     }
 
     /// Evicts these lookup ids (all credentials of a changed key).
@@ -150,8 +284,8 @@ impl KeyCache {
     }
 
     /// Makes every entry stale (for example after invalidation messages may
-    /// have been lost): each is reloaded on its next use, but stays available
-    /// as a fail-static fallback while storage is unreachable.
+    /// have been lost): each is reloaded before its next use, but stays
+    /// available as a fail-static fallback while storage is unreachable.
     pub fn clear(&self) {
         self.evictions.fetch_add(1, Ordering::AcqRel);
         self.generation.fetch_add(1, Ordering::AcqRel);
@@ -174,12 +308,21 @@ mod tests {
     use std::sync::atomic::AtomicUsize;
 
     use super::*;
+    use crate::runtime::Runtimes;
 
     fn cache() -> KeyCache {
         KeyCache::new(100, Duration::from_secs(60), Duration::from_secs(60))
     }
 
-    async fn load_counting(cache: &KeyCache, loads: &AtomicUsize) -> Entry {
+    fn known() -> Entry {
+        let key = crate::fixtures::api_key("k", "abcdefgh");
+        Entry::Known(Arc::new(CachedKey {
+            snapshot: KeySnapshot::from(&key),
+            runtime: Runtimes::default().get_or_create("k"),
+        }))
+    }
+
+    async fn load_counting(cache: &KeyCache, loads: &AtomicUsize) -> Lookup {
         cache
             .get_or_load("abcdefgh", || async {
                 loads.fetch_add(1, Ordering::SeqCst);
@@ -195,7 +338,7 @@ mod tests {
         let loads = AtomicUsize::new(0);
         for _ in 0..5 {
             assert!(matches!(
-                load_counting(&cache, &loads).await,
+                load_counting(&cache, &loads).await.entry,
                 Entry::Unknown
             ));
         }
@@ -251,6 +394,32 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_known_key_past_its_lifetime_is_served_and_refreshed_once() {
+        let cache = KeyCache::new(100, Duration::from_millis(20), Duration::from_secs(60));
+        let loads = AtomicUsize::new(0);
+        let load = || async {
+            loads.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, ()>(known())
+        };
+        cache.get_or_load("abcdefgh", load).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        // Served at once; one caller (only) is asked to refresh.
+        let first = cache.get_or_load("abcdefgh", load).await.unwrap();
+        let second = cache.get_or_load("abcdefgh", load).await.unwrap();
+        assert!(matches!(first.entry, Entry::Known(_)) && first.refresh);
+        assert!(!second.refresh);
+        assert_eq!(
+            loads.load(Ordering::SeqCst),
+            1,
+            "no load on the request path"
+        );
+        cache.refresh("abcdefgh", load).await.unwrap();
+        assert_eq!(loads.load(Ordering::SeqCst), 2);
+        let after = cache.get_or_load("abcdefgh", load).await.unwrap();
+        assert!(!after.refresh, "fresh again");
+    }
+
+    #[tokio::test]
     async fn a_load_that_raced_an_invalidation_is_not_kept_fresh() {
         let cache = cache();
         let racing = cache.clone();
@@ -262,17 +431,13 @@ mod tests {
             })
             .await
             .unwrap();
-        assert!(matches!(first, Entry::Unknown));
+        assert!(matches!(first.entry, Entry::Unknown));
         let second = cache
-            .get_or_load("abcdefgh", || async {
-                Ok::<_, ()>(Entry::Known(Arc::new(crate::fixtures::api_key(
-                    "k", "abcdefgh",
-                ))))
-            })
+            .get_or_load("abcdefgh", || async { Ok::<_, ()>(known()) })
             .await
             .unwrap();
         assert!(
-            matches!(second, Entry::Known(_)),
+            matches!(second.entry, Entry::Known(_)),
             "the raced load was served as fresh"
         );
     }
@@ -281,11 +446,7 @@ mod tests {
     async fn a_failed_reload_hands_back_the_stale_entry() {
         let cache = cache();
         cache
-            .get_or_load("abcdefgh", || async {
-                Ok::<_, ()>(Entry::Known(Arc::new(crate::fixtures::api_key(
-                    "k", "abcdefgh",
-                ))))
-            })
+            .get_or_load("abcdefgh", || async { Ok::<_, ()>(known()) })
             .await
             .unwrap();
         cache.clear();

@@ -10,7 +10,7 @@ use keygate_domain::{
     validation::{Expiry, NewKeyInput},
 };
 
-use crate::{error::ApiError, usage::UsageRecorder};
+use crate::error::ApiError;
 
 /// A timestamp on the wire.
 pub fn timestamp(at: DateTime<Utc>) -> prost_types::Timestamp {
@@ -119,8 +119,8 @@ pub fn new_key_input(req: pb::CreateKeyRequest) -> Result<NewKeyInput, ApiError>
     })
 }
 
-fn credential(c: &Credential, usage: &UsageRecorder) -> pb::Credential {
-    let last_used = c.last_used_at.max(usage.pending_last_used(&c.lookup_id));
+fn credential(c: &Credential, pending: &impl Fn(&str) -> Option<DateTime<Utc>>) -> pb::Credential {
+    let last_used = c.last_used_at.max(pending(&c.lookup_id));
     pb::Credential {
         lookup_id: c.lookup_id.clone(),
         hint: c.hint.clone(),
@@ -131,12 +131,17 @@ fn credential(c: &Credential, usage: &UsageRecorder) -> pb::Credential {
 }
 
 /// A key's metadata on the wire, as of `now`, with usage not yet flushed
-/// folded in. Never carries a secret, salt or hash.
-pub fn api_key(key: &ApiKey, now: DateTime<Utc>, usage: &UsageRecorder) -> pb::ApiKey {
+/// (`pending`: lookup id → newest unwritten use) folded in. Never carries a
+/// secret, salt or hash.
+pub fn api_key(
+    key: &ApiKey,
+    now: DateTime<Utc>,
+    pending: impl Fn(&str) -> Option<DateTime<Utc>>,
+) -> pb::ApiKey {
     let last_used_at = key
         .credentials
         .iter()
-        .filter_map(|c| usage.pending_last_used(&c.lookup_id))
+        .filter_map(|c| pending(&c.lookup_id))
         .chain(key.last_used_at)
         .max();
     pb::ApiKey {
@@ -159,7 +164,7 @@ pub fn api_key(key: &ApiKey, now: DateTime<Utc>, usage: &UsageRecorder) -> pb::A
         credentials: key
             .credentials
             .iter()
-            .map(|c| credential(c, usage))
+            .map(|c| credential(c, &pending))
             .collect(),
     }
 }

@@ -16,6 +16,7 @@ pub mod error;
 mod fixtures;
 pub mod limiter;
 pub mod management;
+pub mod runtime;
 pub mod server;
 pub mod usage;
 

@@ -103,7 +103,9 @@ impl ManagementService {
     }
 
     fn view(&self, key: &ApiKey, now: DateTime<Utc>) -> pb::ApiKey {
-        convert::api_key(key, now, self.authorizer.usage())
+        convert::api_key(key, now, |lookup_id| {
+            self.authorizer.pending_last_used(&key.id, lookup_id)
+        })
     }
 
     fn revoked(key: &ApiKey, action: &str) -> ApiError {

@@ -114,10 +114,11 @@ impl Keygate {
 
         let flusher = {
             let usage = authorizer.usage().clone();
+            let runtimes = authorizer.runtimes().clone();
             let store = store.clone();
             let interval = config.usage_flush_interval;
             let stop = stop_rx.clone();
-            tokio::spawn(async move { usage.run_flusher(store, interval, stop).await })
+            tokio::spawn(async move { usage.run_flusher(store, runtimes, interval, stop).await })
         };
         // LISTEN before serving, so a ready replica misses no change.
         let first_listener = match store.listen().await {

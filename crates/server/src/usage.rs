@@ -1,78 +1,125 @@
 //! Usage recorded by Authorize (last used time and request counts, per key
-//! and per credential), gathered in memory and written by a background
-//! flusher in batches, so the hot path never writes to storage.
+//! and per credential), gathered in each key's [`KeyRuntime`] and written by
+//! a background flusher in batches, so the hot path never writes to storage.
 //!
 //! A failed flush puts the batch back, so usage is only lost if the process
 //! dies without a graceful stop (at most one flush interval).
 
-use std::{collections::HashMap, sync::Mutex, time::Duration};
+use std::{
+    sync::{Arc, Mutex, atomic::Ordering},
+    time::Duration,
+};
 
 use chrono::{DateTime, Utc};
-use keygate_persistence::{Store, Usage};
+use keygate_persistence::{Store, StoreError, Usage};
 use tokio::sync::watch;
 
-/// Pending usage, by lookup id.
+use crate::runtime::{KeyRuntime, PendingUse, Runtimes};
+
+/// Keys with usage not yet written.
 #[derive(Debug, Default)]
 pub struct UsageRecorder {
-    pending: Mutex<HashMap<String, Usage>>,
+    dirty: Mutex<Vec<Arc<KeyRuntime>>>,
 }
 
 impl UsageRecorder {
-    /// Notes one successful use of a credential.
-    pub fn record(&self, key_id: &str, lookup_id: &str, at: DateTime<Utc>) {
-        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(usage) = pending.get_mut(lookup_id) {
-            usage.requests += 1;
-            usage.last_used_at = usage.last_used_at.max(at);
-            return;
+    /// Notes one successful use of the credential `lookup_id` of a key.
+    pub fn record(&self, runtime: &Arc<KeyRuntime>, lookup_id: [u8; 8], at: DateTime<Utc>) {
+        {
+            let mut usage = runtime.usage.lock().unwrap_or_else(|e| e.into_inner());
+            match usage.iter_mut().find(|u| u.lookup_id == lookup_id) {
+                Some(pending) => {
+                    pending.requests += 1;
+                    pending.last_used_at = pending.last_used_at.max(at);
+                }
+                None => usage.push(PendingUse {
+                    lookup_id,
+                    last_used_at: at,
+                    requests: 1,
+                }),
+            }
         }
-        pending.insert(
-            lookup_id.to_owned(),
-            Usage {
-                key_id: key_id.to_owned(),
-                lookup_id: lookup_id.to_owned(),
-                last_used_at: at,
-                requests: 1,
-            },
-        );
+        if !runtime.usage_dirty.swap(true, Ordering::AcqRel) {
+            self.dirty
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(runtime.clone());
+        }
     }
 
-    /// The newest unflushed use of this credential, if any.
-    pub fn pending_last_used(&self, lookup_id: &str) -> Option<DateTime<Utc>> {
-        let pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        pending.get(lookup_id).map(|u| u.last_used_at)
+    /// The newest unwritten use of a credential, if any.
+    pub fn pending_last_used(
+        &self,
+        runtimes: &Runtimes,
+        key_id: &str,
+        lookup_id: &str,
+    ) -> Option<DateTime<Utc>> {
+        let runtime = runtimes.get(key_id)?;
+        let usage = runtime.usage.lock().unwrap_or_else(|e| e.into_inner());
+        usage
+            .iter()
+            .find(|u| u.lookup_id.as_slice() == lookup_id.as_bytes())
+            .map(|u| u.last_used_at)
     }
 
-    fn take(&self) -> Vec<Usage> {
-        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        pending.drain().map(|(_, usage)| usage).collect()
+    /// Takes every pending use, marking the keys clean.
+    fn take(&self) -> Vec<(Arc<KeyRuntime>, Vec<PendingUse>)> {
+        let runtimes = std::mem::take(&mut *self.dirty.lock().unwrap_or_else(|e| e.into_inner()));
+        runtimes
+            .into_iter()
+            .filter_map(|runtime| {
+                runtime.usage_dirty.store(false, Ordering::Release);
+                let pending =
+                    std::mem::take(&mut *runtime.usage.lock().unwrap_or_else(|e| e.into_inner()));
+                (!pending.is_empty()).then_some((runtime, pending))
+            })
+            .collect()
     }
 
-    fn put_back(&self, batch: Vec<Usage>) {
-        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        for usage in batch {
-            match pending.get_mut(&usage.lookup_id) {
-                Some(newer) => {
-                    newer.requests += usage.requests;
-                    newer.last_used_at = newer.last_used_at.max(usage.last_used_at);
+    /// Merges a batch that could not be written back into the pending uses.
+    fn put_back(&self, batch: Vec<(Arc<KeyRuntime>, Vec<PendingUse>)>) {
+        for (runtime, uses) in batch {
+            {
+                let mut usage = runtime.usage.lock().unwrap_or_else(|e| e.into_inner());
+                for old in uses {
+                    match usage.iter_mut().find(|u| u.lookup_id == old.lookup_id) {
+                        Some(newer) => {
+                            newer.requests += old.requests;
+                            newer.last_used_at = newer.last_used_at.max(old.last_used_at);
+                        }
+                        None => usage.push(old),
+                    }
                 }
-                None => {
-                    pending.insert(usage.lookup_id.clone(), usage);
-                }
+            }
+            if !runtime.usage_dirty.swap(true, Ordering::AcqRel) {
+                self.dirty
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(runtime);
             }
         }
     }
 
-    /// Writes everything pending in one batch. On failure the batch is kept
-    /// for the next attempt.
-    pub async fn flush(&self, store: &Store) -> Result<usize, keygate_persistence::StoreError> {
+    /// Writes everything pending in one batch; returns how many credentials
+    /// it covered. On failure the batch is kept for the next attempt.
+    pub async fn flush(&self, store: &Store) -> Result<usize, StoreError> {
         let batch = self.take();
         if batch.is_empty() {
             return Ok(0);
         }
-        let n = batch.len();
-        match store.record_usage(&batch).await {
-            Ok(()) => Ok(n),
+        let rows: Vec<Usage> = batch
+            .iter()
+            .flat_map(|(runtime, uses)| {
+                uses.iter().map(|u| Usage {
+                    key_id: runtime.key_id.to_string(),
+                    lookup_id: String::from_utf8_lossy(&u.lookup_id).into_owned(),
+                    last_used_at: u.last_used_at,
+                    requests: u.requests,
+                })
+            })
+            .collect();
+        match store.record_usage(&rows).await {
+            Ok(()) => Ok(rows.len()),
             Err(err) => {
                 self.put_back(batch);
                 Err(err)
@@ -81,9 +128,11 @@ impl UsageRecorder {
     }
 
     /// Flushes every `interval` until `stop` turns true, then once more.
+    /// Also forgets runtimes no cache entry holds any more.
     pub async fn run_flusher(
         &self,
         store: Store,
+        runtimes: Arc<Runtimes>,
         interval: Duration,
         mut stop: watch::Receiver<bool>,
     ) {
@@ -97,6 +146,7 @@ impl UsageRecorder {
             if let Err(err) = self.flush(&store).await {
                 tracing::warn!(error = %err, "usage flush failed; will retry");
             }
+            runtimes.prune();
         }
         match self.flush(&store).await {
             Ok(n) => tracing::debug!(credentials = n, "final usage flush"),
@@ -113,8 +163,53 @@ mod tests {
 
     use super::*;
 
+    const KEY_ID: &str = "0190b5a2-0000-7000-8000-000000000001";
+
     fn stored_key() -> keygate_domain::ApiKey {
-        crate::fixtures::api_key("0190b5a2-0000-7000-8000-000000000001", "aaaaaaaa")
+        crate::fixtures::api_key(KEY_ID, "aaaaaaaa")
+    }
+
+    #[test]
+    fn records_merge_per_credential() {
+        let (recorder, runtimes) = (UsageRecorder::default(), Runtimes::default());
+        let (k1, k2) = (runtimes.get_or_create("k1"), runtimes.get_or_create("k2"));
+        let t0 = Utc::now();
+        let t1 = t0 + chrono::Duration::seconds(1);
+        recorder.record(&k1, *b"aaaaaaaa", t1);
+        recorder.record(&k1, *b"aaaaaaaa", t0);
+        recorder.record(&k1, *b"cccccccc", t0);
+        recorder.record(&k2, *b"bbbbbbbb", t0);
+        assert_eq!(
+            recorder.pending_last_used(&runtimes, "k1", "aaaaaaaa"),
+            Some(t1)
+        );
+        assert_eq!(
+            recorder.pending_last_used(&runtimes, "k2", "aaaaaaaa"),
+            None
+        );
+        let batch = recorder.take();
+        assert_eq!(batch.len(), 2, "one entry per dirty key");
+        let (_, uses) = batch.iter().find(|(r, _)| r.key_id() == "k1").unwrap();
+        assert_eq!(uses[0].requests, 2);
+        assert_eq!(uses[0].last_used_at, t1);
+        assert_eq!(uses.len(), 2);
+        assert!(recorder.take().is_empty());
+    }
+
+    #[test]
+    fn a_batch_put_back_merges_with_newer_usage() {
+        let (recorder, runtimes) = (UsageRecorder::default(), Runtimes::default());
+        let k1 = runtimes.get_or_create("k1");
+        let t0 = Utc::now();
+        recorder.record(&k1, *b"aaaaaaaa", t0);
+        let batch = recorder.take();
+        let t1 = t0 + chrono::Duration::seconds(2);
+        recorder.record(&k1, *b"aaaaaaaa", t1);
+        recorder.put_back(batch);
+        let batch = recorder.take();
+        assert_eq!(batch.len(), 1);
+        assert_eq!(batch[0].1[0].requests, 2);
+        assert_eq!(batch[0].1[0].last_used_at, t1);
     }
 
     #[tokio::test]
@@ -123,28 +218,29 @@ mod tests {
         let store = Store::connect(&db.url).await.unwrap();
         store.migrate().await.unwrap();
         let now = Utc::now();
-        let key = stored_key();
-        store.insert_key(&key).await.unwrap();
-        let recorder = std::sync::Arc::new(UsageRecorder::default());
+        store.insert_key(&stored_key()).await.unwrap();
+        let recorder = Arc::new(UsageRecorder::default());
+        let runtimes = Arc::new(Runtimes::default());
+        let runtime = runtimes.get_or_create(KEY_ID);
         let (stop_tx, stop_rx) = watch::channel(false);
         let flusher = {
-            let (recorder, store) = (recorder.clone(), store.clone());
+            let (recorder, store, runtimes) = (recorder.clone(), store.clone(), runtimes.clone());
             tokio::spawn(async move {
                 recorder
-                    .run_flusher(store, Duration::from_millis(20), stop_rx)
+                    .run_flusher(store, runtimes, Duration::from_millis(20), stop_rx)
                     .await
             })
         };
-        recorder.record(&key.id, "aaaaaaaa", now);
-        recorder.record(&key.id, "aaaaaaaa", now);
+        recorder.record(&runtime, *b"aaaaaaaa", now);
+        recorder.record(&runtime, *b"aaaaaaaa", now);
         tokio::time::sleep(Duration::from_millis(100)).await;
-        assert_eq!(store.request_count(&key.id).await.unwrap(), Some(2));
+        assert_eq!(store.request_count(KEY_ID).await.unwrap(), Some(2));
         // Usage recorded just before the stop is written by the final flush.
-        recorder.record(&key.id, "aaaaaaaa", now);
+        recorder.record(&runtime, *b"aaaaaaaa", now);
         stop_tx.send(true).unwrap();
         flusher.await.unwrap();
-        assert_eq!(store.request_count(&key.id).await.unwrap(), Some(3));
-        let stored = store.get_key(&key.id).await.unwrap().unwrap();
+        assert_eq!(store.request_count(KEY_ID).await.unwrap(), Some(3));
+        let stored = store.get_key(KEY_ID).await.unwrap().unwrap();
         assert!(stored.last_used_at.is_some());
         assert!(stored.credentials[0].last_used_at.is_some());
     }
@@ -153,47 +249,22 @@ mod tests {
     async fn a_failed_flush_keeps_the_batch_for_later() {
         let db = TestDatabase::sqlite();
         let store = Store::connect(&db.url).await.unwrap();
-        let recorder = UsageRecorder::default();
+        let (recorder, runtimes) = (UsageRecorder::default(), Runtimes::default());
+        let runtime = runtimes.get_or_create(KEY_ID);
         let now = Utc::now();
-        recorder.record("0190b5a2-0000-7000-8000-000000000001", "aaaaaaaa", now);
+        recorder.record(&runtime, *b"aaaaaaaa", now);
         // No tables yet: the write fails and nothing is lost.
         assert!(recorder.flush(&store).await.is_err());
-        assert_eq!(recorder.pending_last_used("aaaaaaaa"), Some(now));
+        assert_eq!(
+            recorder.pending_last_used(&runtimes, KEY_ID, "aaaaaaaa"),
+            Some(now)
+        );
         store.migrate().await.unwrap();
         store.insert_key(&stored_key()).await.unwrap();
         assert_eq!(recorder.flush(&store).await.unwrap(), 1);
-        assert_eq!(recorder.pending_last_used("aaaaaaaa"), None);
-    }
-
-    #[test]
-    fn records_merge_per_credential() {
-        let recorder = UsageRecorder::default();
-        let t0 = Utc::now();
-        let t1 = t0 + chrono::Duration::seconds(1);
-        recorder.record("k1", "aaaaaaaa", t1);
-        recorder.record("k1", "aaaaaaaa", t0);
-        recorder.record("k2", "bbbbbbbb", t0);
-        assert_eq!(recorder.pending_last_used("aaaaaaaa"), Some(t1));
-        let mut batch = recorder.take();
-        batch.sort_by(|a, b| a.lookup_id.cmp(&b.lookup_id));
-        assert_eq!(batch.len(), 2);
-        assert_eq!(batch[0].requests, 2);
-        assert_eq!(batch[0].last_used_at, t1);
-        assert!(recorder.take().is_empty());
-    }
-
-    #[test]
-    fn a_batch_put_back_merges_with_newer_usage() {
-        let recorder = UsageRecorder::default();
-        let t0 = Utc::now();
-        recorder.record("k1", "aaaaaaaa", t0);
-        let batch = recorder.take();
-        let t1 = t0 + chrono::Duration::seconds(2);
-        recorder.record("k1", "aaaaaaaa", t1);
-        recorder.put_back(batch);
-        let batch = recorder.take();
-        assert_eq!(batch.len(), 1);
-        assert_eq!(batch[0].requests, 2);
-        assert_eq!(batch[0].last_used_at, t1);
+        assert_eq!(
+            recorder.pending_last_used(&runtimes, KEY_ID, "aaaaaaaa"),
+            None
+        );
     }
 }
