@@ -1,0 +1,307 @@
+#!/usr/bin/env bash
+# Keygate benchmark: Authorize vs grpc.health.v1.Health/Check under ghz, per
+# backend and key count, plus memory per key and cold cache-miss latency.
+# See bench/README.md. Environment:
+#   BENCH_BACKENDS   "sqlite postgres" (postgres only when a URL is set)
+#   BENCH_KEYS       "1000 100000"
+#   BENCH_DURATION   10s   (ghz -z, per round and per RPC)
+#   BENCH_ROUNDS     2     (Check/Authorize alternations)
+#   BENCH_COLD_KEYS  2000  (never-seen keys for the cold-miss run; 0 skips it)
+#   BENCH_CONCURRENCY 32, BENCH_CONNECTIONS 4
+#   BENCH_SERVER_ARGS extra `keygate serve` flags (word-split)
+#   KEYGATE_BENCH_POSTGRES_URL or KEYGATE_TEST_POSTGRES_URL: a PostgreSQL
+#     server URL; a fresh database is created on it per configuration.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+GHZ_VERSION=v0.121.0
+DURATION=${BENCH_DURATION:-10s}
+KEY_COUNTS=${BENCH_KEYS:-"1000 100000"}
+ROUNDS=${BENCH_ROUNDS:-2}
+COLD_KEYS=${BENCH_COLD_KEYS:-2000}
+CONCURRENCY=${BENCH_CONCURRENCY:-32}
+CONNECTIONS=${BENCH_CONNECTIONS:-4}
+SETUP_CONCURRENCY=32
+PG_URL=${KEYGATE_BENCH_POSTGRES_URL:-${KEYGATE_TEST_POSTGRES_URL:-}}
+if [[ -n "${BENCH_BACKENDS:-}" ]]; then
+  BACKENDS=$BENCH_BACKENDS
+elif [[ -n "$PG_URL" ]]; then
+  BACKENDS="sqlite postgres"
+else
+  BACKENDS="sqlite"
+fi
+read -r -a EXTRA_SERVER_ARGS <<<"${BENCH_SERVER_ARGS:-}"
+
+log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "FAIL: $*"; exit 1; }
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/keygate-bench.XXXXXX")
+SERVER_PID=""
+PG_DATABASES=()
+
+cleanup() {
+  local rc=$?
+  if [[ -n "$SERVER_PID" ]] && kill -0 "$SERVER_PID" 2>/dev/null; then
+    kill -TERM "$SERVER_PID" 2>/dev/null || true
+    wait "$SERVER_PID" 2>/dev/null || true
+  fi
+  for db in "${PG_DATABASES[@]}"; do
+    psql "$PG_URL" -qX -v ON_ERROR_STOP=1 -c "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null 2>&1 ||
+      log "could not drop database $db"
+  done
+  if [[ $rc -ne 0 && -n "${KEEP_ON_FAILURE:-}" ]]; then
+    log "kept $WORK"
+  else
+    rm -rf "$WORK"
+  fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# --- tools ---------------------------------------------------------------
+command -v go >/dev/null || die "go is needed to install ghz"
+command -v jq >/dev/null || die "jq is needed to read ghz's JSON output"
+command -v python3 >/dev/null || die "python3 is needed to find a free port"
+GHZ="$(go env GOPATH)/bin/ghz"
+if [[ ! -x "$GHZ" ]]; then
+  log "installing ghz $GHZ_VERSION"
+  go install "github.com/bojand/ghz/cmd/ghz@$GHZ_VERSION"
+fi
+log "ghz: $GHZ (pinned $GHZ_VERSION when installed here)"
+
+log "building (release)"
+(cd "$ROOT" && cargo build --release --quiet -p keygate-server --bin keygate)
+(cd "$ROOT" && cargo build --release --quiet -p keygate --example bench_setup)
+TARGET_DIR=$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps | jq -r .target_directory)
+KEYGATE="$TARGET_DIR/release/keygate"
+SETUP="$TARGET_DIR/release/examples/bench_setup"
+
+# --- helpers -------------------------------------------------------------
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+rss_bytes() { # VmRSS of a process, in bytes
+  awk '/^VmRSS:/ { print $2 * 1024 }' "/proc/$1/status"
+}
+
+# new_pg_url NAME: creates database NAME on $PG_URL's server, prints its URL.
+new_pg_url() {
+  local name=$1 base query=""
+  psql "$PG_URL" -qX -v ON_ERROR_STOP=1 -c "CREATE DATABASE \"$name\"" >/dev/null
+  PG_DATABASES+=("$name")
+  base=${PG_URL%%\?*}
+  [[ "$PG_URL" == *\?* ]] && query="?${PG_URL#*\?}"
+  printf '%s/%s%s\n' "${base%/*}" "$name" "$query"
+}
+
+# ghz_run OUT.json ARGS...: runs ghz against the current server.
+ghz_run() {
+  local out=$1
+  shift
+  "$GHZ" --insecure --format json --output "$out" "$@" "127.0.0.1:$PORT"
+}
+
+# ghz_stat FILE FIELD: rps | p50 | p99 (ns) | count
+ghz_stat() {
+  case $2 in
+    rps) jq -r '.rps' "$1" ;;
+    count) jq -r '.count' "$1" ;;
+    p50 | p99)
+      jq -r --arg p "${2#p}" \
+        '[.latencyDistribution[] | select((.percentage | tostring) == $p) | .latency][0]' "$1" ;;
+  esac
+}
+
+# ghz_check_ok FILE WHAT: every call answered with status OK.
+ghz_check_ok() {
+  local file=$1 what=$2 count ok
+  count=$(jq -r '.count' "$file")
+  ok=$(jq -r '.statusCodeDistribution.OK // 0' "$file")
+  if [[ "$count" -eq 0 || "$ok" -ne "$count" ]] ||
+    [[ "$(jq -r '(.errorDistribution // {}) | length' "$file")" -ne 0 ]]; then
+    log "$what: $ok of $count calls OK; status codes: $(jq -c '.statusCodeDistribution' "$file"); errors: $(jq -c '.errorDistribution' "$file")"
+    die "$what had failed calls"
+  fi
+}
+
+ms() { awk -v ns="$1" 'BEGIN { printf "%.3f", ns / 1e6 }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
+
+# start_server URL DIR: serves URL on $PORT in the background, waits until ready.
+start_server() {
+  "$KEYGATE" serve --listen "127.0.0.1:$PORT" --database-url "$1" \
+    --default-rate-limit 4000000000 --usage-flush-interval 5s \
+    "${EXTRA_SERVER_ARGS[@]}" 2>>"$2/server.log" &
+  SERVER_PID=$!
+  "$SETUP" wait --endpoint "http://127.0.0.1:$PORT" --timeout-secs 30 ||
+    die "server did not start (log: $2/server.log)"
+}
+
+stop_server() {
+  local rc=0
+  kill -TERM "$SERVER_PID"
+  wait "$SERVER_PID" || rc=$?
+  SERVER_PID=""
+  [[ $rc -eq 0 ]] || die "keygate exited with status $rc after SIGTERM (log: $1)"
+  log "server stopped cleanly (exit 0)"
+}
+
+RESULTS="$WORK/results.tsv"
+: >"$RESULTS"
+
+# --- one configuration ---------------------------------------------------
+run_config() {
+  local backend=$1 n=$2 dir url mgmt total i
+  dir="$WORK/$backend-$n"
+  mkdir -p "$dir"
+  case $backend in
+    sqlite) url="sqlite://$dir/kg.db?mode=rwc" ;;
+    postgres)
+      [[ -n "$PG_URL" ]] || die "postgres backend needs KEYGATE_BENCH_POSTGRES_URL or KEYGATE_TEST_POSTGRES_URL"
+      url=$(new_pg_url "keygate_bench_$$_$n") ;;
+    *) die "unknown backend $backend" ;;
+  esac
+  log "== $backend, $n keys =="
+
+  mgmt=$("$KEYGATE" bootstrap --owner acme --database-url "$url" 2>"$dir/bootstrap.log")
+  [[ -n "$mgmt" ]] || die "bootstrap printed no key (log: $dir/bootstrap.log)"
+
+  PORT=$(free_port)
+  start_server "$url" "$dir"
+
+  total=$((n + COLD_KEYS))
+  log "creating $total keys ($n for load, $COLD_KEYS never used until the cold run)"
+  "$SETUP" create --endpoint "http://127.0.0.1:$PORT" --management-key "$mgmt" \
+    --count "$total" --concurrency "$SETUP_CONCURRENCY" --out "$dir/all.txt"
+  head -n "$n" "$dir/all.txt" >"$dir/warm.txt"
+  tail -n +"$((n + 1))" "$dir/all.txt" >"$dir/cold.txt"
+  "$SETUP" data-file --keys "$dir/warm.txt" --out "$dir/warm.json"
+  [[ $COLD_KEYS -gt 0 ]] && "$SETUP" data-file --keys "$dir/cold.txt" --out "$dir/cold.json"
+
+  # A fresh process for the measurements: the memory of creating the keys
+  # (freed, but kept by the allocator) must not count against the cache.
+  stop_server "$dir/server.log"
+  start_server "$url" "$dir"
+  local rss_before rss_after
+  rss_before=$(rss_bytes "$SERVER_PID")
+
+  log "warm-up: one Authorize per key (must all be DECISION_ALLOW)"
+  "$SETUP" authorize --endpoint "http://127.0.0.1:$PORT" --keys "$dir/warm.txt" \
+    --concurrency "$SETUP_CONCURRENCY"
+  rss_after=$(rss_bytes "$SERVER_PID")
+  log "RSS of a fresh server: $rss_before B before warm-up, $rss_after B with all $n keys cached"
+
+  local load=(-c "$CONCURRENCY" --connections "$CONNECTIONS" -z "$DURATION" --duration-stop wait)
+  for ((i = 1; i <= ROUNDS; i++)); do
+    log "round $i/$ROUNDS: Health/Check for $DURATION"
+    ghz_run "$dir/check-$i.json" "${load[@]}" --call grpc.health.v1.Health/Check -d '{"service":""}'
+    ghz_check_ok "$dir/check-$i.json" "Check round $i"
+    log "round $i/$ROUNDS: Authorize for $DURATION"
+    ghz_run "$dir/authz-$i.json" "${load[@]}" --call keygate.v1.AuthorizationService/Authorize \
+      --data-file "$dir/warm.json"
+    ghz_check_ok "$dir/authz-$i.json" "Authorize round $i"
+    for rpc in check authz; do
+      log "  $rpc round $i: $(printf '%.0f' "$(ghz_stat "$dir/$rpc-$i.json" rps)") rps," \
+        "p50 $(ms "$(ghz_stat "$dir/$rpc-$i.json" p50)") ms, p99 $(ms "$(ghz_stat "$dir/$rpc-$i.json" p99)") ms," \
+        "$(ghz_stat "$dir/$rpc-$i.json" count) calls"
+    done
+  done
+
+  log "verifying: every load key is still DECISION_ALLOW (none was denied or rate limited)"
+  "$SETUP" authorize --endpoint "http://127.0.0.1:$PORT" --keys "$dir/warm.txt" \
+    --concurrency "$SETUP_CONCURRENCY"
+
+  local cold_p50="" cold_p99="" rewarm_p50="" rewarm_p99=""
+  if [[ $COLD_KEYS -gt 0 ]]; then
+    log "cold misses: $COLD_KEYS never-seen keys, each sent once, -c 4"
+    ghz_run "$dir/cold-run.json" -c 4 --connections 1 -n "$COLD_KEYS" --skipFirst 0 \
+      --call keygate.v1.AuthorizationService/Authorize --data-file "$dir/cold.json"
+    ghz_check_ok "$dir/cold-run.json" "cold Authorize"
+    [[ "$(ghz_stat "$dir/cold-run.json" count)" -eq "$COLD_KEYS" ]] || die "cold run count mismatch"
+    cold_p50=$(ghz_stat "$dir/cold-run.json" p50)
+    cold_p99=$(ghz_stat "$dir/cold-run.json" p99)
+    log "same keys again, now cached (reference for the cold figures at the same concurrency)"
+    ghz_run "$dir/rewarm-run.json" -c 4 --connections 1 -n "$COLD_KEYS" --skipFirst 0 \
+      --call keygate.v1.AuthorizationService/Authorize --data-file "$dir/cold.json"
+    ghz_check_ok "$dir/rewarm-run.json" "re-run of the cold keys"
+    rewarm_p50=$(ghz_stat "$dir/rewarm-run.json" p50)
+    rewarm_p99=$(ghz_stat "$dir/rewarm-run.json" p99)
+    log "  cold: p50 $(ms "$cold_p50") ms, p99 $(ms "$cold_p99") ms; cached: p50 $(ms "$rewarm_p50") ms, p99 $(ms "$rewarm_p99") ms"
+    "$SETUP" authorize --endpoint "http://127.0.0.1:$PORT" --keys "$dir/cold.txt" \
+      --concurrency "$SETUP_CONCURRENCY"
+  fi
+
+  stop_server "$dir/server.log"
+
+  # Best round per RPC = the round with the highest rps; its p50/p99.
+  local best_check best_authz
+  best_check=$(for ((i = 1; i <= ROUNDS; i++)); do echo "$(ghz_stat "$dir/check-$i.json" rps) $dir/check-$i.json"; done | sort -gr | head -1 | cut -d' ' -f2)
+  best_authz=$(for ((i = 1; i <= ROUNDS; i++)); do echo "$(ghz_stat "$dir/authz-$i.json" rps) $dir/authz-$i.json"; done | sort -gr | head -1 | cut -d' ' -f2)
+  local bpk
+  bpk=$(awk -v a="$rss_after" -v b="$rss_before" -v n="$n" 'BEGIN { printf "%.0f", (a - b) / n }')
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$backend" "$n" \
+    "$(ghz_stat "$best_check" rps)" "$(ghz_stat "$best_check" p50)" "$(ghz_stat "$best_check" p99)" \
+    "$(ghz_stat "$best_authz" rps)" "$(ghz_stat "$best_authz" p50)" "$(ghz_stat "$best_authz" p99)" \
+    "$bpk" "$rss_before" "$rss_after" "${cold_p50:--}" "${cold_p99:--}" "${rewarm_p50:--}" "${rewarm_p99:--}" >>"$RESULTS"
+  print_table "$(tail -n 1 "$RESULTS")"
+  if [[ "$backend" == postgres ]]; then
+    psql "$PG_URL" -qX -v ON_ERROR_STOP=1 -c "DROP DATABASE IF EXISTS \"keygate_bench_$$_$n\" WITH (FORCE)" >/dev/null
+  fi
+  rm -rf "$dir"
+}
+
+HEADER=$(printf '%-9s %7s | %8s %7s %7s | %8s %7s %7s | %5s %5s | %9s | %8s %8s %8s' \
+  backend keys "chk rps" "p50 ms" "p99 ms" "auth rps" "p50 ms" "p99 ms" "rps x" "p99 x" "bytes/key" "cold p50" "cold p99" "hot p99")
+
+print_table() { # rows of results.tsv
+  echo
+  echo "$HEADER"
+  echo "${HEADER//?/-}"
+  local backend n crps cp50 cp99 arps ap50 ap99 bpk _rb _ra cold50 cold99 _hot50 hot99
+  while IFS=$'\t' read -r backend n crps cp50 cp99 arps ap50 ap99 bpk _rb _ra cold50 cold99 _hot50 hot99; do
+    [[ "$cold50" == - ]] || cold50=$(ms "$cold50")
+    [[ "$cold99" == - ]] || cold99=$(ms "$cold99")
+    [[ "$hot99" == - ]] || hot99=$(ms "$hot99")
+    printf '%-9s %7s | %8.0f %7s %7s | %8.0f %7s %7s | %5s %5s | %9s | %8s %8s %8s\n' \
+      "$backend" "$n" "$crps" "$(ms "$cp50")" "$(ms "$cp99")" "$arps" "$(ms "$ap50")" "$(ms "$ap99")" \
+      "$(ratio "$arps" "$crps")" "$(ratio "$ap99" "$cp99")" "$bpk" "$cold50" "$cold99" "$hot99"
+  done <<<"$1"
+  echo
+}
+
+for backend in $BACKENDS; do
+  for n in $KEY_COUNTS; do
+    run_config "$backend" "$n"
+  done
+done
+
+# --- summary -------------------------------------------------------------
+echo
+echo "===================== Keygate benchmark summary ====================="
+echo "ghz $GHZ_VERSION, -c $CONCURRENCY --connections $CONNECTIONS -z $DURATION, $ROUNDS alternating rounds"
+echo "(Check, Authorize, Check, Authorize, ...); per RPC the round with the highest rps is shown."
+echo "$(nproc) CPUs shared by ghz and the server: absolute figures are low, the ratios matter."
+print_table "$(cat "$RESULTS")"
+echo "Targets (not asserted):"
+echo "  rps x     = Authorize rps / Check rps          target >= 0.80"
+echo "  p99 x     = Authorize p99 / Check p99          target <= 1.25"
+echo "  bytes/key = (RSS with every key cached - RSS of the same fresh server before"
+echo "              warm-up) / keys: cache entry, snapshot and per-key runtime; target < 1024"
+echo "  cold p50/p99 = Authorize of never-seen keys, each a cache MISS loaded from storage"
+echo "              (ghz -c 4 --connections 1, $COLD_KEYS keys once each); target p99 < 2 ms on PostgreSQL
+  hot p99   = the same $COLD_KEYS keys sent again at once, now cached: what ghz and the
+              shared CPUs add on their own at that concurrency"
+echo
+echo "Authorize rps at the largest vs the smallest key count (target >= 0.90):"
+for backend in $BACKENDS; do
+  awk -F'\t' -v b="$backend" '
+    $1 == b { if (min == "" || $2 + 0 < min + 0) { min = $2; minr = $6 } if (max == "" || $2 + 0 > max + 0) { max = $2; maxr = $6 } }
+    END {
+      if (min == "" || min == max) { printf "  %-9s n/a (one key count)\n", b; exit }
+      printf "  %-9s %s keys: %.0f rps, %s keys: %.0f rps, ratio %.2f %s\n", b, max, maxr, min, minr, maxr / minr, (maxr / minr >= 0.9 ? "(meets 0.90)" : "(BELOW 0.90)")
+    }' "$RESULTS"
+done
+echo
+echo "All Authorize calls returned status OK, and every key answered DECISION_ALLOW before and after load."

@@ -1,0 +1,303 @@
+//! Helper for `bench/run.sh`: waits for a Keygate server, creates API keys
+//! through the management API, and authorizes keys (to warm the cache and
+//! to verify that every key is still allowed after a load run).
+//!
+//! ```text
+//! bench_setup wait      --endpoint URL [--timeout-secs 30]
+//! bench_setup create    --endpoint URL --management-key KEY --count N --out FILE
+//!                       [--owner acme] [--scope bench:read] [--concurrency 32]
+//! bench_setup authorize --endpoint URL --keys FILE [--concurrency 32]
+//!                       [--scope bench:read] [--client-ip 10.0.0.1]
+//! bench_setup data-file --keys FILE --out FILE [--scope bench:read] [--client-ip 10.0.0.1]
+//! ```
+//!
+//! `create` writes one secret per line to `--out`. `authorize` calls
+//! Authorize once per key and exits non-zero unless every answer is
+//! `DECISION_ALLOW`. `data-file` writes a JSON array of AuthorizeRequest
+//! messages for ghz's `--data-file` (sent round robin).
+//!
+//! Arguments are parsed by hand so the example needs no extra dependencies.
+
+use std::{
+    collections::HashMap,
+    io::Write,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use keygate::{Client, v1 as pb};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
+/// Separate HTTP/2 connections the work is spread over.
+const CHANNELS: usize = 4;
+
+struct Args(HashMap<String, String>);
+
+impl Args {
+    fn parse(raw: &[String]) -> Result<Self, Error> {
+        let mut map = HashMap::new();
+        let mut it = raw.iter();
+        while let Some(flag) = it.next() {
+            let name = flag
+                .strip_prefix("--")
+                .ok_or_else(|| format!("unexpected argument {flag:?}"))?;
+            let value = it.next().ok_or_else(|| format!("--{name} needs a value"))?;
+            map.insert(name.to_owned(), value.clone());
+        }
+        Ok(Self(map))
+    }
+
+    fn get(&self, name: &str) -> Result<String, Error> {
+        self.0
+            .get(name)
+            .cloned()
+            .ok_or_else(|| format!("missing --{name}").into())
+    }
+
+    fn get_or(&self, name: &str, default: &str) -> String {
+        self.0
+            .get(name)
+            .cloned()
+            .unwrap_or_else(|| default.to_owned())
+    }
+
+    fn num(&self, name: &str, default: usize) -> Result<usize, Error> {
+        match self.0.get(name) {
+            Some(v) => Ok(v
+                .parse()
+                .map_err(|_| format!("--{name}: not a number: {v:?}"))?),
+            None => Ok(default),
+        }
+    }
+}
+
+async fn connect_all(endpoint: &str) -> Result<Vec<Client>, Error> {
+    let mut clients = Vec::with_capacity(CHANNELS);
+    for _ in 0..CHANNELS {
+        clients.push(Client::connect(endpoint.to_owned()).await?);
+    }
+    Ok(clients)
+}
+
+async fn wait(args: &Args) -> Result<(), Error> {
+    let endpoint = args.get("endpoint")?;
+    let deadline = Instant::now() + Duration::from_secs(args.num("timeout-secs", 30)? as u64);
+    loop {
+        let attempt = async {
+            let channel = tonic::transport::Endpoint::from_shared(endpoint.clone())?
+                .connect()
+                .await?;
+            let mut health = HealthClient::new(channel);
+            let status = health
+                .check(HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await?
+                .into_inner()
+                .status();
+            Ok::<_, Error>(status == ServingStatus::Serving)
+        };
+        match attempt.await {
+            Ok(true) => return Ok(()),
+            Ok(false) | Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Ok(false) => return Err(format!("{endpoint} is not SERVING").into()),
+            Err(err) => return Err(format!("{endpoint} did not answer: {err}").into()),
+        }
+    }
+}
+
+async fn create(args: &Args) -> Result<(), Error> {
+    let endpoint = args.get("endpoint")?;
+    let management_key = args.get("management-key")?;
+    let count = args.num("count", 1000)?;
+    let out = args.get("out")?;
+    let owner = args.get_or("owner", "acme");
+    let scope = args.get_or("scope", "bench:read");
+    let concurrency = args.num("concurrency", 32)?.max(1);
+
+    let clients: Vec<Client> = connect_all(&endpoint)
+        .await?
+        .iter()
+        .map(|c| c.with_management_key(&management_key))
+        .collect::<Result<_, _>>()?;
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(concurrency);
+    for worker in 0..concurrency {
+        let mut client = clients[worker % clients.len()].clone();
+        let next = next.clone();
+        let (owner, scope) = (owner.clone(), scope.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut secrets = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= count {
+                    break;
+                }
+                let request = pb::CreateKeyRequest {
+                    owner_id: owner.clone(),
+                    name: format!("bench-{i}"),
+                    environment: "live".to_owned(),
+                    scopes: vec![scope.clone()],
+                    ..Default::default()
+                };
+                let response = client
+                    .keys
+                    .create_key(request)
+                    .await
+                    .map_err(|s| format!("CreateKey #{i}: {s}"))?
+                    .into_inner();
+                secrets.push(response.secret);
+            }
+            Ok::<_, Error>(secrets)
+        }));
+    }
+    let mut file = std::io::BufWriter::new(std::fs::File::create(&out)?);
+    let mut written = 0usize;
+    for task in tasks {
+        for secret in task.await?? {
+            writeln!(file, "{secret}")?;
+            written += 1;
+        }
+    }
+    file.flush()?;
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "bench_setup: created {written} keys in {secs:.1}s ({:.0} keys/s, {concurrency} in flight)",
+        written as f64 / secs
+    );
+    if written != count {
+        return Err(format!("created {written} keys, wanted {count}").into());
+    }
+    Ok(())
+}
+
+fn read_keys(path: &str) -> Result<Vec<String>, Error> {
+    Ok(std::fs::read_to_string(path)?
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect())
+}
+
+async fn authorize(args: &Args) -> Result<(), Error> {
+    let endpoint = args.get("endpoint")?;
+    let keys = Arc::new(read_keys(&args.get("keys")?)?);
+    let scope = args.get_or("scope", "bench:read");
+    let client_ip = args.get_or("client-ip", "10.0.0.1");
+    let concurrency = args.num("concurrency", 32)?.max(1);
+
+    let clients = connect_all(&endpoint).await?;
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(concurrency);
+    for worker in 0..concurrency {
+        let mut client = clients[worker % clients.len()].clone();
+        let (next, keys) = (next.clone(), keys.clone());
+        let (scope, client_ip) = (scope.clone(), client_ip.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut failures = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(key) = keys.get(i) else { break };
+                match client
+                    .authorize(key, &[scope.as_str()], "live", &client_ip)
+                    .await
+                {
+                    Ok(r) if r.decision() == pb::Decision::Allow => {}
+                    Ok(r) => failures.push(format!(
+                        "key #{i}: {:?} {:?} {}",
+                        r.decision(),
+                        r.reason(),
+                        r.message
+                    )),
+                    Err(status) => failures.push(format!("key #{i}: RPC error {status}")),
+                }
+            }
+            failures
+        }));
+    }
+    let mut failures = Vec::new();
+    for task in tasks {
+        failures.extend(task.await?);
+    }
+    let secs = started.elapsed().as_secs_f64();
+    if !failures.is_empty() {
+        for f in failures.iter().take(10) {
+            eprintln!("bench_setup: {f}");
+        }
+        return Err(format!(
+            "{} of {} Authorize calls were not DECISION_ALLOW",
+            failures.len(),
+            keys.len()
+        )
+        .into());
+    }
+    eprintln!(
+        "bench_setup: {} Authorize calls, all DECISION_ALLOW, in {secs:.1}s",
+        keys.len()
+    );
+    Ok(())
+}
+
+fn data_file(args: &Args) -> Result<(), Error> {
+    let keys = read_keys(&args.get("keys")?)?;
+    let scope = args.get_or("scope", "bench:read");
+    let client_ip = args.get_or("client-ip", "10.0.0.1");
+    let mut file = std::io::BufWriter::new(std::fs::File::create(args.get("out")?)?);
+    // Keys, scopes and addresses are plain ASCII without quotes or
+    // backslashes, so no JSON escaping is needed; refuse anything else.
+    let plain = |s: &str| {
+        s.chars()
+            .all(|c| c.is_ascii_graphic() && c != '"' && c != '\\')
+    };
+    if !plain(&scope) || !plain(&client_ip) {
+        return Err("scope and client ip must be plain ASCII".into());
+    }
+    writeln!(file, "[")?;
+    for (i, key) in keys.iter().enumerate() {
+        if !plain(key) {
+            return Err(format!("key #{i} is not plain ASCII").into());
+        }
+        let comma = if i + 1 < keys.len() { "," } else { "" };
+        writeln!(
+            file,
+            r#"{{"key":"{key}","required_scopes":["{scope}"],"environment":"live","client_ip":"{client_ip}"}}{comma}"#
+        )?;
+    }
+    writeln!(file, "]")?;
+    file.flush()?;
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() {
+    let raw: Vec<String> = std::env::args().skip(1).collect();
+    let result = match raw.split_first() {
+        Some((command, rest)) => match Args::parse(rest) {
+            Ok(args) => match command.as_str() {
+                "wait" => wait(&args).await,
+                "create" => create(&args).await,
+                "authorize" => authorize(&args).await,
+                "data-file" => data_file(&args),
+                other => Err(format!("unknown command {other:?}").into()),
+            },
+            Err(err) => Err(err),
+        },
+        None => Err("usage: bench_setup wait|create|authorize|data-file --flag value …".into()),
+    };
+    if let Err(err) = result {
+        eprintln!("bench_setup: error: {err}");
+        std::process::exit(1);
+    }
+}
