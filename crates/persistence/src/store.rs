@@ -36,6 +36,29 @@ const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Credentials that ended longer ago than this are deleted on rotation.
 const CREDENTIAL_RETENTION: chrono::TimeDelta = chrono::TimeDelta::days(1);
 
+/// Rows per set-based statement: three parameters each keeps a chunk far
+/// below SQLite's and PostgreSQL's parameter limits.
+const BATCH_ROWS: usize = 300;
+
+/// `($1, $2, $3), ($4, $5, $6), …` for `rows` rows of `columns` values.
+fn placeholders(rows: usize, columns: usize) -> String {
+    let mut sql = String::with_capacity(rows * columns * 5);
+    for row in 0..rows {
+        if row > 0 {
+            sql.push_str(", ");
+        }
+        sql.push('(');
+        for column in 0..columns {
+            if column > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!("${}", row * columns + column + 1));
+        }
+        sql.push(')');
+    }
+    sql
+}
+
 /// The database engine behind a [`Store`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
@@ -366,26 +389,41 @@ impl Store {
             *at = (*at).max(u.last_used_at);
         }
         let backend = self.db.get_database_backend();
+        let keys: Vec<_> = keys.into_iter().collect();
+        let creds: Vec<_> = creds.into_iter().collect();
+        // Set-based: one UPDATE … FROM (VALUES …) per chunk, in key order so
+        // two replicas flushing at once lock rows in the same order.
         let txn = self.db.begin().await?;
-        for (key_id, (requests, at)) in keys {
-            txn.execute_raw(Statement::from_sql_and_values(
-                backend,
-                "UPDATE api_keys SET request_count = request_count + $1, \
-                 last_used_at = CASE WHEN last_used_at IS NULL OR last_used_at < $2 \
-                 THEN $2 ELSE last_used_at END WHERE id = $3",
-                [requests.into(), at.into(), key_id.into()],
-            ))
-            .await?;
+        for chunk in keys.chunks(BATCH_ROWS) {
+            let mut values = Vec::with_capacity(chunk.len() * 3);
+            for (key_id, (requests, at)) in chunk {
+                values.extend([(*key_id).into(), (*requests).into(), (*at).into()]);
+            }
+            let sql = format!(
+                "WITH v(id, n, t) AS (VALUES {}) \
+                 UPDATE api_keys SET request_count = api_keys.request_count + v.n, \
+                 last_used_at = CASE WHEN api_keys.last_used_at IS NULL \
+                 OR api_keys.last_used_at < v.t THEN v.t ELSE api_keys.last_used_at END \
+                 FROM v WHERE api_keys.id = v.id",
+                placeholders(chunk.len(), 3)
+            );
+            txn.execute_raw(Statement::from_sql_and_values(backend, sql, values))
+                .await?;
         }
-        for ((key_id, lookup_id), at) in creds {
-            txn.execute_raw(Statement::from_sql_and_values(
-                backend,
-                "UPDATE credentials SET last_used_at = CASE WHEN last_used_at IS NULL \
-                 OR last_used_at < $1 THEN $1 ELSE last_used_at END \
-                 WHERE lookup_id = $2 AND key_id = $3",
-                [at.into(), lookup_id.into(), key_id.into()],
-            ))
-            .await?;
+        for chunk in creds.chunks(BATCH_ROWS) {
+            let mut values = Vec::with_capacity(chunk.len() * 3);
+            for ((key_id, lookup_id), at) in chunk {
+                values.extend([(*lookup_id).into(), (*key_id).into(), (*at).into()]);
+            }
+            let sql = format!(
+                "WITH v(lookup_id, key_id, t) AS (VALUES {}) \
+                 UPDATE credentials SET last_used_at = CASE WHEN credentials.last_used_at IS NULL \
+                 OR credentials.last_used_at < v.t THEN v.t ELSE credentials.last_used_at END \
+                 FROM v WHERE credentials.lookup_id = v.lookup_id AND credentials.key_id = v.key_id",
+                placeholders(chunk.len(), 3)
+            );
+            txn.execute_raw(Statement::from_sql_and_values(backend, sql, values))
+                .await?;
         }
         txn.commit().await?;
         Ok(())
@@ -404,9 +442,10 @@ impl Store {
     }
 
     /// Adds request counts to shared rate-limit windows (`window_start` in
-    /// unix seconds) and returns each window's total after adding, in the
-    /// order given. One transaction; rows are upserted in key order so
-    /// replicas flushing at once cannot deadlock.
+    /// unix seconds) and returns each window's total after the whole batch,
+    /// in the order given (repeated pairs are summed first and share one
+    /// total). One transaction of multi-row upserts in key order, so
+    /// replicas syncing at once cannot deadlock.
     pub async fn add_rate_usage(
         &self,
         deltas: &[(String, i64, u64)],
@@ -414,30 +453,54 @@ impl Store {
         if deltas.is_empty() {
             return Ok(Vec::new());
         }
-        let mut order: Vec<usize> = (0..deltas.len()).collect();
-        order.sort_by(|&a, &b| (&deltas[a].0, deltas[a].1).cmp(&(&deltas[b].0, deltas[b].1)));
-        let backend = self.db.get_database_backend();
-        let mut totals = vec![0u64; deltas.len()];
-        let txn = self.db.begin().await?;
-        for i in order {
-            let (key_id, window_start, delta) = &deltas[i];
+        // Merge duplicates (one row may be updated once per statement), in
+        // key order so concurrent replicas lock rows in the same order.
+        let mut merged: BTreeMap<(&str, i64), i64> = BTreeMap::new();
+        for (key_id, window_start, delta) in deltas {
             let delta = i64::try_from(*delta).unwrap_or(i64::MAX);
-            let row = txn
-                .query_one_raw(Statement::from_sql_and_values(
-                    backend,
-                    "INSERT INTO rate_limit_windows (key_id, window_start, count) \
-                     VALUES ($1, $2, $3) ON CONFLICT (key_id, window_start) \
-                     DO UPDATE SET count = rate_limit_windows.count + excluded.count \
-                     RETURNING count",
-                    [key_id.as_str().into(), (*window_start).into(), delta.into()],
-                ))
-                .await?
-                .ok_or_else(|| StoreError::Corrupt("rate_limit_windows: no row returned".into()))?;
-            let count: i64 = row.try_get("", "count")?;
-            totals[i] = u64::try_from(count).unwrap_or(0);
+            let sum = merged.entry((key_id.as_str(), *window_start)).or_insert(0);
+            *sum = sum.saturating_add(delta);
+        }
+        let merged: Vec<_> = merged.into_iter().collect();
+        let backend = self.db.get_database_backend();
+        let mut totals: HashMap<(String, i64), u64> = HashMap::with_capacity(merged.len());
+        let txn = self.db.begin().await?;
+        for chunk in merged.chunks(BATCH_ROWS) {
+            let mut values = Vec::with_capacity(chunk.len() * 3);
+            for ((key_id, window_start), delta) in chunk {
+                values.extend([(*key_id).into(), (*window_start).into(), (*delta).into()]);
+            }
+            let sql = format!(
+                "INSERT INTO rate_limit_windows (key_id, window_start, count) VALUES {} \
+                 ON CONFLICT (key_id, window_start) \
+                 DO UPDATE SET count = rate_limit_windows.count + excluded.count \
+                 RETURNING key_id, window_start, count",
+                placeholders(chunk.len(), 3)
+            );
+            let rows = txn
+                .query_all_raw(Statement::from_sql_and_values(backend, sql, values))
+                .await?;
+            for row in rows {
+                let key_id: String = row.try_get("", "key_id")?;
+                let window_start: i64 = row.try_get("", "window_start")?;
+                let count: i64 = row.try_get("", "count")?;
+                totals.insert((key_id, window_start), u64::try_from(count).unwrap_or(0));
+            }
         }
         txn.commit().await?;
-        Ok(totals)
+        deltas
+            .iter()
+            .map(|(key_id, window_start, _)| {
+                totals
+                    .get(&(key_id.clone(), *window_start))
+                    .copied()
+                    .ok_or_else(|| {
+                        StoreError::Corrupt(format!(
+                            "rate_limit_windows: no total for key {key_id}"
+                        ))
+                    })
+            })
+            .collect()
     }
 
     /// Deletes rate-limit windows starting before `older_than` (unix seconds);

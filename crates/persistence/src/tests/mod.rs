@@ -55,6 +55,8 @@ both_backends!(
     migrate_twice_is_idempotent,
     corrupt_rows_are_reported,
     listen_matches_backend,
+    large_usage_batches_span_chunks,
+    large_rate_batches_span_chunks,
 );
 
 async fn open(db: &TestDatabase) -> Store {
@@ -528,7 +530,8 @@ async fn rate_usage_is_shared_between_stores(db: &TestDatabase) {
         ])
         .await
         .expect("add b");
-    assert_eq!(totals, [8, 10, 4]);
+    // Duplicates in one batch are merged: each gets the total after the batch.
+    assert_eq!(totals, [10, 10, 4]);
     assert_eq!(
         replica_b.add_rate_usage(&[]).await.expect("empty"),
         Vec::<u64>::new()
@@ -770,4 +773,66 @@ async fn postgres_change_notifications() {
         .expect("heartbeat within a second")
         .expect("change");
     assert_eq!(beat, Change::Heartbeat);
+}
+
+/// A flush of 1,200 entries over 700 keys (more than one statement's worth,
+/// with repeats per key and per credential) sums counts and keeps the newest
+/// time for every row.
+async fn large_usage_batches_span_chunks(db: &TestDatabase) {
+    let store = open(db).await;
+    let t = now();
+    let keys: Vec<ApiKey> = (0..700)
+        .map(|i| {
+            key(
+                &format!("0002-{i:04}"),
+                "acme",
+                "live",
+                &format!("BIG{i:05}"),
+            )
+        })
+        .collect();
+    for k in &keys {
+        store.insert_key(k).await.expect("insert");
+    }
+    let usage: Vec<Usage> = (0..1200)
+        .map(|i| {
+            let k = &keys[i % 700];
+            Usage {
+                key_id: k.id.clone(),
+                lookup_id: k.credentials[0].lookup_id.clone(),
+                last_used_at: t - TimeDelta::seconds((i / 700) as i64),
+                requests: 1 + (i / 700) as u64,
+            }
+        })
+        .collect();
+    store.record_usage(&usage).await.expect("record");
+    for (i, k) in keys.iter().enumerate() {
+        let expected = if i < 500 { 3 } else { 1 };
+        assert_eq!(
+            store.request_count(&k.id).await.expect("count"),
+            Some(expected),
+            "key {i}"
+        );
+    }
+    for k in [&keys[0], &keys[499], &keys[500], &keys[699]] {
+        let got = store.get_key(&k.id).await.expect("get").expect("present");
+        assert_eq!(got.last_used_at, Some(t), "{}", k.id);
+        assert_eq!(got.credentials[0].last_used_at, Some(t), "{}", k.id);
+    }
+}
+
+/// 1,500 deltas (with repeated pairs) in one call: totals come back in input
+/// order, and add up across calls.
+async fn large_rate_batches_span_chunks(db: &TestDatabase) {
+    let store = open(db).await;
+    let w = 1_800_000_000;
+    let deltas: Vec<(String, i64, u64)> = (0..1500)
+        .map(|i| (format!("key-{:04}", i % 1000), w, 1))
+        .collect();
+    let totals = store.add_rate_usage(&deltas).await.expect("add");
+    for (i, total) in totals.iter().enumerate() {
+        assert_eq!(*total, if i % 1000 < 500 { 2 } else { 1 }, "delta {i}");
+    }
+    let again = store.add_rate_usage(&deltas[..1]).await.expect("add again");
+    assert_eq!(again, [3]);
 }
