@@ -4,6 +4,8 @@
 //! lookup id, salt and hash, and nothing a decision never reads (name,
 //! timestamps, hints, revocation reason).
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 use ipnet::IpNet;
 
@@ -61,8 +63,8 @@ impl From<&Credential> for SecretCheck {
 /// What Authorize needs to know about a key.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KeySnapshot {
-    /// Stable key id.
-    pub id: Box<str>,
+    /// Stable key id (shareable, so per-key state can hold the same string).
+    pub id: Arc<str>,
     /// Owner (tenant).
     pub owner_id: Box<str>,
     /// The key's environment.

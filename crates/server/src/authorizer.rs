@@ -25,6 +25,7 @@ use keygate_domain::{
     snapshot::KeySnapshot,
 };
 use keygate_persistence::{Backend, Store, StoreError};
+use tokio::sync::Semaphore;
 
 use crate::{
     cache::{CachedKey, Entry, KeyCache, LoadError},
@@ -41,6 +42,9 @@ const LOAD_TIMEOUT: Duration = Duration::from_secs(2);
 /// After storage failed, how long loads are not even attempted: stale
 /// entries are served at once instead of each request waiting on a timeout.
 const UNAVAILABLE_BACKOFF: Duration = Duration::from_secs(1);
+
+/// Background refreshes of entries past their lifetime running at once.
+const MAX_CONCURRENT_REFRESHES: usize = 2;
 
 /// Counters a test or an operator reads to see what the hot path did.
 #[derive(Debug, Default)]
@@ -93,6 +97,8 @@ pub struct Authorizer {
     origin: Instant,
     /// Nanoseconds after `origin` until which storage is presumed down.
     unavailable_until: AtomicU64,
+    /// Background refreshes allowed at once.
+    refreshes: Arc<Semaphore>,
 }
 
 impl Authorizer {
@@ -113,6 +119,7 @@ impl Authorizer {
             metrics: Arc::new(Metrics::default()),
             origin: Instant::now(),
             unavailable_until: AtomicU64::new(0),
+            refreshes: Arc::new(Semaphore::new(MAX_CONCURRENT_REFRESHES)),
             store,
         }
     }
@@ -176,10 +183,13 @@ impl Authorizer {
                 }
             };
         Ok(match found {
-            Some(key) => Entry::Known(Arc::new(CachedKey {
-                snapshot: KeySnapshot::from(&key),
-                runtime: self.runtimes.get_or_create(&key.id),
-            })),
+            Some(key) => {
+                let runtime = self.runtimes.get_or_create(&key.id);
+                let mut snapshot = KeySnapshot::from(&key);
+                // One copy of the id for the snapshot and the runtime.
+                snapshot.id = runtime.key_id.clone();
+                Entry::Known(Arc::new(CachedKey { snapshot, runtime }))
+            }
             None => Entry::Unknown,
         })
     }
@@ -199,13 +209,21 @@ impl Authorizer {
             .await
         {
             Ok(lookup) => {
-                if lookup.refresh {
+                // At most a few refreshes at a time, so they never crowd out
+                // cache misses; a refresh not started now is retried by a
+                // later request (the cache spaces the attempts).
+                if let Some(permit) = lookup
+                    .refresh
+                    .then(|| self.refreshes.clone().try_acquire_owned().ok())
+                    .flatten()
+                {
                     let this = self.clone();
                     let id = lookup_id.to_owned();
                     tokio::spawn(async move {
                         if let Err(err) = this.cache.refresh(&id, || this.load(&id)).await {
                             tracing::debug!(error = %err, "background refresh failed");
                         }
+                        drop(permit);
                     });
                 }
                 lookup.entry

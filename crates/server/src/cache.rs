@@ -1,13 +1,16 @@
 //! The verified-key cache: lookup id → the key snapshot (and per-key runtime
 //! state) Authorize needs, so a warm Authorize never touches storage.
 //!
+//! - quick_cache (S3-FIFO) holds the entries: a get is a few tens of
+//!   nanoseconds, an entry costs a few dozen bytes beyond its value, and a
+//!   flood of made-up lookup ids (seen once) is evicted before real keys.
 //! - Unknown lookup ids are remembered for a short time (negative entries),
-//!   so a flood of made-up keys costs one query per id, not one per request.
-//! - Concurrent misses for one lookup id share a single load: loads run
-//!   under moka's per-key lock, and a waiter finding a fresh entry uses it.
+//!   so a flood of one made-up key costs one query, not one per request.
+//! - Loads of one lookup id run one at a time (a striped lock), and a waiter
+//!   that finds a fresh entry uses it: concurrent misses make one query.
 //! - Every change to a key evicts its lookup ids ([`KeyCache::invalidate`]);
 //!   a load that raced with an eviction is kept only as already stale.
-//! - A known key is fresh for the configured lifetime (with jitter, so
+//! - A known key is fresh for half to all of the configured lifetime (so
 //!   entries loaded together do not expire together). Past it, the entry is
 //!   still served and the caller is told to refresh it in the background:
 //!   explicit invalidation, not the lifetime, is what makes changes visible.
@@ -18,6 +21,7 @@
 
 use std::{
     future::Future,
+    hash::{BuildHasher, RandomState},
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -26,9 +30,20 @@ use std::{
 };
 
 use keygate_domain::snapshot::KeySnapshot;
-use moka::{Expiry, future::Cache, ops::compute::Op};
+use quick_cache::sync::Cache;
+use tokio::sync::Mutex;
 
 use crate::runtime::KeyRuntime;
+
+/// A lookup id as the cache keys it: the 8 characters, no allocation.
+type LookupKey = [u8; 8];
+
+fn lookup_key(lookup_id: &str) -> LookupKey {
+    let mut key = [0u8; 8];
+    let n = lookup_id.len().min(8);
+    key[..n].copy_from_slice(&lookup_id.as_bytes()[..n]);
+    key
+}
 
 /// A known key as the hot path holds it.
 #[derive(Debug)]
@@ -78,43 +93,17 @@ pub struct Lookup {
     pub refresh: bool,
 }
 
-/// Keeps known keys an hour after their last (re)load, unknown ids for
-/// their negative lifetime: moka then frees the memory.
-#[derive(Debug)]
-struct Retention {
-    known: Duration,
-    unknown: Duration,
-}
-
-impl Retention {
-    fn of(&self, slot: &Slot) -> Duration {
-        match slot.entry {
-            Entry::Known(_) => self.known,
-            Entry::Unknown => self.unknown,
-        }
-    }
-}
-
-impl Expiry<String, Arc<Slot>> for Retention {
-    fn expire_after_create(&self, _: &String, slot: &Arc<Slot>, _: Instant) -> Option<Duration> {
-        Some(self.of(slot))
-    }
-
-    fn expire_after_update(
-        &self,
-        _: &String,
-        slot: &Arc<Slot>,
-        _: Instant,
-        _: Option<Duration>,
-    ) -> Option<Duration> {
-        Some(self.of(slot))
-    }
-}
+/// Locks serializing loads per lookup id (by hash), without a lock per entry.
+const LOAD_STRIPES: usize = 1024;
+/// Pause between background refresh attempts of one entry.
+const REFRESH_RETRY: Duration = Duration::from_secs(1);
 
 /// Bounded cache of verified key snapshots, keyed by lookup id.
 #[derive(Clone, Debug)]
 pub struct KeyCache {
-    slots: Cache<String, Arc<Slot>>,
+    slots: Arc<Cache<LookupKey, Arc<Slot>>>,
+    loading: Arc<[Mutex<()>]>,
+    hasher: RandomState,
     ttl: Duration,
     negative_ttl: Duration,
     /// Bumped by every invalidation: a load that saw it change is not fresh.
@@ -123,24 +112,16 @@ pub struct KeyCache {
     generation: Arc<AtomicU64>,
 }
 
-/// How long a known entry is kept after its last load, for fail-static use
-/// and background refreshes, before moka drops it.
-const RETENTION: Duration = Duration::from_secs(3600);
-/// Pause between background refresh attempts of one entry.
-const REFRESH_RETRY: Duration = Duration::from_secs(1);
-
 impl KeyCache {
     /// A cache of at most `capacity` entries; known keys are fresh for about
     /// `ttl`, unknown lookup ids for `negative_ttl`.
     pub fn new(capacity: u64, ttl: Duration, negative_ttl: Duration) -> Self {
         Self {
-            slots: Cache::builder()
-                .max_capacity(capacity)
-                .expire_after(Retention {
-                    known: RETENTION.max(ttl * 2),
-                    unknown: negative_ttl,
-                })
-                .build(),
+            slots: Arc::new(Cache::new(
+                usize::try_from(capacity).unwrap_or(usize::MAX).max(1),
+            )),
+            loading: (0..LOAD_STRIPES).map(|_| Mutex::new(())).collect(),
+            hasher: RandomState::new(),
             ttl,
             negative_ttl,
             evictions: Arc::new(AtomicU64::new(0)),
@@ -185,9 +166,9 @@ impl KeyCache {
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Entry, E>>,
-        E: Send + Sync + 'static,
     {
-        let stale = match self.slots.get(lookup_id).await {
+        let key = lookup_key(lookup_id);
+        let stale = match self.slots.get(&key) {
             Some(slot) if self.is_fresh(&slot) => {
                 return Ok(Lookup {
                     entry: slot.entry.clone(),
@@ -203,7 +184,7 @@ impl KeyCache {
             Some(slot) => Some(slot.entry.clone()),
             None => None,
         };
-        match self.load_into(lookup_id, load, false).await {
+        match self.load_into(key, load, false).await {
             Ok(entry) => Ok(Lookup {
                 entry,
                 refresh: false,
@@ -212,74 +193,69 @@ impl KeyCache {
         }
     }
 
-    /// Reloads `lookup_id` now, unless someone else just did.
+    /// Reloads `lookup_id` now, unless someone else just did or it was
+    /// evicted meanwhile (then its next use loads it).
     pub async fn refresh<F, Fut, E>(&self, lookup_id: &str, load: F) -> Result<(), E>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Entry, E>>,
-        E: Send + Sync + 'static,
     {
-        self.load_into(lookup_id, load, true).await.map(|_| ())
+        self.load_into(lookup_key(lookup_id), load, true)
+            .await
+            .map(|_| ())
     }
 
     async fn load_into<F, Fut, E>(
         &self,
-        lookup_id: &str,
+        key: LookupKey,
         load: F,
         refreshing: bool,
     ) -> Result<Entry, E>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Entry, E>>,
-        E: Send + Sync + 'static,
     {
-        let outcome = self
-            .slots
-            .entry_by_ref(lookup_id)
-            .and_try_compute_with(|current| async move {
-                if current
-                    .as_ref()
-                    .is_some_and(|slot| self.is_fresh(slot.value()))
-                {
-                    return Ok(Op::Nop);
-                }
-                if refreshing && current.is_none() {
-                    // Evicted meanwhile: the next use loads it.
-                    return Ok(Op::Nop);
-                }
-                let generation = self.generation.load(Ordering::Acquire);
-                let evictions = self.evictions.load(Ordering::Acquire);
-                let entry = load().await?;
-                let lifetime = match entry {
-                    // 80–100% of the lifetime, so a batch of keys loaded
-                    // together is refreshed spread out.
-                    Entry::Known(_) => self.ttl.mul_f64(0.8 + 0.2 * rand::random::<f64>()),
-                    Entry::Unknown => self.negative_ttl,
-                };
-                // An invalidation during the load may have been for this id:
-                // keep the result for this caller, but not as fresh.
-                let raced = self.evictions.load(Ordering::Acquire) != evictions;
-                let now = Instant::now();
-                Ok(Op::Put(Arc::new(Slot {
-                    entry,
-                    loaded_at: now,
-                    fresh_until: if raced { now } else { now + lifetime },
-                    generation,
-                    refresh_not_before: AtomicU64::new(lifetime.as_nanos() as u64),
-                })))
-            })
-            .await?;
-        Ok(outcome
-            .into_entry()
-            .map(|slot| slot.into_value().entry.clone())
-            .unwrap_or(Entry::Unknown))
+        let stripe = (self.hasher.hash_one(key) as usize) % self.loading.len();
+        let _loading = self.loading[stripe].lock().await;
+        let current = self.slots.get(&key);
+        if let Some(slot) = &current {
+            if self.is_fresh(slot) {
+                return Ok(slot.entry.clone());
+            }
+        } else if refreshing {
+            return Ok(Entry::Unknown);
+        }
+        let generation = self.generation.load(Ordering::Acquire);
+        let evictions = self.evictions.load(Ordering::Acquire);
+        let entry = load().await?;
+        let lifetime = match entry {
+            // 50–100% of the lifetime, so a batch of keys loaded together
+            // is refreshed spread out.
+            Entry::Known(_) => self.ttl.mul_f64(0.5 + 0.5 * rand::random::<f64>()),
+            Entry::Unknown => self.negative_ttl,
+        };
+        // An invalidation during the load may have been for this id: keep
+        // the result for this caller, but not as fresh.
+        let raced = self.evictions.load(Ordering::Acquire) != evictions;
+        let now = Instant::now();
+        self.slots.insert(
+            key,
+            Arc::new(Slot {
+                entry: entry.clone(),
+                loaded_at: now,
+                fresh_until: if raced { now } else { now + lifetime },
+                generation,
+                refresh_not_before: AtomicU64::new(lifetime.as_nanos() as u64),
+            }),
+        );
+        Ok(entry)
     }
 
     /// Evicts these lookup ids (all credentials of a changed key).
-    pub async fn invalidate<S: AsRef<str>>(&self, lookup_ids: &[S]) {
+    pub fn invalidate<S: AsRef<str>>(&self, lookup_ids: &[S]) {
         self.evictions.fetch_add(1, Ordering::AcqRel);
         for id in lookup_ids {
-            self.slots.invalidate(id.as_ref()).await;
+            self.slots.remove(&lookup_key(id.as_ref()));
         }
     }
 
@@ -292,14 +268,13 @@ impl KeyCache {
     }
 
     /// Entries held now, fresh or stale (for metrics and tests).
-    pub async fn len(&self) -> u64 {
-        self.slots.run_pending_tasks().await;
-        self.slots.entry_count()
+    pub fn len(&self) -> usize {
+        self.slots.len()
     }
 
     /// Whether the cache holds no entry.
-    pub async fn is_empty(&self) -> bool {
-        self.len().await == 0
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -375,7 +350,7 @@ mod tests {
         let cache = cache();
         let loads = AtomicUsize::new(0);
         load_counting(&cache, &loads).await;
-        cache.invalidate(&["abcdefgh"]).await;
+        cache.invalidate(&["abcdefgh"]);
         load_counting(&cache, &loads).await;
         cache.clear();
         load_counting(&cache, &loads).await;
@@ -426,7 +401,7 @@ mod tests {
         let first = cache
             .get_or_load("abcdefgh", || async move {
                 // The key changes while this load is in flight.
-                racing.invalidate(&["abcdefgh"]).await;
+                racing.invalidate(&["abcdefgh"]);
                 Ok::<_, ()>(Entry::Unknown)
             })
             .await

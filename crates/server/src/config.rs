@@ -50,7 +50,7 @@ impl Default for Config {
             environments: Environments::default(),
             default_rate_limit_per_hour: 1000,
             cache_capacity: 1_000_000,
-            cache_ttl: Duration::from_secs(60),
+            cache_ttl: Duration::from_secs(300),
             negative_cache_ttl: Duration::from_secs(5),
             usage_flush_interval: Duration::from_secs(5),
             rate_limit_sync_interval: Duration::from_secs(1),

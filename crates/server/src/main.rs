@@ -73,8 +73,9 @@ struct ServeArgs {
     /// Most keys held in the verified-key cache.
     #[arg(long, env = "KEYGATE_CACHE_CAPACITY", default_value_t = 1_000_000)]
     cache_capacity: u64,
-    /// Longest a cached key is trusted without reloading (e.g. 60s, 500ms).
-    #[arg(long, env = "KEYGATE_CACHE_TTL", default_value = "60s", value_parser = parse_duration)]
+    /// Longest a cached key is used before it is re-read in the background
+    /// (e.g. 5m, 30s); changes reach caches through invalidation long before.
+    #[arg(long, env = "KEYGATE_CACHE_TTL", default_value = "5m", value_parser = parse_duration)]
     cache_ttl: Duration,
     /// How long an unknown lookup id is remembered as unknown.
     #[arg(long, env = "KEYGATE_NEGATIVE_CACHE_TTL", default_value = "5s", value_parser = parse_duration)]

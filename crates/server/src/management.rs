@@ -89,7 +89,7 @@ impl ManagementService {
             .iter()
             .map(|c| c.lookup_id.as_str())
             .collect();
-        self.authorizer.cache().invalidate(&lookup_ids).await;
+        self.authorizer.cache().invalidate(&lookup_ids);
     }
 
     async fn save(&self, key: &ApiKey) -> Result<(), ApiError> {

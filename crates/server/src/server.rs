@@ -298,7 +298,7 @@ async fn follow_changes(
                 _ = stop.wait_for(|s| *s) => return,
             };
             match change {
-                Ok(Ok(Change::Key { lookup_ids, .. })) => cache.invalidate(&lookup_ids).await,
+                Ok(Ok(Change::Key { lookup_ids, .. })) => cache.invalidate(&lookup_ids),
                 Ok(Ok(Change::Heartbeat)) => {}
                 Ok(Ok(Change::Reset)) => {
                     tracing::warn!("key change listener reconnected; cache marked stale");
