@@ -1,7 +1,8 @@
 //! A compact, immutable view of a key holding only what an authorization
 //! decision needs. The server caches one per key for the hot path, so it is
 //! kept small: boxed slices instead of vectors, fixed-size arrays for the
-//! lookup id, salt and hash, and nothing a decision never reads (name,
+//! lookup id, salt and hash, shareable (`Arc`) strings and scope lists that
+//! many keys have in common, and nothing a decision never reads (name,
 //! timestamps, hints, revocation reason).
 
 use std::sync::Arc;
@@ -65,12 +66,12 @@ impl From<&Credential> for SecretCheck {
 pub struct KeySnapshot {
     /// Stable key id (shareable, so per-key state can hold the same string).
     pub id: Arc<str>,
-    /// Owner (tenant).
-    pub owner_id: Box<str>,
-    /// The key's environment.
-    pub environment: Box<str>,
-    /// Granted scopes.
-    pub scopes: Box<[Scope]>,
+    /// Owner (tenant); shareable between the keys of one owner.
+    pub owner_id: Arc<str>,
+    /// The key's environment; shareable between keys.
+    pub environment: Arc<str>,
+    /// Granted scopes; shareable between keys with the same scopes.
+    pub scopes: Arc<[Scope]>,
     /// Allowed networks; empty = any.
     pub ip_allowlist: Box<[IpNet]>,
     /// Per-key requests per hour; `None` = the server default.
@@ -105,7 +106,7 @@ impl From<&ApiKey> for KeySnapshot {
             id: key.id.as_str().into(),
             owner_id: key.owner_id.as_str().into(),
             environment: key.environment.as_str().into(),
-            scopes: key.scopes.clone().into_boxed_slice(),
+            scopes: key.scopes.as_slice().into(),
             ip_allowlist: key.ip_allowlist.clone().into_boxed_slice(),
             rate_limit_per_hour: key.rate_limit_per_hour,
             state: key.state,
@@ -130,7 +131,7 @@ mod tests {
             id: "k".into(),
             owner_id: "o".into(),
             environment: "live".into(),
-            scopes: Box::new([]),
+            scopes: Arc::new([]),
             ip_allowlist: Box::new([]),
             rate_limit_per_hour: None,
             state: KeyState::Active,

@@ -31,6 +31,7 @@ use crate::{
     cache::{CachedKey, Entry, KeyCache, LoadError},
     config::Config,
     error::ApiError,
+    interner::Interner,
     limiter::RateLimiter,
     runtime::Runtimes,
     usage::UsageRecorder,
@@ -99,6 +100,7 @@ pub struct Authorizer {
     unavailable_until: AtomicU64,
     /// Background refreshes allowed at once.
     refreshes: Arc<Semaphore>,
+    interner: Interner,
 }
 
 impl Authorizer {
@@ -120,6 +122,7 @@ impl Authorizer {
             origin: Instant::now(),
             unavailable_until: AtomicU64::new(0),
             refreshes: Arc::new(Semaphore::new(MAX_CONCURRENT_REFRESHES)),
+            interner: Interner::default(),
             store,
         }
     }
@@ -154,6 +157,13 @@ impl Authorizer {
         &self.format
     }
 
+    /// Forgets per-key state and shared snapshot parts no cache entry uses
+    /// any more (run by the usage flusher).
+    pub fn housekeeping(&self) {
+        self.runtimes.prune();
+        self.interner.prune();
+    }
+
     /// The newest use of a credential not yet written to storage.
     pub fn pending_last_used(&self, key_id: &str, lookup_id: &str) -> Option<DateTime<Utc>> {
         self.usage
@@ -186,8 +196,10 @@ impl Authorizer {
             Some(key) => {
                 let runtime = self.runtimes.get_or_create(&key.id);
                 let mut snapshot = KeySnapshot::from(&key);
-                // One copy of the id for the snapshot and the runtime.
+                // One copy of the id for the snapshot and the runtime, and
+                // shared copies of what many keys have in common.
                 snapshot.id = runtime.key_id.clone();
+                self.interner.share(&mut snapshot);
                 Entry::Known(Arc::new(CachedKey { snapshot, runtime }))
             }
             None => Entry::Unknown,

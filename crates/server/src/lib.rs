@@ -14,6 +14,7 @@ pub mod convert;
 pub mod error;
 #[cfg(test)]
 mod fixtures;
+pub mod interner;
 pub mod limiter;
 pub mod management;
 pub mod runtime;

@@ -36,6 +36,61 @@ pub(crate) struct PendingUse {
     pub(crate) requests: u64,
 }
 
+/// A key's unwritten uses, per credential. The first credential is stored
+/// inline: almost every key has one secret in use, and a heap allocation
+/// per key would be most of its cost.
+#[derive(Debug, Default)]
+pub(crate) struct PendingUses {
+    first: Option<PendingUse>,
+    more: Vec<PendingUse>,
+}
+
+impl PendingUses {
+    /// Adds `requests` uses of `lookup_id`, the newest at `at`.
+    pub(crate) fn add(&mut self, lookup_id: [u8; 8], at: DateTime<Utc>, requests: u64) {
+        let slot = match &mut self.first {
+            Some(first) if first.lookup_id == lookup_id => Some(first),
+            Some(_) => self.more.iter_mut().find(|u| u.lookup_id == lookup_id),
+            None => {
+                self.first = Some(PendingUse {
+                    lookup_id,
+                    last_used_at: at,
+                    requests,
+                });
+                return;
+            }
+        };
+        match slot {
+            Some(pending) => {
+                pending.requests += requests;
+                pending.last_used_at = pending.last_used_at.max(at);
+            }
+            None => self.more.push(PendingUse {
+                lookup_id,
+                last_used_at: at,
+                requests,
+            }),
+        }
+    }
+
+    /// The pending use of a credential.
+    pub(crate) fn get(&self, lookup_id: &[u8]) -> Option<&PendingUse> {
+        self.first
+            .iter()
+            .chain(&self.more)
+            .find(|u| u.lookup_id.as_slice() == lookup_id)
+    }
+
+    /// Takes every pending use, leaving none.
+    pub(crate) fn take(&mut self) -> Vec<PendingUse> {
+        let first = self.first.take();
+        first
+            .into_iter()
+            .chain(std::mem::take(&mut self.more))
+            .collect()
+    }
+}
+
 /// The hot path's mutable state for one key.
 #[derive(Debug)]
 pub struct KeyRuntime {
@@ -48,7 +103,7 @@ pub struct KeyRuntime {
     pub(crate) unsynced: AtomicU64,
     pub(crate) rate_dirty: AtomicBool,
     pub(crate) ledger: Mutex<Ledger>,
-    pub(crate) usage: Mutex<Vec<PendingUse>>,
+    pub(crate) usage: Mutex<PendingUses>,
     pub(crate) usage_dirty: AtomicBool,
 }
 
@@ -61,7 +116,7 @@ impl KeyRuntime {
             unsynced: AtomicU64::new(0),
             rate_dirty: AtomicBool::new(false),
             ledger: Mutex::new(Ledger::default()),
-            usage: Mutex::new(Vec::new()),
+            usage: Mutex::new(PendingUses::default()),
             usage_dirty: AtomicBool::new(false),
         }
     }
@@ -110,6 +165,28 @@ impl Runtimes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pending_uses_merge_per_credential() {
+        let mut uses = PendingUses::default();
+        let t0 = Utc::now();
+        let t1 = t0 + chrono::Duration::seconds(1);
+        uses.add(*b"aaaaaaaa", t1, 1);
+        uses.add(*b"aaaaaaaa", t0, 2);
+        uses.add(*b"bbbbbbbb", t0, 1);
+        uses.add(*b"bbbbbbbb", t1, 1);
+        assert_eq!(
+            uses.get(b"aaaaaaaa").map(|u| (u.requests, u.last_used_at)),
+            Some((3, t1))
+        );
+        assert_eq!(
+            uses.get(b"bbbbbbbb").map(|u| (u.requests, u.last_used_at)),
+            Some((2, t1))
+        );
+        assert_eq!(uses.take().len(), 2);
+        assert!(uses.get(b"aaaaaaaa").is_none());
+        assert!(uses.take().is_empty());
+    }
 
     #[test]
     fn one_runtime_per_key_while_held() {

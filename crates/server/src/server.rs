@@ -114,11 +114,15 @@ impl Keygate {
 
         let flusher = {
             let usage = authorizer.usage().clone();
-            let runtimes = authorizer.runtimes().clone();
+            let housekeeper = authorizer.clone();
             let store = store.clone();
             let interval = config.usage_flush_interval;
             let stop = stop_rx.clone();
-            tokio::spawn(async move { usage.run_flusher(store, runtimes, interval, stop).await })
+            tokio::spawn(async move {
+                usage
+                    .run_flusher(store, move || housekeeper.housekeeping(), interval, stop)
+                    .await
+            })
         };
         // LISTEN before serving, so a ready replica misses no change.
         let first_listener = match store.listen().await {

@@ -25,20 +25,11 @@ pub struct UsageRecorder {
 impl UsageRecorder {
     /// Notes one successful use of the credential `lookup_id` of a key.
     pub fn record(&self, runtime: &Arc<KeyRuntime>, lookup_id: [u8; 8], at: DateTime<Utc>) {
-        {
-            let mut usage = runtime.usage.lock().unwrap_or_else(|e| e.into_inner());
-            match usage.iter_mut().find(|u| u.lookup_id == lookup_id) {
-                Some(pending) => {
-                    pending.requests += 1;
-                    pending.last_used_at = pending.last_used_at.max(at);
-                }
-                None => usage.push(PendingUse {
-                    lookup_id,
-                    last_used_at: at,
-                    requests: 1,
-                }),
-            }
-        }
+        runtime
+            .usage
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .add(lookup_id, at, 1);
         if !runtime.usage_dirty.swap(true, Ordering::AcqRel) {
             self.dirty
                 .lock()
@@ -56,10 +47,7 @@ impl UsageRecorder {
     ) -> Option<DateTime<Utc>> {
         let runtime = runtimes.get(key_id)?;
         let usage = runtime.usage.lock().unwrap_or_else(|e| e.into_inner());
-        usage
-            .iter()
-            .find(|u| u.lookup_id.as_slice() == lookup_id.as_bytes())
-            .map(|u| u.last_used_at)
+        usage.get(lookup_id.as_bytes()).map(|u| u.last_used_at)
     }
 
     /// Takes every pending use, marking the keys clean.
@@ -69,8 +57,11 @@ impl UsageRecorder {
             .into_iter()
             .filter_map(|runtime| {
                 runtime.usage_dirty.store(false, Ordering::Release);
-                let pending =
-                    std::mem::take(&mut *runtime.usage.lock().unwrap_or_else(|e| e.into_inner()));
+                let pending = runtime
+                    .usage
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take();
                 (!pending.is_empty()).then_some((runtime, pending))
             })
             .collect()
@@ -82,13 +73,7 @@ impl UsageRecorder {
             {
                 let mut usage = runtime.usage.lock().unwrap_or_else(|e| e.into_inner());
                 for old in uses {
-                    match usage.iter_mut().find(|u| u.lookup_id == old.lookup_id) {
-                        Some(newer) => {
-                            newer.requests += old.requests;
-                            newer.last_used_at = newer.last_used_at.max(old.last_used_at);
-                        }
-                        None => usage.push(old),
-                    }
+                    usage.add(old.lookup_id, old.last_used_at, old.requests);
                 }
             }
             if !runtime.usage_dirty.swap(true, Ordering::AcqRel) {
@@ -128,11 +113,11 @@ impl UsageRecorder {
     }
 
     /// Flushes every `interval` until `stop` turns true, then once more.
-    /// Also forgets runtimes no cache entry holds any more.
+    /// Runs `housekeeping` after each periodic flush.
     pub async fn run_flusher(
         &self,
         store: Store,
-        runtimes: Arc<Runtimes>,
+        housekeeping: impl Fn(),
         interval: Duration,
         mut stop: watch::Receiver<bool>,
     ) {
@@ -146,7 +131,7 @@ impl UsageRecorder {
             if let Err(err) = self.flush(&store).await {
                 tracing::warn!(error = %err, "usage flush failed; will retry");
             }
-            runtimes.prune();
+            housekeeping();
         }
         match self.flush(&store).await {
             Ok(n) => tracing::debug!(credentials = n, "final usage flush"),
@@ -227,7 +212,14 @@ mod tests {
             let (recorder, store, runtimes) = (recorder.clone(), store.clone(), runtimes.clone());
             tokio::spawn(async move {
                 recorder
-                    .run_flusher(store, runtimes, Duration::from_millis(20), stop_rx)
+                    .run_flusher(
+                        store,
+                        move || {
+                            runtimes.prune();
+                        },
+                        Duration::from_millis(20),
+                        stop_rx,
+                    )
                     .await
             })
         };
