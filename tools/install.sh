@@ -13,7 +13,10 @@ cd "$tools"
 buf_version="$(node -p 'require("./package.json").devDependencies["@bufbuild/buf"]')"
 if [[ "$(node_modules/.bin/buf --version 2>/dev/null || true)" != "$buf_version" ]]; then
   echo "tools: installing buf $buf_version" >&2
-  npm ci --no-audit --no-fund --loglevel=error
+  # Not `npm ci`: buf's lock lists only this platform's optional binary
+  # package, which npm ci rejects as out of sync; install resolves the same
+  # pinned version from package.json and the lock.
+  npm install --no-audit --no-fund --loglevel=error
 fi
 
 # go build is a no-op when the binaries are up to date with go.mod/go.sum.
