@@ -219,6 +219,7 @@ async fn share_rate_limits(
     }
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut next_prune = 0;
     loop {
         let stopping = tokio::select! {
             _ = ticker.tick() => false,
@@ -227,6 +228,13 @@ async fn share_rate_limits(
         let now = chrono::Utc::now().timestamp();
         if let Err(err) = authorizer.limiter().sync(&store, now).await {
             tracing::warn!(error = %err, "rate-limit sync failed; limits are local until it recovers");
+        }
+        // Windows older than the previous hour are never read again.
+        if now >= next_prune {
+            next_prune = now + 600;
+            if let Err(err) = store.prune_rate_windows(now - 2 * 3600).await {
+                tracing::debug!(error = %err, "rate-limit window pruning failed");
+            }
         }
         if stopping {
             return;
