@@ -13,6 +13,12 @@ use keygate_server::{
 };
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc instead of the system allocator: the verified-key cache is
+/// millions of small, long-lived objects, and glibc's per-chunk headers and
+/// arena slack cost a few hundred bytes per cached key.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Keygate: API keys over gRPC.
 #[derive(Debug, Parser)]
 #[command(name = "keygate", version, about)]
