@@ -46,14 +46,19 @@ impl SecretCheck {
     }
 }
 
+/// A lookup id as 8 bytes (zero-padded if shorter), the form the hot path
+/// stores and compares.
+pub fn lookup_id_bytes(lookup_id: &str) -> [u8; 8] {
+    let mut bytes = [0u8; 8];
+    let n = lookup_id.len().min(8);
+    bytes[..n].copy_from_slice(&lookup_id.as_bytes()[..n]);
+    bytes
+}
+
 impl From<&Credential> for SecretCheck {
     fn from(c: &Credential) -> Self {
-        let mut lookup_id = [0u8; 8];
-        let bytes = c.lookup_id.as_bytes();
-        let n = bytes.len().min(8);
-        lookup_id[..n].copy_from_slice(&bytes[..n]);
         Self {
-            lookup_id,
+            lookup_id: lookup_id_bytes(&c.lookup_id),
             salt: c.salt,
             hash: c.hash,
             expires_at: c.expires_at,

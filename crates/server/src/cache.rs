@@ -29,7 +29,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use keygate_domain::snapshot::KeySnapshot;
+use keygate_domain::snapshot::{KeySnapshot, lookup_id_bytes};
 use quick_cache::sync::Cache;
 use tokio::sync::Mutex;
 
@@ -37,13 +37,6 @@ use crate::runtime::KeyRuntime;
 
 /// A lookup id as the cache keys it: the 8 characters, no allocation.
 type LookupKey = [u8; 8];
-
-fn lookup_key(lookup_id: &str) -> LookupKey {
-    let mut key = [0u8; 8];
-    let n = lookup_id.len().min(8);
-    key[..n].copy_from_slice(&lookup_id.as_bytes()[..n]);
-    key
-}
 
 /// A known key as the hot path holds it.
 #[derive(Debug)]
@@ -167,7 +160,7 @@ impl KeyCache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Entry, E>>,
     {
-        let key = lookup_key(lookup_id);
+        let key = lookup_id_bytes(lookup_id);
         let stale = match self.slots.get(&key) {
             Some(slot) if self.is_fresh(&slot) => {
                 return Ok(Lookup {
@@ -200,7 +193,7 @@ impl KeyCache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Entry, E>>,
     {
-        self.load_into(lookup_key(lookup_id), load, true)
+        self.load_into(lookup_id_bytes(lookup_id), load, true)
             .await
             .map(|_| ())
     }
@@ -255,7 +248,7 @@ impl KeyCache {
     pub fn invalidate<S: AsRef<str>>(&self, lookup_ids: &[S]) {
         self.evictions.fetch_add(1, Ordering::AcqRel);
         for id in lookup_ids {
-            self.slots.remove(&lookup_key(id.as_ref()));
+            self.slots.remove(&lookup_id_bytes(id.as_ref()));
         }
     }
 
