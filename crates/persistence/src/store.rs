@@ -16,7 +16,8 @@ use keygate_domain::{ApiKey, Credential, KeyStatus};
 use sea_orm::sea_query::{Expr, Query};
 use sea_orm::{
     ColumnTrait, Condition, ConnectOptions, ConnectionTrait, Database, DatabaseConnection,
-    DbBackend, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Statement, TransactionTrait,
+    DbBackend, EntityTrait, JoinType, QueryFilter, QueryOrder, QuerySelect, Statement,
+    TransactionTrait,
 };
 use sea_orm_migration::MigratorTrait;
 
@@ -36,8 +37,11 @@ const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Credentials that ended longer ago than this are deleted on rotation.
 const CREDENTIAL_RETENTION: chrono::TimeDelta = chrono::TimeDelta::days(1);
 
-/// Rows per set-based statement: three parameters each keeps a chunk far
-/// below SQLite's and PostgreSQL's parameter limits.
+/// Rows per set-based statement. Three parameters each: 900 per statement,
+/// far below the bundled SQLite's limit (3.51, `SQLITE_MAX_VARIABLE_NUMBER`
+/// 32766) and PostgreSQL's 65535. Larger chunks were measured to be slower
+/// on both backends (1,000 rows: about 5x on PostgreSQL, 2x on SQLite, for a
+/// 100k-key flush), so keep this modest.
 const BATCH_ROWS: usize = 300;
 
 /// `($1, $2, $3), ($4, $5, $6), …` for `rows` rows of `columns` values.
@@ -206,22 +210,37 @@ impl Store {
     }
 
     /// The key owning the credential `lookup_id` (current or old), with all
-    /// its credentials. Two indexed queries.
+    /// its credentials newest first. One round trip: the key's credentials
+    /// joined with the key row (one result row per credential), selected by
+    /// the key id that owns `lookup_id`.
     pub async fn find_by_lookup_id(&self, lookup_id: &str) -> Result<Option<ApiKey>, StoreError> {
         let owner = Query::select()
             .column(credential::Column::KeyId)
             .from(credential::Entity)
             .and_where(credential::Column::LookupId.eq(lookup_id))
             .to_owned();
-        let Some(row) = api_key::Entity::find()
-            .filter(api_key::Column::Id.in_subquery(owner))
-            .one(&self.db)
-            .await?
-        else {
+        let rows = credential::Entity::find()
+            .join(
+                JoinType::InnerJoin,
+                credential::Entity::belongs_to(api_key::Entity)
+                    .from(credential::Column::KeyId)
+                    .to(api_key::Column::Id)
+                    .into(),
+            )
+            .filter(credential::Column::KeyId.in_subquery(owner))
+            .order_by_desc(credential::Column::CreatedAt)
+            .order_by_desc(credential::Column::LookupId)
+            .select_two_required(api_key::Entity)
+            .all(&self.db)
+            .await?;
+        let mut rows = rows.into_iter();
+        let Some((first, key_row)) = rows.next() else {
             return Ok(None);
         };
-        let credentials = credentials_of(&self.db, &row.id).await?;
-        key_from_rows(row, credentials).map(Some)
+        let credentials = std::iter::once(first)
+            .chain(rows.map(|(credential, _)| credential))
+            .collect();
+        key_from_rows(key_row, credentials).map(Some)
     }
 
     /// One page of keys matching `filter`, ordered by id, starting after the
@@ -369,9 +388,11 @@ impl Store {
     /// Flushes usage counted in memory, in one transaction: per key,
     /// `last_used_at` becomes the later of stored and given and
     /// `request_count` grows; per credential, `last_used_at` likewise.
-    /// Entries are merged first (two statements per distinct key and
-    /// credential) and applied in id order so concurrent flushes of several
-    /// replicas cannot deadlock. Unknown keys are ignored.
+    /// Entries are merged first (requests summed, latest time kept, per key
+    /// and per credential), then applied with one `UPDATE … FROM` a VALUES
+    /// CTE per [`BATCH_ROWS`] keys and per [`BATCH_ROWS`] credentials, in id
+    /// order so concurrent flushes of several replicas cannot deadlock.
+    /// Unknown keys are ignored.
     pub async fn record_usage(&self, usage: &[Usage]) -> Result<(), StoreError> {
         if usage.is_empty() {
             return Ok(());

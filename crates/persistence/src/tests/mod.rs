@@ -166,6 +166,36 @@ async fn find_by_lookup_id_current_and_old(db: &TestDatabase) {
         assert_eq!(found.credentials.len(), 2);
         assert_eq!(found.credentials[0].lookup_id, "NEWlook1");
     }
+    let rotated = store
+        .rotate_key(
+            &k.id,
+            &credential("NEWERlk1", t + TimeDelta::seconds(2)),
+            t + TimeDelta::hours(1),
+            t,
+        )
+        .await
+        .expect("rotate again");
+    for lookup in ["OLDlook1", "NEWlook1", "NEWERlk1"] {
+        let found = store
+            .find_by_lookup_id(lookup)
+            .await
+            .expect("find")
+            .expect("present");
+        assert_eq!(found, rotated, "lookup {lookup}");
+        let order: Vec<&str> = found
+            .credentials
+            .iter()
+            .map(|c| c.lookup_id.as_str())
+            .collect();
+        assert_eq!(order, ["NEWERlk1", "NEWlook1", "OLDlook1"]);
+    }
+    let other = store
+        .find_by_lookup_id("OTHERxx1")
+        .await
+        .expect("find other")
+        .expect("present");
+    assert_eq!(other.id, "0002-other");
+    assert_eq!(other.credentials.len(), 1);
     assert_eq!(
         store.find_by_lookup_id("NOPEnope").await.expect("find"),
         None
@@ -775,64 +805,135 @@ async fn postgres_change_notifications() {
     assert_eq!(beat, Change::Heartbeat);
 }
 
-/// A flush of 1,200 entries over 700 keys (more than one statement's worth,
-/// with repeats per key and per credential) sums counts and keeps the newest
-/// time for every row.
+/// A flush of 1,200 entries over 700 keys with two credentials each (more
+/// than one statement's worth, with repeats per key and per credential)
+/// sums counts and keeps the newest time for every row: rows that had no
+/// time get the batch's newest, rows that already had a newer time keep it.
 async fn large_usage_batches_span_chunks(db: &TestDatabase) {
+    use std::collections::HashMap;
     let store = open(db).await;
     let t = now();
     let keys: Vec<ApiKey> = (0..700)
         .map(|i| {
-            key(
+            let mut k = key(
                 &format!("0002-{i:04}"),
                 "acme",
                 "live",
-                &format!("BIG{i:05}"),
-            )
+                &format!("BIGa{i:04}"),
+            );
+            k.credentials
+                .push(credential(&format!("BIGb{i:04}"), t - TimeDelta::days(1)));
+            k
         })
         .collect();
     for k in &keys {
         store.insert_key(k).await.expect("insert");
     }
+    // Expected state: per key (count, time), per credential time.
+    let mut key_state: HashMap<String, (u64, Option<DateTime<Utc>>)> =
+        keys.iter().map(|k| (k.id.clone(), (0, None))).collect();
+    let mut cred_state: HashMap<String, Option<DateTime<Utc>>> = keys
+        .iter()
+        .flat_map(|k| k.credentials.iter().map(|c| (c.lookup_id.clone(), None)))
+        .collect();
+    let mut apply = |usage: &[Usage]| {
+        for u in usage {
+            let k = key_state.get_mut(&u.key_id).expect("known key");
+            k.0 += u.requests;
+            k.1 = k.1.max(Some(u.last_used_at));
+            let c = cred_state.get_mut(&u.lookup_id).expect("known credential");
+            *c = (*c).max(Some(u.last_used_at));
+        }
+    };
+    // Every third key was already used an hour in the future (by another
+    // replica's flush): the batch below must not move those times back.
+    let earlier: Vec<Usage> = keys
+        .iter()
+        .step_by(3)
+        .map(|k| Usage {
+            key_id: k.id.clone(),
+            lookup_id: k.credentials[0].lookup_id.clone(),
+            last_used_at: t + TimeDelta::hours(1),
+            requests: 1,
+        })
+        .collect();
+    store.record_usage(&earlier).await.expect("record earlier");
+    apply(&earlier);
     let usage: Vec<Usage> = (0..1200)
-        .map(|i| {
-            let k = &keys[i % 700];
+        .map(|j| {
+            let k = &keys[j % 700];
             Usage {
                 key_id: k.id.clone(),
-                lookup_id: k.credentials[0].lookup_id.clone(),
-                last_used_at: t - TimeDelta::seconds((i / 700) as i64),
-                requests: 1 + (i / 700) as u64,
+                lookup_id: k.credentials[(j / 7) % 2].lookup_id.clone(),
+                last_used_at: t - TimeDelta::microseconds(((j * 13) % 17) as i64 * 250_001),
+                requests: 1 + (j % 5) as u64,
             }
         })
         .collect();
     store.record_usage(&usage).await.expect("record");
-    for (i, k) in keys.iter().enumerate() {
-        let expected = if i < 500 { 3 } else { 1 };
+    apply(&usage);
+
+    let stored = store
+        .list_keys(&KeyFilter::default(), None, 1000, t)
+        .await
+        .expect("list");
+    assert_eq!(stored.len(), 700);
+    let mut untouched_credentials = 0;
+    for got in &stored {
+        let (count, at) = key_state[&got.id];
         assert_eq!(
-            store.request_count(&k.id).await.expect("count"),
-            Some(expected),
-            "key {i}"
+            store.request_count(&got.id).await.expect("count"),
+            Some(count),
+            "{}",
+            got.id
         );
+        assert_eq!(got.last_used_at, at, "{}", got.id);
+        for c in &got.credentials {
+            assert_eq!(c.last_used_at, cred_state[&c.lookup_id], "{}", c.lookup_id);
+            untouched_credentials += usize::from(c.last_used_at.is_none());
+        }
     }
-    for k in [&keys[0], &keys[499], &keys[500], &keys[699]] {
-        let got = store.get_key(&k.id).await.expect("get").expect("present");
-        assert_eq!(got.last_used_at, Some(t), "{}", k.id);
-        assert_eq!(got.credentials[0].last_used_at, Some(t), "{}", k.id);
-    }
+    // The data set exercises every case: credentials never used, and keys
+    // whose stored time is newer than the batch.
+    assert!(untouched_credentials > 0);
+    assert_eq!(stored[0].last_used_at, Some(t + TimeDelta::hours(1)));
 }
 
 /// 1,500 deltas (with repeated pairs) in one call: totals come back in input
-/// order, and add up across calls.
+/// order, and add up across calls and across two stores.
 async fn large_rate_batches_span_chunks(db: &TestDatabase) {
-    let store = open(db).await;
+    use std::collections::HashMap;
+    let replica_a = open(db).await;
+    let replica_b = Store::connect(&db.url).await.expect("second store");
     let w = 1_800_000_000;
+    // j and j + 1000 name the same (key, window): 500 repeated pairs.
     let deltas: Vec<(String, i64, u64)> = (0..1500)
-        .map(|i| (format!("key-{:04}", i % 1000), w, 1))
+        .map(|j| {
+            let i = j % 1000;
+            (
+                format!("key-{:04}", i / 2),
+                w - 3600 * (i % 2) as i64,
+                1 + (j % 4) as u64,
+            )
+        })
         .collect();
-    let totals = store.add_rate_usage(&deltas).await.expect("add");
-    for (i, total) in totals.iter().enumerate() {
-        assert_eq!(*total, if i % 1000 < 500 { 2 } else { 1 }, "delta {i}");
+    let mut sums: HashMap<(String, i64), u64> = HashMap::new();
+    for (key_id, window, delta) in &deltas {
+        *sums.entry((key_id.clone(), *window)).or_default() += delta;
     }
-    let again = store.add_rate_usage(&deltas[..1]).await.expect("add again");
-    assert_eq!(again, [3]);
+    let expected = |times: u64| -> Vec<u64> {
+        deltas
+            .iter()
+            .map(|(k, w, _)| times * sums[&(k.clone(), *w)])
+            .collect()
+    };
+    let totals = replica_a.add_rate_usage(&deltas).await.expect("add a");
+    assert_eq!(totals, expected(1));
+    let totals = replica_b.add_rate_usage(&deltas).await.expect("add b");
+    assert_eq!(totals, expected(2));
+    let again = replica_a.add_rate_usage(&deltas[..1]).await.expect("again");
+    assert_eq!(
+        again,
+        [2 * sums[&(deltas[0].0.clone(), deltas[0].1)] + deltas[0].2]
+    );
 }
