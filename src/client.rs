@@ -21,11 +21,15 @@ pub struct BearerAuth {
 }
 
 impl BearerAuth {
-    /// Sends `key` as a bearer token. Fails if the key is not valid ASCII metadata.
+    /// Sends `key` as a bearer token. Fails if the key is not valid ASCII
+    /// metadata. The value is marked sensitive, so HTTP/2 never puts it in
+    /// its header compression table (HPACK "never indexed") and it is not
+    /// shown in debug output.
     pub fn new(key: &str) -> Result<Self, Status> {
-        let header = format!("Bearer {key}")
+        let mut header: MetadataValue<Ascii> = format!("Bearer {key}")
             .parse()
             .map_err(|_| Status::invalid_argument("management key is not valid ASCII metadata"))?;
+        header.set_sensitive(true);
         Ok(Self {
             header: Some(header),
         })
@@ -98,5 +102,21 @@ impl Client {
             client_ip: client_ip.to_owned(),
         };
         Ok(self.authz.authorize(request).await?.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bearer_header_is_sensitive_and_not_printed() {
+        let mut auth = BearerAuth::new("kg_live_secretsecret").unwrap();
+        let request = auth.call(Request::new(())).unwrap();
+        let value = request.metadata().get("authorization").unwrap();
+        assert!(value.is_sensitive());
+        assert_eq!(value.to_str().unwrap(), "Bearer kg_live_secretsecret");
+        assert!(!format!("{auth:?}").contains("secretsecret"), "{auth:?}");
+        assert!(BearerAuth::new("kg_live_\u{e9}t\u{e9}\n").is_err());
     }
 }

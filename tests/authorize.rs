@@ -134,6 +134,7 @@ async fn every_deny_reason_and_allow(db: TestDatabase) {
         .keys
         .disable_key(pb::DisableKeyRequest {
             key_id: key.key_id.clone(),
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -146,6 +147,7 @@ async fn every_deny_reason_and_allow(db: TestDatabase) {
         .revoke_key(pb::RevokeKeyRequest {
             key_id: key.key_id.clone(),
             reason: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -251,6 +253,7 @@ async fn rate_limit_figures_and_denial(db: TestDatabase) {
         .rotate_key(pb::RotateKeyRequest {
             key_id: key.key_id.clone(),
             grace_period: None,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -314,6 +317,7 @@ async fn restart_keeps_keys_and_usage(db: TestDatabase) {
         .revoke_key(pb::RevokeKeyRequest {
             key_id: revoked.key_id.clone(),
             reason: "test".into(),
+            ..Default::default()
         })
         .await
         .unwrap();

@@ -209,6 +209,7 @@ async fn management_calls_need_a_valid_key(db: TestDatabase) {
         .keys
         .disable_key(pb::DisableKeyRequest {
             key_id: manager.key_id.clone(),
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -224,6 +225,7 @@ async fn management_calls_need_a_valid_key(db: TestDatabase) {
         .keys
         .enable_key(pb::EnableKeyRequest {
             key_id: manager.key_id.clone(),
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -237,6 +239,7 @@ async fn management_calls_need_a_valid_key(db: TestDatabase) {
         .revoke_key(pb::RevokeKeyRequest {
             key_id: manager.key_id.clone(),
             reason: "left".into(),
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -283,6 +286,7 @@ async fn rights_are_enforced(db: TestDatabase) {
             .revoke_key(pb::RevokeKeyRequest {
                 key_id: plain.key_id.clone(),
                 reason: String::new(),
+                ..Default::default()
             })
             .await,
         Code::PermissionDenied,
@@ -333,6 +337,7 @@ async fn rights_are_enforced(db: TestDatabase) {
             .rotate_key(pb::RotateKeyRequest {
                 key_id: wide.key_id.clone(),
                 grace_period: None,
+                ..Default::default()
             })
             .await,
         Code::PermissionDenied,
@@ -383,6 +388,7 @@ async fn other_owners_keys_are_invisible(db: TestDatabase) {
                 .revoke_key(pb::RevokeKeyRequest {
                     key_id: key_id.clone(),
                     reason: String::new(),
+                    ..Default::default()
                 })
                 .await,
             Code::NotFound,
@@ -393,6 +399,7 @@ async fn other_owners_keys_are_invisible(db: TestDatabase) {
                 .keys
                 .disable_key(pb::DisableKeyRequest {
                     key_id: key_id.clone(),
+                    ..Default::default()
                 })
                 .await,
             Code::NotFound,
@@ -461,6 +468,7 @@ async fn get_and_ids_fail_cleanly(db: TestDatabase) {
             .rotate_key(pb::RotateKeyRequest {
                 key_id: String::new(),
                 grace_period: None,
+                ..Default::default()
             })
             .await,
         "key_id",
@@ -471,6 +479,7 @@ async fn get_and_ids_fail_cleanly(db: TestDatabase) {
             .update_key_expiry(pb::UpdateKeyExpiryRequest {
                 key_id: "0190b5a2-0000-7000-8000-000000000000".into(),
                 expires_at: None,
+                ..Default::default()
             })
             .await,
         Code::NotFound,
@@ -481,6 +490,7 @@ async fn get_and_ids_fail_cleanly(db: TestDatabase) {
             .keys
             .enable_key(pb::EnableKeyRequest {
                 key_id: "0190b5a2-0000-7000-8000-000000000000".into(),
+                ..Default::default()
             })
             .await,
         Code::NotFound,
@@ -501,6 +511,7 @@ async fn list_pages_filters_and_rejects_tampered_tokens(db: TestDatabase) {
         .keys
         .disable_key(pb::DisableKeyRequest {
             key_id: disabled.key_id.clone(),
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -675,6 +686,7 @@ async fn rotate_with_and_without_grace(db: TestDatabase) {
         .rotate_key(pb::RotateKeyRequest {
             key_id: key.key_id.clone(),
             grace_period: Some(grace),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -701,6 +713,7 @@ async fn rotate_with_and_without_grace(db: TestDatabase) {
         .rotate_key(pb::RotateKeyRequest {
             key_id: key.key_id.clone(),
             grace_period: None,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -725,6 +738,7 @@ async fn rotate_with_and_without_grace(db: TestDatabase) {
                     seconds: -1,
                     nanos: 0,
                 }),
+                ..Default::default()
             })
             .await,
         "grace_period",
@@ -734,6 +748,7 @@ async fn rotate_with_and_without_grace(db: TestDatabase) {
         .revoke_key(pb::RevokeKeyRequest {
             key_id: key.key_id.clone(),
             reason: "done".into(),
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -743,6 +758,7 @@ async fn rotate_with_and_without_grace(db: TestDatabase) {
             .rotate_key(pb::RotateKeyRequest {
                 key_id: key.key_id.clone(),
                 grace_period: None,
+                ..Default::default()
             })
             .await,
         Code::FailedPrecondition,
@@ -762,6 +778,7 @@ async fn revoke_is_permanent_and_immediate(db: TestDatabase) {
         .revoke_key(pb::RevokeKeyRequest {
             key_id: key.key_id.clone(),
             reason: "leaked in a log".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -783,6 +800,7 @@ async fn revoke_is_permanent_and_immediate(db: TestDatabase) {
         .revoke_key(pb::RevokeKeyRequest {
             key_id: key.key_id.clone(),
             reason: "again".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -796,6 +814,7 @@ async fn revoke_is_permanent_and_immediate(db: TestDatabase) {
             .keys
             .enable_key(pb::EnableKeyRequest {
                 key_id: key.key_id.clone(),
+                ..Default::default()
             })
             .await,
         Code::FailedPrecondition,
@@ -806,6 +825,7 @@ async fn revoke_is_permanent_and_immediate(db: TestDatabase) {
             .keys
             .disable_key(pb::DisableKeyRequest {
                 key_id: key.key_id.clone(),
+                ..Default::default()
             })
             .await,
         Code::FailedPrecondition,
@@ -817,6 +837,7 @@ async fn revoke_is_permanent_and_immediate(db: TestDatabase) {
             .update_key_expiry(pb::UpdateKeyExpiryRequest {
                 key_id: key.key_id.clone(),
                 expires_at: None,
+                ..Default::default()
             })
             .await,
         Code::FailedPrecondition,
@@ -830,6 +851,7 @@ async fn revoke_is_permanent_and_immediate(db: TestDatabase) {
             .revoke_key(pb::RevokeKeyRequest {
                 key_id: key.key_id.clone(),
                 reason: "r".repeat(501),
+                ..Default::default()
             })
             .await,
         "reason",
@@ -846,6 +868,7 @@ async fn disable_enable_and_expiry(db: TestDatabase) {
         .keys
         .disable_key(pb::DisableKeyRequest {
             key_id: key.key_id.clone(),
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -861,6 +884,7 @@ async fn disable_enable_and_expiry(db: TestDatabase) {
         .keys
         .enable_key(pb::EnableKeyRequest {
             key_id: key.key_id.clone(),
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -878,6 +902,7 @@ async fn disable_enable_and_expiry(db: TestDatabase) {
             .update_key_expiry(pb::UpdateKeyExpiryRequest {
                 key_id: key.key_id.clone(),
                 expires_at: Some(past),
+                ..Default::default()
             })
             .await,
         "expires_at",
@@ -888,6 +913,7 @@ async fn disable_enable_and_expiry(db: TestDatabase) {
         .update_key_expiry(pb::UpdateKeyExpiryRequest {
             key_id: key.key_id.clone(),
             expires_at: Some(timestamp(soon)),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -918,6 +944,7 @@ async fn disable_enable_and_expiry(db: TestDatabase) {
         .update_key_expiry(pb::UpdateKeyExpiryRequest {
             key_id: key.key_id.clone(),
             expires_at: None,
+            ..Default::default()
         })
         .await
         .unwrap();

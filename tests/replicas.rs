@@ -100,6 +100,7 @@ async fn changes_reach_the_other_replica_at_once() {
             .revoke_key(pb::RevokeKeyRequest {
                 key_id: key.key_id,
                 reason: String::new(),
+                ..Default::default()
             })
             .await
             .unwrap();
@@ -122,6 +123,7 @@ async fn changes_reach_the_other_replica_at_once() {
         .keys
         .disable_key(pb::DisableKeyRequest {
             key_id: key.key_id.clone(),
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -130,6 +132,7 @@ async fn changes_reach_the_other_replica_at_once() {
         .keys
         .enable_key(pb::EnableKeyRequest {
             key_id: key.key_id.clone(),
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -148,6 +151,7 @@ async fn changes_reach_the_other_replica_at_once() {
         .update_key_expiry(pb::UpdateKeyExpiryRequest {
             key_id: key.key_id.clone(),
             expires_at: Some(timestamp(soon)),
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -160,6 +164,7 @@ async fn changes_reach_the_other_replica_at_once() {
         .rotate_key(pb::RotateKeyRequest {
             key_id: key.key_id.clone(),
             grace_period: None,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -224,6 +229,7 @@ async fn a_database_outage_keeps_cached_keys_working() {
         .revoke_key(pb::RevokeKeyRequest {
             key_id: revoked.key_id,
             reason: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -309,6 +315,7 @@ async fn a_database_outage_keeps_cached_keys_working() {
         .revoke_key(pb::RevokeKeyRequest {
             key_id: later.key_id.clone(),
             reason: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -353,6 +360,7 @@ async fn a_database_outage_keeps_cached_keys_working() {
             .keys
             .disable_key(pb::DisableKeyRequest {
                 key_id: k.key_id.clone(),
+                ..Default::default()
             })
             .await
             .unwrap();
@@ -366,6 +374,7 @@ async fn a_database_outage_keeps_cached_keys_working() {
             .keys
             .enable_key(pb::EnableKeyRequest {
                 key_id: k.key_id.clone(),
+                ..Default::default()
             })
             .await
             .unwrap();

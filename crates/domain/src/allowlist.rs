@@ -7,12 +7,16 @@ use std::net::{IpAddr, Ipv6Addr};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
+use crate::validation::quote;
+
 /// Why an allowlist entry was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AllowlistError {
-    /// The value is neither a CIDR network nor an IP address.
+    /// The value (as given) is neither a CIDR network nor an IP address. The
+    /// message quotes at most its first 64 characters.
     #[error(
-        "invalid network {0:?}: expected a CIDR such as 10.0.0.0/8 or 2001:db8::/32, or an IP address"
+        "invalid network {}: expected a CIDR such as 10.0.0.0/8 or 2001:db8::/32, or an IP address",
+        quote(.0)
     )]
     Invalid(String),
 }
@@ -236,7 +240,55 @@ mod tests {
         );
     }
 
+    #[test]
+    fn long_garbage_is_quoted_short() {
+        let long = "1".repeat(10_000);
+        let msg = parse_network(&long).unwrap_err().to_string();
+        assert!(msg.starts_with("invalid network \"1111"), "{msg}");
+        assert!(msg.contains("\"…: expected a CIDR"), "{msg}");
+        assert!(msg.len() < 200, "{} bytes", msg.len());
+    }
+
+    /// Printable strings, strings of any characters, address-like strings,
+    /// and arbitrary bytes read as (lossy) UTF-8.
+    fn any_text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "\\PC{0,100}",
+            ".{0,100}",
+            "\\[?[0-9a-fA-F:.%/\\[\\] ]{0,60}\\]?",
+            "[0-9]{1,4}\\.[0-9]{1,4}\\.[0-9]{1,4}\\.[0-9]{1,4}(/[0-9]{1,3})?",
+            prop::collection::vec(any::<u8>(), 0..200)
+                .prop_map(|b| String::from_utf8_lossy(&b).into_owned()),
+        ]
+    }
+
     proptest! {
+        #[test]
+        fn any_network_text_is_parsed_or_refused_with_a_reason(s in any_text()) {
+            match parse_network(&s) {
+                Ok(net) => {
+                    // Normalised: parsing the result again changes nothing.
+                    prop_assert_eq!(parse_network(&format_network(&net)), Ok(net));
+                    prop_assert_eq!(net, net.trunc());
+                }
+                Err(e) => {
+                    let msg = e.to_string();
+                    prop_assert!(msg.starts_with("invalid network "), "{}", msg);
+                    prop_assert!(msg.contains("expected a CIDR"), "{}", msg);
+                    prop_assert!(msg.len() <= 4 * crate::validation::MAX_QUOTED_CHARS + 120);
+                }
+            }
+        }
+
+        #[test]
+        fn any_client_ip_text_is_parsed_or_ignored(s in any_text()) {
+            if let Some(ip) = parse_client_ip(&s) {
+                prop_assert_eq!(parse_client_ip(&ip.to_string()), Some(ip));
+                // Whatever was accepted can be judged against any list.
+                let _ = allows(&[n("10.0.0.0/8"), n("2001:db8::/32")], Some(ip));
+            }
+        }
+
         #[test]
         fn mapped_and_plain_v4_agree(a in any::<u32>(), b in any::<u32>(), len in 0u8..=32) {
             let net = IpNet::V4(Ipv4Net::new(Ipv4Addr::from(a), len).unwrap().trunc());

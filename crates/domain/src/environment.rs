@@ -2,6 +2,8 @@
 //! in exactly one, and its name is part of the key's visible prefix, so the
 //! names are kept short and to a strict alphabet.
 
+use crate::validation::quote;
+
 /// Longest environment name.
 pub const MAX_ENVIRONMENT_CHARS: usize = 16;
 
@@ -13,11 +15,12 @@ pub enum EnvironmentError {
     Empty,
     /// A name does not follow the grammar.
     #[error(
-        "invalid environment name {0:?}: expected 1-16 characters of [a-z0-9] starting with a letter"
+        "invalid environment name {}: expected 1-16 characters of [a-z0-9] starting with a letter",
+        quote(.0)
     )]
     InvalidName(String),
     /// A name appears twice.
-    #[error("duplicate environment name {0:?}")]
+    #[error("duplicate environment name {}", quote(.0))]
     Duplicate(String),
 }
 

@@ -9,6 +9,7 @@
 
 pub mod allowlist;
 pub mod environment;
+pub mod etag;
 pub mod hashing;
 pub mod keyformat;
 pub mod model;

@@ -113,6 +113,9 @@ pub struct ApiKey {
     pub revoked_at: Option<DateTime<Utc>>,
     /// Why revoked.
     pub revoked_reason: Option<String>,
+    /// Bumped by storage on every change to the key, starting at 1: the
+    /// order of the key's states, and its etag.
+    pub version: u64,
     /// Secrets, newest first. Never empty for a stored key.
     pub credentials: Vec<Credential>,
 }

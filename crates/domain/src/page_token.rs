@@ -295,7 +295,78 @@ mod tests {
         );
     }
 
+    /// Printable strings, strings of any characters, base64url-like
+    /// strings, and arbitrary bytes read as (lossy) UTF-8.
+    fn any_text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "\\PC{0,100}",
+            ".{0,100}",
+            "[A-Za-z0-9_=+/-]{0,600}",
+            prop::collection::vec(any::<u8>(), 0..300)
+                .prop_map(|b| String::from_utf8_lossy(&b).into_owned()),
+        ]
+    }
+
+    const MESSAGES: [&str; 3] = [
+        "page token is malformed",
+        "page token is corrupt or was modified",
+        "page token was issued for different filters",
+    ];
+
     proptest! {
+        #[test]
+        fn any_text_is_refused_with_a_reason(token in any_text(), fp in any::<u64>()) {
+            // Nothing typed or garbled by hand carries a valid tag.
+            let err = decode(&token, fp).unwrap_err();
+            prop_assert!(MESSAGES.contains(&err.to_string().as_str()), "{}", err);
+        }
+
+        #[test]
+        fn untagged_bytes_are_refused(bytes in prop::collection::vec(any::<u8>(), 0..400), fp in any::<u64>()) {
+            let token = base64url::encode(&bytes);
+            let err = decode(&token, fp).unwrap_err();
+            if token.len() > MAX_TOKEN_CHARS || bytes.len() < HEADER_BYTES + TAG_BYTES {
+                prop_assert_eq!(err, PageTokenError::Malformed);
+            } else {
+                prop_assert_eq!(err, PageTokenError::Tampered);
+            }
+        }
+
+        /// A correctly tagged token with any payload (any version byte, any
+        /// fingerprint, any bytes for the key id, including invalid UTF-8)
+        /// is decoded or refused for the right reason, without panicking.
+        #[test]
+        fn tagged_payloads_are_judged_field_by_field(
+            payload in prop::collection::vec(any::<u8>(), 0..120),
+            version_ok in any::<bool>(),
+            fp in any::<u64>(),
+            fp_ok in any::<bool>(),
+        ) {
+            let mut payload = payload;
+            if version_ok && !payload.is_empty() {
+                payload[0] = VERSION;
+            }
+            if fp_ok && payload.len() >= HEADER_BYTES {
+                payload[1..HEADER_BYTES].copy_from_slice(&fp.to_be_bytes());
+            }
+            let mut bytes = payload.clone();
+            bytes.extend_from_slice(&tag(&payload));
+            let token = base64url::encode(&bytes);
+            let got = decode(&token, fp);
+            let want = if token.len() > MAX_TOKEN_CHARS
+                || payload.len() < HEADER_BYTES
+                || payload[0] != VERSION
+            {
+                Err(PageTokenError::Malformed)
+            } else if payload[1..HEADER_BYTES] != fp.to_be_bytes() {
+                Err(PageTokenError::FilterMismatch)
+            } else {
+                String::from_utf8(payload[HEADER_BYTES..].to_vec())
+                    .map_err(|_| PageTokenError::Malformed)
+            };
+            prop_assert_eq!(got, want);
+        }
+
         #[test]
         fn roundtrip(id in "\\PC{0,64}", fp in any::<u64>()) {
             let t = encode(&id, fp);

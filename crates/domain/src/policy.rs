@@ -183,6 +183,7 @@ mod tests {
             last_used_at: None,
             revoked_at: None,
             revoked_reason: None,
+            version: 1,
             credentials: vec![cred.clone()],
         };
         (key, cred, generated.secret)

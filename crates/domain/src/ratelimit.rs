@@ -21,9 +21,19 @@ pub struct Quota {
 }
 
 impl Quota {
-    /// A quota of `n` requests per hour; `None` for 0.
+    /// A quota of `n` requests per hour; `None` for 0, and for any `n` whose
+    /// window `W = n * T` would not fit in one hour (none does for a `u32`,
+    /// but the check keeps [`gcra`] free of overflow by construction: every
+    /// TAT it stores is at most `now + W`).
     pub fn per_hour(n: u32) -> Option<Quota> {
-        (n > 0).then_some(Quota { per_hour: n })
+        if n == 0 {
+            return None;
+        }
+        let interval = (PERIOD_NANOS / u64::from(n)).max(1);
+        interval
+            .checked_mul(u64::from(n))
+            .filter(|window| *window <= PERIOD_NANOS)?;
+        Some(Quota { per_hour: n })
     }
 
     /// N: requests per hour, and the burst size.
@@ -170,12 +180,47 @@ mod tests {
 
     #[test]
     fn extreme_values_do_not_overflow() {
-        let (_, d) = gcra(u64::MAX, 0, q(1), u32::MAX);
+        let (tat, d) = gcra(u64::MAX, 0, q(1), u32::MAX);
         assert!(!d.allowed);
-        let (_, d) = gcra(0, u64::MAX, q(u32::MAX), u32::MAX);
+        assert_eq!(tat, u64::MAX);
+        assert_eq!(d.retry_after_nanos, u64::MAX);
+        // The whole burst at once fits; its TAT would not fit a u64.
+        let (tat, d) = gcra(0, u64::MAX, q(u32::MAX), u32::MAX);
         assert!(!d.allowed);
+        assert_eq!(tat, 0);
+        assert_eq!(d.remaining, u32::MAX);
+        // Near the end of time a request is denied (its TAT would not fit),
+        // the state is left alone and the figures stay sane.
         let (tat, d) = gcra(0, u64::MAX - 10, q(1), 1);
-        assert!(!d.allowed || tat >= u64::MAX - 10);
+        assert!(!d.allowed);
+        assert_eq!(tat, 0);
+        assert_eq!(d.remaining, 1);
+        assert!(d.retry_after_nanos > 0);
+        // The largest quota: a burst of all of it at once is allowed.
+        let (tat, d) = gcra(0, SEC, q(u32::MAX), u32::MAX);
+        assert!(d.allowed);
+        assert_eq!(d.remaining, 0);
+        assert_eq!(tat, SEC + q(u32::MAX).window_nanos());
+    }
+
+    #[test]
+    fn every_u32_limit_is_a_quota_within_one_hour() {
+        for n in [
+            1,
+            2,
+            7,
+            3600,
+            1_000_000,
+            u32::MAX / 2,
+            u32::MAX - 1,
+            u32::MAX,
+        ] {
+            let quota = Quota::per_hour(n).expect("a quota");
+            assert!(quota.emission_interval_nanos() >= 1);
+            assert!(quota.window_nanos() <= PERIOD_NANOS, "{n}");
+            // Short of the hour by the remainder of the division only.
+            assert!(PERIOD_NANOS - quota.window_nanos() < u64::from(n));
+        }
     }
 
     /// Runs a sequence of (gap, cost) requests from a fresh key; returns the
@@ -206,16 +251,48 @@ mod tests {
         )
     }
 
+    /// Whether a request of `cost` at `events[j]`'s time fits the span
+    /// bound given the requests before it: for every earlier request `i`,
+    /// the cost allowed from `i` up to and including this one is at most
+    /// `N + floor((t_j - t_i) / T)`, and the cost alone is at most N.
+    fn fits_span_bound(events: &[(u64, u32, RateDecision)], j: usize, n: u32, t: u64) -> bool {
+        let (now, cost, _) = events[j];
+        if cost > n {
+            return false;
+        }
+        let mut spent = u64::from(cost);
+        for (at, c, d) in events[..j].iter().rev() {
+            if d.allowed {
+                spent += u64::from(*c);
+            }
+            if spent > u64::from(n) + (now - at) / t {
+                return false;
+            }
+        }
+        true
+    }
+
     proptest! {
+        /// GCRA is exactly the span bound: over any sequence of requests,
+        /// a request is allowed if and only if allowing it keeps the cost
+        /// allowed in every span ending at it within N + floor(span / T).
+        /// So the bound is never exceeded, and nothing is denied that fits.
         #[test]
-        fn span_bound_holds(n in 1u32..50, start in 0u64..1_000_000 * SEC, steps in steps()) {
+        fn allowed_exactly_when_the_span_bound_holds(n in 1u32..50, start in 0u64..1_000_000 * SEC, steps in steps()) {
             let quota = q(n);
             let t = quota.emission_interval_nanos();
             let events = simulate(quota, start, &steps);
-            // For every span [a, b] between two request times, the cost
-            // allowed in it is at most N + floor((b - a) / T); from a fresh
-            // start within one hour that is at most 2N, and within less than
-            // T it is at most N.
+            for j in 0..events.len() {
+                let (at, cost, d) = events[j];
+                let fits = fits_span_bound(&events, j, n, t);
+                prop_assert_eq!(
+                    d.allowed, fits,
+                    "request {} (cost {}) at +{} ns: allowed {} but the bound says {}",
+                    j, cost, at - start, d.allowed, fits
+                );
+            }
+            // Consequences: from any request on, at most 2N within an hour
+            // and at most N within less than T.
             for i in 0..events.len() {
                 let mut spent = 0u64;
                 for e in &events[i..] {
@@ -223,7 +300,6 @@ mod tests {
                         spent += u64::from(e.1);
                     }
                     let d = e.0 - events[i].0;
-                    prop_assert!(spent <= u64::from(n) + d / t, "spent {} over {} ns", spent, d);
                     if d < PERIOD_NANOS {
                         prop_assert!(spent <= 2 * u64::from(n));
                     }
@@ -231,6 +307,18 @@ mod tests {
                         prop_assert!(spent <= u64::from(n));
                     }
                 }
+            }
+        }
+
+        /// No input makes the maths panic (the u128 sums, the subtraction
+        /// from `now`, the division by T), for any quota a `u32` can ask for.
+        #[test]
+        fn any_input_is_decided_without_panic(n in 1u32.., tat in any::<u64>(), now in any::<u64>(), cost in any::<u32>()) {
+            let quota = Quota::per_hour(n).unwrap();
+            let (new_tat, d) = gcra(tat, now, quota, cost);
+            prop_assert!(d.remaining <= n);
+            if !d.allowed {
+                prop_assert_eq!(new_tat, tat);
             }
         }
 

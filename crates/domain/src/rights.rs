@@ -294,6 +294,7 @@ mod tests {
             last_used_at: None,
             revoked_at: None,
             revoked_reason: None,
+            version: 1,
             credentials: vec![],
         };
         let pr = Principal::from_key(&key);

@@ -5,6 +5,8 @@
 
 use std::fmt;
 
+use crate::validation::quote;
+
 /// Reading keys through the management API.
 pub const KEYS_READ: &str = "keys:read";
 /// Creating, rotating and changing keys through the management API.
@@ -25,7 +27,8 @@ pub enum ScopeError {
     /// The scope was empty (or only whitespace).
     #[error("scope is empty")]
     Empty,
-    /// The scope does not follow the grammar; the message says what it is.
+    /// The scope does not follow the grammar; the message says what is
+    /// wrong and quotes at most the first 64 characters of the scope.
     #[error("{0}")]
     Malformed(String),
 }
@@ -41,8 +44,9 @@ impl Scope {
         if s.is_empty() {
             return Err(ScopeError::Empty);
         }
-        let malformed =
-            |why: &str| ScopeError::Malformed(format!("invalid scope {s:?}: {why}; {GRAMMAR}"));
+        let malformed = |why: &str| {
+            ScopeError::Malformed(format!("invalid scope {}: {why}; {GRAMMAR}", quote(s)))
+        };
         if s.len() > MAX_SCOPE_CHARS {
             return Err(malformed("too long"));
         }
@@ -264,6 +268,30 @@ mod tests {
         assert!(missing(&held, &[]).is_empty());
     }
 
+    /// Printable strings, strings of any characters, scope-like strings,
+    /// long strings, and arbitrary bytes read as (lossy) UTF-8.
+    fn any_text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "\\PC{0,140}",
+            ".{0,140}",
+            "[a-zA-Z0-9_.*:-]{0,140}",
+            "[a-z:*]{100,3000}",
+            prop::collection::vec(any::<u8>(), 0..200)
+                .prop_map(|b| String::from_utf8_lossy(&b).into_owned()),
+        ]
+    }
+
+    #[test]
+    fn long_scope_is_quoted_short() {
+        let long = format!("dns:{}", "r".repeat(5_000));
+        let Err(ScopeError::Malformed(msg)) = Scope::parse(&long) else {
+            panic!("accepted a 5000-character scope");
+        };
+        assert!(msg.contains("too long"), "{msg}");
+        assert!(msg.contains("\"…: too long"), "{msg}");
+        assert!(msg.len() < 300, "{} bytes: {msg}", msg.len());
+    }
+
     fn scope_strategy() -> impl Strategy<Value = Scope> {
         prop_oneof![
             Just("*".to_owned()),
@@ -287,8 +315,25 @@ mod tests {
         }
 
         #[test]
-        fn parse_never_panics(v in "\\PC{0,140}") {
-            let _ = Scope::parse(&v);
+        fn any_text_is_parsed_or_refused_with_a_reason(v in any_text()) {
+            match Scope::parse(&v) {
+                Ok(scope) => {
+                    prop_assert_eq!(scope.as_str(), v.as_str());
+                    prop_assert!(v.len() <= MAX_SCOPE_CHARS);
+                    prop_assert!(scope.grants(&scope));
+                }
+                Err(ScopeError::Empty) => prop_assert!(v.is_empty()),
+                Err(ScopeError::Malformed(msg)) => {
+                    prop_assert!(msg.starts_with("invalid scope "), "{}", msg);
+                    prop_assert!(msg.contains(GRAMMAR), "{}", msg);
+                    let why = ["too long", "missing `:`", "bad resource", "bad action"];
+                    prop_assert!(why.iter().any(|w| msg.contains(w)), "{}", msg);
+                    prop_assert!(
+                        msg.len() <= 4 * crate::validation::MAX_QUOTED_CHARS + 60 + GRAMMAR.len(),
+                        "{} bytes", msg.len()
+                    );
+                }
+            }
         }
     }
 }

@@ -87,6 +87,9 @@ pub struct KeySnapshot {
     pub expires_at: Option<DateTime<Utc>>,
     /// Its secrets.
     pub secrets: Box<[SecretCheck]>,
+    /// The stored version this snapshot was read at: a snapshot with a lower
+    /// version than one already heard of is out of date.
+    pub version: u64,
 }
 
 impl KeySnapshot {
@@ -117,6 +120,7 @@ impl From<&ApiKey> for KeySnapshot {
             state: key.state,
             expires_at: key.expires_at,
             secrets: key.credentials.iter().map(SecretCheck::from).collect(),
+            version: key.version,
         }
     }
 }
@@ -142,6 +146,7 @@ mod tests {
             state: KeyState::Active,
             expires_at: None,
             secrets: vec![SecretCheck::from(&new), SecretCheck::from(&old)].into(),
+            version: 1,
         };
         let found = snapshot
             .find_secret(&old.lookup_id, &old_key.secret)

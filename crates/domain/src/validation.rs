@@ -1,8 +1,12 @@
 //! Input validation for management and authorization calls, done once at the
 //! edge so the rest of the code handles only well-formed values. Every
-//! function reports all problems at once, each naming the offending field by
+//! function reports all problems at once (up to [`MAX_VIOLATIONS`], then one
+//! more saying how many were left out), each naming the offending field by
 //! its protobuf name (`scopes[3]`), so the server can return them as
 //! `BadRequest` field violations.
+//!
+//! Error messages quote user input only through [`quote`], which cuts it to
+//! [`MAX_QUOTED_CHARS`] characters, so no request can make an error large.
 
 use std::fmt;
 
@@ -11,6 +15,7 @@ use ipnet::IpNet;
 
 use crate::allowlist;
 use crate::environment::Environments;
+use crate::ratelimit::Quota;
 use crate::scope::{Scope, ScopeError};
 
 /// Longest key name, in characters.
@@ -27,6 +32,28 @@ pub const MAX_REASON_CHARS: usize = 500;
 pub const MAX_KEY_ID_CHARS: usize = 64;
 /// Longest rotation grace period, in days.
 pub const MAX_GRACE_DAYS: i64 = 30;
+/// Most field violations reported for one request; the rest are counted in
+/// one extra violation.
+pub const MAX_VIOLATIONS: usize = 10;
+/// Most characters of user input [`quote`] repeats in an error message.
+pub const MAX_QUOTED_CHARS: usize = 64;
+
+/// Quotes user input for an error message: `{:?}` (quotes, control
+/// characters escaped) of at most [`MAX_QUOTED_CHARS`] characters, cut on a
+/// character boundary and followed by `…` outside the quotes when cut. The
+/// escapes count too, so what appears between the quotes is never more than
+/// [`MAX_QUOTED_CHARS`] characters even for input made of control
+/// characters. Every message that repeats user input goes through here.
+pub fn quote(input: &str) -> String {
+    let mut width = 0;
+    for (at, c) in input.char_indices() {
+        width += c.escape_debug().len();
+        if width > MAX_QUOTED_CHARS {
+            return format!("{:?}…", &input[..at]);
+        }
+    }
+    format!("{input:?}")
+}
 
 /// One problem with one field.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -54,7 +81,7 @@ impl fmt::Display for FieldViolation {
 }
 
 /// A rejected request: every problem found.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 #[error("invalid request: {}", join(.violations))]
 pub struct ValidationError {
     /// The problems, in field order.
@@ -68,6 +95,28 @@ impl ValidationError {
             violations: vec![FieldViolation::new(field, description)],
         }
     }
+
+    /// An error with `violations`, keeping the first [`MAX_VIOLATIONS`] and
+    /// replacing the rest by one violation (on the first field left out)
+    /// that says how many there were.
+    pub fn new(violations: Vec<FieldViolation>) -> Self {
+        let mut v = Violations::default();
+        for violation in violations {
+            v.push(violation);
+        }
+        v.into_error()
+    }
+
+    /// This error with at most [`MAX_VIOLATIONS`] violations plus the one
+    /// counting the rest; see [`ValidationError::new`]. An error already
+    /// within the bound is returned as it is.
+    pub fn capped(self) -> Self {
+        if self.violations.len() <= MAX_VIOLATIONS + 1 {
+            self
+        } else {
+            Self::new(self.violations)
+        }
+    }
 }
 
 fn join(violations: &[FieldViolation]) -> String {
@@ -78,24 +127,68 @@ fn join(violations: &[FieldViolation]) -> String {
         .join("; ")
 }
 
-/// Collects violations; turns into a result at the end.
+/// Collects violations, keeping the first [`MAX_VIOLATIONS`] and counting
+/// the rest; turns into a result at the end.
 #[derive(Debug, Default)]
-struct Violations(Vec<FieldViolation>);
+struct Violations {
+    kept: Vec<FieldViolation>,
+    /// The field of the first violation left out, and how many were.
+    omitted: Option<(String, usize)>,
+}
 
 impl Violations {
     fn add(&mut self, field: impl Into<String>, description: impl Into<String>) {
-        self.0.push(FieldViolation::new(field, description));
+        if self.kept.len() < MAX_VIOLATIONS {
+            self.kept.push(FieldViolation::new(field, description));
+        } else {
+            self.count_omitted(field.into());
+        }
+    }
+
+    fn push(&mut self, violation: FieldViolation) {
+        if self.kept.len() < MAX_VIOLATIONS {
+            self.kept.push(violation);
+        } else {
+            self.count_omitted(violation.field);
+        }
+    }
+
+    fn count_omitted(&mut self, field: String) {
+        match &mut self.omitted {
+            Some((_, n)) => *n += 1,
+            None => self.omitted = Some((field, 1)),
+        }
     }
 
     fn extend(&mut self, err: ValidationError) {
-        self.0.extend(err.violations);
+        for violation in err.violations {
+            self.push(violation);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.kept.is_empty()
+    }
+
+    fn into_error(mut self) -> ValidationError {
+        if let Some((field, n)) = self.omitted {
+            let description = if n == 1 {
+                "1 more problem from this field on is not shown".to_owned()
+            } else {
+                format!("{n} more problems from this field on are not shown")
+            };
+            self.kept.push(FieldViolation::new(field, description));
+        }
+        ValidationError {
+            violations: self.kept,
+        }
     }
 
     fn finish<T>(self, value: T) -> Result<T, ValidationError> {
-        if self.0.is_empty() {
+        if self.is_empty() {
             Ok(value)
         } else {
-            Err(ValidationError { violations: self.0 })
+            Err(self.into_error())
         }
     }
 }
@@ -177,7 +270,7 @@ pub fn validate_new_key(
         let description = if input.environment.is_empty() {
             "must not be empty".to_owned()
         } else {
-            format!("unknown environment {:?}", input.environment)
+            format!("unknown environment {}", quote(&input.environment))
         };
         v.add(
             "environment",
@@ -188,16 +281,16 @@ pub fn validate_new_key(
         );
     }
 
-    let scopes = validate_scopes("scopes", &input.scopes).unwrap_or_else(|e| {
-        v.extend(e);
-        Vec::new()
-    });
+    let scopes = scopes_into(&mut v, "scopes", &input.scopes);
 
     let mut ip_allowlist: Vec<IpNet> = Vec::new();
     if input.ip_allowlist.len() > MAX_ALLOWLIST {
         v.add(
             "ip_allowlist",
-            format!("must have at most {MAX_ALLOWLIST} entries"),
+            format!(
+                "must have at most {MAX_ALLOWLIST} entries, got {}",
+                input.ip_allowlist.len()
+            ),
         );
     } else {
         for (i, raw) in input.ip_allowlist.iter().enumerate() {
@@ -209,7 +302,9 @@ pub fn validate_new_key(
         }
     }
 
-    if input.rate_limit_per_hour == Some(0) {
+    if let Some(n) = input.rate_limit_per_hour
+        && Quota::per_hour(n).is_none()
+    {
         v.add("rate_limit_per_hour", "must be at least 1 when set");
     }
 
@@ -248,10 +343,19 @@ pub fn validate_new_key(
 /// duplicates removed preserving order.
 pub fn validate_scopes(field: &str, raw: &[String]) -> Result<Vec<Scope>, ValidationError> {
     let mut v = Violations::default();
+    let out = scopes_into(&mut v, field, raw);
+    v.finish(out)
+}
+
+/// [`validate_scopes`], adding its violations to `v`.
+fn scopes_into(v: &mut Violations, field: &str, raw: &[String]) -> Vec<Scope> {
     let mut out: Vec<Scope> = Vec::new();
     if raw.len() > MAX_SCOPES {
-        v.add(field, format!("must have at most {MAX_SCOPES} entries"));
-        return v.finish(out);
+        v.add(
+            field,
+            format!("must have at most {MAX_SCOPES} entries, got {}", raw.len()),
+        );
+        return out;
     }
     for (i, s) in raw.iter().enumerate() {
         match Scope::parse(s.trim()) {
@@ -261,7 +365,7 @@ pub fn validate_scopes(field: &str, raw: &[String]) -> Result<Vec<Scope>, Valida
             Err(e) => v.add(format!("{field}[{i}]"), e.to_string()),
         }
     }
-    v.finish(out)
+    out
 }
 
 /// Checks an expiry time (field `expires_at`) is in the future, if set.
@@ -328,6 +432,7 @@ pub fn validate_key_id(id: &str) -> Result<&str, ValidationError> {
 mod tests {
     use super::*;
     use chrono::TimeZone;
+    use proptest::prelude::*;
 
     fn now() -> DateTime<Utc> {
         Utc.with_ymd_and_hms(2030, 1, 1, 0, 0, 0).unwrap()
@@ -605,6 +710,130 @@ mod tests {
     }
 
     #[test]
+    fn quote_cuts_long_input_on_a_char_boundary() {
+        assert_eq!(quote(""), r#""""#);
+        assert_eq!(quote("prod"), r#""prod""#);
+        assert_eq!(quote("a\nb\u{7}"), r#""a\nb\u{7}""#);
+        let exact = "x".repeat(MAX_QUOTED_CHARS);
+        assert_eq!(quote(&exact), format!("{exact:?}"));
+        let long = "y".repeat(5_000);
+        assert_eq!(quote(&long), format!("{:?}…", "y".repeat(MAX_QUOTED_CHARS)));
+        // Multi-byte characters are counted as characters and never split.
+        let wide = "é".repeat(MAX_QUOTED_CHARS + 1);
+        assert_eq!(quote(&wide), format!("{:?}…", "é".repeat(MAX_QUOTED_CHARS)));
+        // Escapes count: 64 control characters are cut to 12 (`\u{1}` is 5
+        // characters), and what is quoted stays within 64 characters.
+        let control = "\u{1}".repeat(MAX_QUOTED_CHARS);
+        assert_eq!(quote(&control), format!("{:?}…", "\u{1}".repeat(12)));
+        assert_eq!(quote("\n\n"), r#""\n\n""#);
+        let mixed = format!("{}😀😀", "a".repeat(MAX_QUOTED_CHARS - 1));
+        assert_eq!(
+            quote(&mixed),
+            format!("\"{}😀\"…", "a".repeat(MAX_QUOTED_CHARS - 1))
+        );
+    }
+
+    #[test]
+    fn long_input_is_quoted_short_and_the_field_named() {
+        let huge = "Z".repeat(5_000);
+        let err = validate_scopes("required_scopes", std::slice::from_ref(&huge)).unwrap_err();
+        assert_eq!(err.violations.len(), 1);
+        assert_eq!(err.violations[0].field, "required_scopes[0]");
+        let d = &err.violations[0].description;
+        assert!(d.contains(&quote(&huge)), "{d}");
+        assert!(quote(&huge).ends_with('…'));
+        assert!(d.contains("too long"), "{d}");
+        assert!(d.len() < 400, "{} bytes: {d}", d.len());
+
+        let mut input = good();
+        input.environment = huge.clone();
+        input.ip_allowlist = vec![huge.clone()];
+        let err = validate(input).unwrap_err();
+        assert_eq!(err.violations[0].field, "environment");
+        assert_eq!(err.violations[1].field, "ip_allowlist[0]");
+        for v in &err.violations {
+            assert!(!v.description.contains(&"Z".repeat(65)), "{v}");
+            assert!(v.description.len() < 400, "{v}");
+        }
+    }
+
+    #[test]
+    fn violations_are_capped_with_a_count_of_the_rest() {
+        let mut input = good();
+        input.scopes = (0..MAX_SCOPES).map(|i| format!("BAD{i}")).collect();
+        input.ip_allowlist = (0..MAX_ALLOWLIST).map(|i| format!("nope{i}")).collect();
+        let err = validate(input).unwrap_err();
+        assert_eq!(err.violations.len(), MAX_VIOLATIONS + 1);
+        assert_eq!(err.violations[0].field, "scopes[0]");
+        assert_eq!(err.violations[MAX_VIOLATIONS - 1].field, "scopes[9]");
+        let last = &err.violations[MAX_VIOLATIONS];
+        assert_eq!(last.field, "scopes[10]");
+        assert_eq!(
+            last.description,
+            "190 more problems from this field on are not shown"
+        );
+        assert!(err.to_string().len() < 4 * 1024, "{err}");
+
+        let err = validate_scopes(
+            "required_scopes",
+            &(0..11).map(|_| "x".to_owned()).collect::<Vec<_>>(),
+        )
+        .unwrap_err();
+        assert_eq!(err.violations.len(), MAX_VIOLATIONS + 1);
+        assert_eq!(
+            err.violations[MAX_VIOLATIONS],
+            FieldViolation::new(
+                "required_scopes[10]",
+                "1 more problem from this field on is not shown"
+            )
+        );
+
+        // Too many entries is one violation, not one per entry.
+        let many: Vec<String> = (0..10_000).map(|_| "x".repeat(1_000)).collect();
+        let err = validate_scopes("scopes", &many).unwrap_err();
+        assert_eq!(
+            err.violations,
+            [FieldViolation::new(
+                "scopes",
+                "must have at most 100 entries, got 10000"
+            )]
+        );
+    }
+
+    #[test]
+    fn errors_built_elsewhere_are_capped_too() {
+        let many: Vec<FieldViolation> = (0..25)
+            .map(|i| FieldViolation::new(format!("f{i}"), "bad"))
+            .collect();
+        let err = ValidationError::new(many.clone());
+        assert_eq!(err.violations.len(), MAX_VIOLATIONS + 1);
+        assert_eq!(err.violations[MAX_VIOLATIONS].field, "f10");
+        assert!(
+            err.violations[MAX_VIOLATIONS]
+                .description
+                .starts_with("15 more")
+        );
+        let capped = ValidationError {
+            violations: many.clone(),
+        }
+        .capped();
+        assert_eq!(capped, err);
+        let small = ValidationError {
+            violations: many[..3].to_vec(),
+        };
+        assert_eq!(small.clone().capped(), small);
+    }
+
+    #[test]
+    fn every_positive_rate_limit_is_accepted_and_safe() {
+        let mut input = good();
+        input.rate_limit_per_hour = Some(u32::MAX);
+        let k = validate(input).unwrap();
+        let quota = Quota::per_hour(k.rate_limit_per_hour.unwrap()).unwrap();
+        assert!(quota.window_nanos() <= crate::ratelimit::PERIOD_NANOS);
+    }
+
+    #[test]
     fn error_display() {
         let e = ValidationError {
             violations: vec![
@@ -616,5 +845,68 @@ mod tests {
             e.to_string(),
             "invalid request: name: must not be empty; ttl: must be positive"
         );
+    }
+
+    /// Arbitrary text: printable, any character, or bytes read lossily.
+    fn text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "\\PC{0,80}",
+            ".{0,300}",
+            proptest::collection::vec(any::<u8>(), 0..300)
+                .prop_map(|b| String::from_utf8_lossy(&b).into_owned()),
+        ]
+    }
+
+    const FIELDS: &[&str] = &[
+        "owner_id",
+        "name",
+        "environment",
+        "scopes",
+        "ip_allowlist",
+        "rate_limit_per_hour",
+    ];
+
+    proptest! {
+        #[test]
+        fn any_new_key_input_is_judged_with_bounded_named_errors(
+            owner_id in text(),
+            name in text(),
+            environment in text(),
+            scopes in proptest::collection::vec(text(), 0..120),
+            ip_allowlist in proptest::collection::vec(text(), 0..120),
+            rate_limit_per_hour in any::<Option<u32>>(),
+        ) {
+            let input = NewKeyInput {
+                owner_id, name, environment, scopes, ip_allowlist, rate_limit_per_hour,
+                expiry: Expiry::Never,
+            };
+            if let Err(err) = validate(input) {
+                prop_assert!(!err.violations.is_empty());
+                prop_assert!(err.violations.len() <= MAX_VIOLATIONS + 1);
+                for v in &err.violations {
+                    let root = v.field.split('[').next().unwrap_or_default();
+                    prop_assert!(FIELDS.contains(&root), "unknown field {}", v.field);
+                    prop_assert!(!v.description.is_empty());
+                    // 64 quoted characters of at most 4 bytes each.
+                    prop_assert!(v.description.len() <= 4 * MAX_QUOTED_CHARS + 300, "{}", v);
+                }
+            }
+        }
+
+        #[test]
+        fn quote_is_bounded_and_a_prefix_of_the_debug_form(input in text()) {
+            let q = quote(&input);
+            let width: usize = input.chars().map(|c| c.escape_debug().len()).sum();
+            prop_assert_eq!(q.ends_with('…'), width > MAX_QUOTED_CHARS);
+            let inner = q.strip_suffix('…').unwrap_or(&q);
+            // The Debug form of a prefix of the input, quotes included.
+            prop_assert!(inner.starts_with('"') && inner.ends_with('"'), "{}", q);
+            let full = format!("{input:?}");
+            prop_assert!(full.starts_with(&inner[..inner.len() - 1]), "{} / {}", q, full);
+            prop_assert!(inner.chars().count() <= MAX_QUOTED_CHARS + 2, "{}", q);
+            if width <= MAX_QUOTED_CHARS {
+                prop_assert_eq!(q, full);
+            }
+        }
     }
 }

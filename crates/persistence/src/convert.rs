@@ -30,6 +30,7 @@ pub(crate) fn key_to_active(key: &ApiKey) -> api_key::ActiveModel {
         revoked_at: Set(key.revoked_at),
         revoked_reason: Set(key.revoked_reason.clone()),
         request_count: Default::default(),
+        version: Set(i64::try_from(key.version).unwrap_or(i64::MAX)),
     }
 }
 
@@ -93,6 +94,10 @@ pub(crate) fn key_from_rows(
         .rate_limit_per_hour
         .map(|n| u32::try_from(n).map_err(|_| corrupt("rate_limit_per_hour", n.to_string())))
         .transpose()?;
+    let version = u64::try_from(row.version)
+        .ok()
+        .filter(|v| *v >= 1)
+        .ok_or_else(|| corrupt("version", row.version.to_string()))?;
     let credentials = credentials
         .into_iter()
         .map(credential_from_row)
@@ -113,6 +118,7 @@ pub(crate) fn key_from_rows(
         last_used_at: row.last_used_at,
         revoked_at: row.revoked_at,
         revoked_reason: row.revoked_reason,
+        version,
         credentials,
     })
 }

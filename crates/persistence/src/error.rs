@@ -11,9 +11,23 @@ pub enum StoreError {
     /// pool exhausted, busy); retrying later may succeed.
     #[error("database unavailable: {0}")]
     Unavailable(String),
+    /// Every pooled connection stayed busy for the whole acquire timeout:
+    /// the database answers, but Keygate asked too much of it at once. Not an
+    /// outage; shed the call and retry.
+    #[error("database busy: {0}")]
+    Saturated(String),
     /// The row to change does not exist.
     #[error("not found")]
     NotFound,
+    /// The key is revoked, and a revoked key never changes again.
+    #[error("the key is revoked")]
+    KeyRevoked,
+    /// The key is no longer at the version the change was conditional on.
+    #[error("the key changed: now at version {current}")]
+    VersionMismatch {
+        /// The key's version now.
+        current: u64,
+    },
     /// A unique value (key id or credential lookup id) is already taken.
     #[error("conflict: {0}")]
     Conflict(String),
@@ -33,6 +47,12 @@ impl From<DbErr> for StoreError {
     /// unique violations as [`StoreError::Conflict`], the rest as
     /// [`StoreError::Database`].
     fn from(err: DbErr) -> Self {
+        if is_saturated(&err) {
+            return Self::Saturated(err.to_string());
+        }
+        if err.to_string().contains(REVOKED_IS_TERMINAL) {
+            return Self::KeyRevoked;
+        }
         if is_unavailable(&err) {
             return Self::Unavailable(err.to_string());
         }
@@ -45,11 +65,28 @@ impl From<DbErr> for StoreError {
 
 impl From<sqlx::Error> for StoreError {
     fn from(err: sqlx::Error) -> Self {
-        if sqlx_unavailable(&err) {
+        if matches!(err, sqlx::Error::PoolTimedOut) {
+            Self::Saturated(err.to_string())
+        } else if sqlx_unavailable(&err) {
             Self::Unavailable(err.to_string())
         } else {
             Self::Database(DbErr::Query(RuntimeErr::SqlxError(err.into())))
         }
+    }
+}
+
+/// What the database says when a statement tries to move a revoked key to
+/// another state (the trigger of migration `m20261125_000002_key_versions`).
+const REVOKED_IS_TERMINAL: &str = "a revoked key cannot change state";
+
+/// A pool that handed out no connection within its acquire timeout.
+fn is_saturated(err: &DbErr) -> bool {
+    match err {
+        DbErr::ConnectionAcquire(sea_orm::error::ConnAcquireErr::Timeout) => true,
+        DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => {
+            matches!(**e, sqlx::Error::PoolTimedOut)
+        }
+        _ => false,
     }
 }
 

@@ -12,6 +12,7 @@ mod error;
 pub mod migration;
 mod notify;
 mod store;
+mod update;
 
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
@@ -23,3 +24,4 @@ pub use error::StoreError;
 pub use migration::Migrator;
 pub use notify::{CHANGE_CHANNEL, Change, ChangeListener};
 pub use store::{Backend, KeyFilter, Store, Usage};
+pub use update::KeyUpdate;

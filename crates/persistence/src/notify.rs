@@ -1,7 +1,8 @@
 //! Cross-replica cache invalidation over PostgreSQL `LISTEN/NOTIFY`.
 //!
 //! Every change to a key sends, inside the changing transaction, a
-//! notification on [`CHANGE_CHANNEL`] naming the key and its lookup ids;
+//! notification on [`CHANGE_CHANNEL`] naming the key, its new version and its
+//! lookup ids;
 //! PostgreSQL delivers it at commit, so no replica evicts before the change
 //! is visible. Notifications sent while a listener is disconnected are lost,
 //! which is why a reconnect surfaces as [`Change::Reset`].
@@ -31,6 +32,9 @@ pub enum Change {
     Key {
         /// The key's id.
         key_id: String,
+        /// The key's version after the change (0 if the sender did not say:
+        /// a replica of an older release).
+        version: u64,
         /// Lookup ids of the key's credentials (including ones just removed).
         lookup_ids: Vec<String>,
     },
@@ -43,10 +47,11 @@ pub enum Change {
     Heartbeat,
 }
 
-/// The notification payload for a change of `key_id`: the key id followed by
-/// its lookup ids, comma-separated.
-pub(crate) fn encode_payload(key_id: &str, lookup_ids: &[String]) -> String {
-    let mut payload = key_id.to_owned();
+/// The notification payload for a change of `key_id` to `version`:
+/// `key_id@version` followed by its lookup ids, comma-separated. (Releases
+/// before versions sent `key_id,lookup ids`; both decode.)
+pub(crate) fn encode_payload(key_id: &str, version: u64, lookup_ids: &[String]) -> String {
+    let mut payload = format!("{key_id}@{version}");
     for id in lookup_ids {
         payload.push(',');
         payload.push_str(id);
@@ -65,10 +70,21 @@ pub(crate) fn decode_payload(payload: &str) -> Change {
     }
     let mut parts = payload.split(',').filter(|p| !p.is_empty());
     match parts.next() {
-        Some(key_id) if payload != RESET_PAYLOAD => Change::Key {
-            key_id: key_id.to_owned(),
-            lookup_ids: parts.map(str::to_owned).collect(),
-        },
+        Some(first) if payload != RESET_PAYLOAD => {
+            let (key_id, version) = match first.split_once('@') {
+                Some((key_id, version)) => match version.parse() {
+                    Ok(version) => (key_id, version),
+                    // Unreadable: treat as a change of unknown version.
+                    Err(_) => (key_id, 0),
+                },
+                None => (first, 0),
+            };
+            Change::Key {
+                key_id: key_id.to_owned(),
+                version,
+                lookup_ids: parts.map(str::to_owned).collect(),
+            }
+        }
         _ => Change::Reset,
     }
 }
@@ -78,6 +94,7 @@ pub(crate) fn decode_payload(payload: &str) -> Change {
 pub(crate) async fn notify_in(
     txn: &DatabaseTransaction,
     key_id: &str,
+    version: u64,
     lookup_ids: &[String],
 ) -> Result<(), StoreError> {
     if txn.get_database_backend() != DbBackend::Postgres {
@@ -88,7 +105,7 @@ pub(crate) async fn notify_in(
         "SELECT pg_notify($1, $2)",
         [
             CHANGE_CHANNEL.into(),
-            encode_payload(key_id, lookup_ids).into(),
+            encode_payload(key_id, version, lookup_ids).into(),
         ],
     ))
     .await?;
@@ -143,17 +160,28 @@ mod tests {
     fn payload_roundtrip() {
         let ids = vec!["abcdefgh".to_owned(), "ijklmnop".to_owned()];
         assert_eq!(
-            decode_payload(&encode_payload("k1", &ids)),
+            decode_payload(&encode_payload("k1", 7, &ids)),
             Change::Key {
                 key_id: "k1".to_owned(),
-                lookup_ids: ids
+                version: 7,
+                lookup_ids: ids.clone()
             }
         );
         assert_eq!(
-            decode_payload(&encode_payload("k1", &[])),
+            decode_payload(&encode_payload("k1", u64::MAX, &[])),
             Change::Key {
                 key_id: "k1".to_owned(),
+                version: u64::MAX,
                 lookup_ids: vec![]
+            }
+        );
+        // What releases before versions sent.
+        assert_eq!(
+            decode_payload("k1,abcdefgh,ijklmnop"),
+            Change::Key {
+                key_id: "k1".to_owned(),
+                version: 0,
+                lookup_ids: ids
             }
         );
     }
@@ -166,7 +194,7 @@ mod tests {
     #[test]
     fn oversized_payload_is_reset() {
         let ids: Vec<String> = (0..2000).map(|i| format!("{i:08}")).collect();
-        let payload = encode_payload("k1", &ids);
+        let payload = encode_payload("k1", 1, &ids);
         assert!(payload.len() < 8000);
         assert_eq!(decode_payload(&payload), Change::Reset);
     }

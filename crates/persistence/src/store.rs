@@ -12,8 +12,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use keygate_domain::{ApiKey, Credential, KeyStatus};
-use sea_orm::sea_query::{Expr, Query};
+use keygate_domain::{ApiKey, KeyStatus};
+use sea_orm::sea_query::Query;
 use sea_orm::{
     ColumnTrait, Condition, ConnectOptions, ConnectionTrait, Database, DatabaseConnection,
     DbBackend, EntityTrait, JoinType, QueryFilter, QueryOrder, QuerySelect, Statement,
@@ -21,9 +21,7 @@ use sea_orm::{
 };
 use sea_orm_migration::MigratorTrait;
 
-use crate::convert::{
-    allowlist_json, credential_to_active, key_from_rows, key_to_active, scopes_json,
-};
+use crate::convert::{credential_to_active, key_from_rows, key_to_active};
 use crate::entity::{api_key, credential};
 use crate::error::StoreError;
 use crate::migration::Migrator;
@@ -32,10 +30,12 @@ use crate::notify::{CHANGE_CHANNEL, ChangeListener, HEARTBEAT_PAYLOAD, notify_in
 /// How long connecting or waiting for a pooled connection may take before the
 /// database is reported unavailable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Connections to a SQLite file (WAL: many readers, one writer at a time).
+const SQLITE_POOL_SIZE: u32 = 4;
+/// Connections to PostgreSQL per replica.
+const POSTGRES_POOL_SIZE: u32 = 16;
 /// How long SQLite waits for a competing writer before giving up.
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-/// Credentials that ended longer ago than this are deleted on rotation.
-const CREDENTIAL_RETENTION: chrono::TimeDelta = chrono::TimeDelta::days(1);
 
 /// Rows per set-based statement. Three parameters each: 900 per statement,
 /// far below the bundled SQLite's limit (3.51, `SQLITE_MAX_VARIABLE_NUMBER`
@@ -101,6 +101,7 @@ pub struct Usage {
 #[derive(Clone, Debug)]
 pub struct Store {
     db: DatabaseConnection,
+    pool_size: u32,
 }
 
 impl Store {
@@ -110,6 +111,7 @@ impl Store {
     /// outage is reported, not waited out.
     pub async fn connect(url: &str) -> Result<Store, StoreError> {
         let mut options = ConnectOptions::new(url);
+        let pool_size;
         options
             .connect_timeout(CONNECT_TIMEOUT)
             .acquire_timeout(CONNECT_TIMEOUT)
@@ -121,13 +123,15 @@ impl Store {
                 // Every connection to an in-memory database would see its own
                 // (or a shared-cache, table-locked) database: keep exactly one
                 // and never let it close.
+                pool_size = 1;
                 options
-                    .max_connections(1)
+                    .max_connections(pool_size)
                     .min_connections(1)
                     .idle_timeout(None)
                     .max_lifetime(None);
             } else {
-                options.max_connections(4).min_connections(1);
+                pool_size = SQLITE_POOL_SIZE;
+                options.max_connections(pool_size).min_connections(1);
             }
             options.map_sqlx_sqlite_opts(|o| {
                 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
@@ -137,7 +141,8 @@ impl Store {
                     .foreign_keys(true)
             });
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            options.max_connections(16).min_connections(1);
+            pool_size = POSTGRES_POOL_SIZE;
+            options.max_connections(pool_size).min_connections(1);
         } else {
             return Err(StoreError::InvalidUrl(
                 "expected a sqlite: or postgres:// url".to_owned(),
@@ -145,12 +150,22 @@ impl Store {
         }
         let db = Database::connect(options).await?;
         tracing::debug!(backend = ?db.get_database_backend(), "database connected");
-        Ok(Store { db })
+        Ok(Store { db, pool_size })
     }
 
-    /// Wraps an existing SeaORM connection.
-    pub fn from_connection(db: DatabaseConnection) -> Store {
-        Store { db }
+    /// Wraps an existing SeaORM connection whose pool holds `pool_size`
+    /// connections.
+    pub fn from_connection(db: DatabaseConnection, pool_size: u32) -> Store {
+        Store {
+            db,
+            pool_size: pool_size.max(1),
+        }
+    }
+
+    /// How many connections the pool holds at most; callers that share the
+    /// store bound their own concurrency below it.
+    pub fn pool_size(&self) -> u32 {
+        self.pool_size
     }
 
     /// The underlying SeaORM connection.
@@ -199,7 +214,7 @@ impl Store {
             .iter()
             .map(|c| c.lookup_id.clone())
             .collect();
-        notify_in(&txn, &key.id, &lookup_ids).await?;
+        notify_in(&txn, &key.id, key.version, &lookup_ids).await?;
         txn.commit().await?;
         Ok(())
     }
@@ -291,98 +306,6 @@ impl Store {
                 key_from_rows(row, creds)
             })
             .collect()
-    }
-
-    /// Writes the mutable columns of `key` (name, scopes, allowlist, rate
-    /// limit, state, expiry, updated/revoked fields). Credentials and usage
-    /// columns are not touched. [`StoreError::NotFound`] if the key is gone.
-    pub async fn update_key(&self, key: &ApiKey) -> Result<(), StoreError> {
-        let txn = self.db.begin().await?;
-        let result = api_key::Entity::update_many()
-            .col_expr(api_key::Column::Name, Expr::value(key.name.clone()))
-            .col_expr(
-                api_key::Column::Scopes,
-                Expr::value(scopes_json(&key.scopes)),
-            )
-            .col_expr(
-                api_key::Column::IpAllowlist,
-                Expr::value(allowlist_json(&key.ip_allowlist)),
-            )
-            .col_expr(
-                api_key::Column::RateLimitPerHour,
-                Expr::value(key.rate_limit_per_hour.map(i64::from)),
-            )
-            .col_expr(api_key::Column::State, Expr::value(key.state.as_str()))
-            .col_expr(api_key::Column::ExpiresAt, Expr::value(key.expires_at))
-            .col_expr(api_key::Column::UpdatedAt, Expr::value(key.updated_at))
-            .col_expr(api_key::Column::RevokedAt, Expr::value(key.revoked_at))
-            .col_expr(
-                api_key::Column::RevokedReason,
-                Expr::value(key.revoked_reason.clone()),
-            )
-            .filter(api_key::Column::Id.eq(key.id.as_str()))
-            .exec(&txn)
-            .await?;
-        if result.rows_affected == 0 {
-            return Err(StoreError::NotFound);
-        }
-        notify_key_change(&txn, &key.id, &[]).await?;
-        txn.commit().await?;
-        Ok(())
-    }
-
-    /// Rotates a key in one transaction: every credential of the key that
-    /// would outlive `old_expire_at` now ends then, `new` is added, the key's
-    /// `updated_at` becomes `now`, and credentials that ended more than a day
-    /// before `now` are deleted. Returns the updated key.
-    pub async fn rotate_key(
-        &self,
-        key_id: &str,
-        new: &Credential,
-        old_expire_at: DateTime<Utc>,
-        now: DateTime<Utc>,
-    ) -> Result<ApiKey, StoreError> {
-        let txn = self.db.begin().await?;
-        // Write first: on SQLite this takes the write lock up front, so a
-        // concurrent writer waits (busy timeout) instead of failing to upgrade.
-        let touched = api_key::Entity::update_many()
-            .col_expr(api_key::Column::UpdatedAt, Expr::value(now))
-            .filter(api_key::Column::Id.eq(key_id))
-            .exec(&txn)
-            .await?;
-        if touched.rows_affected == 0 {
-            return Err(StoreError::NotFound);
-        }
-        // Lookup ids before the clean-up, so replicas also evict deleted ones.
-        let previous = if txn.get_database_backend() == DbBackend::Postgres {
-            lookup_ids_of(&txn, key_id).await?
-        } else {
-            Vec::new()
-        };
-        credential::Entity::update_many()
-            .col_expr(credential::Column::ExpiresAt, Expr::value(old_expire_at))
-            .filter(credential::Column::KeyId.eq(key_id))
-            .filter(
-                Condition::any()
-                    .add(credential::Column::ExpiresAt.is_null())
-                    .add(credential::Column::ExpiresAt.gt(old_expire_at)),
-            )
-            .exec(&txn)
-            .await?;
-        credential::Entity::delete_many()
-            .filter(credential::Column::KeyId.eq(key_id))
-            .filter(credential::Column::ExpiresAt.lt(now - CREDENTIAL_RETENTION))
-            .exec(&txn)
-            .await?;
-        credential::Entity::insert(credential_to_active(key_id, new))
-            .exec_without_returning(&txn)
-            .await?;
-        let mut lookup_ids = previous;
-        lookup_ids.push(new.lookup_id.clone());
-        notify_in(&txn, key_id, &lookup_ids).await?;
-        let key = load_key(&txn, key_id).await?.ok_or(StoreError::NotFound)?;
-        txn.commit().await?;
-        Ok(key)
     }
 
     /// Flushes usage counted in memory, in one transaction: per key,
@@ -588,7 +511,10 @@ fn status_condition(status: KeyStatus, now: DateTime<Utc>) -> Condition {
 }
 
 /// Loads a key and its credentials (newest first).
-async fn load_key<C: ConnectionTrait>(db: &C, id: &str) -> Result<Option<ApiKey>, StoreError> {
+pub(crate) async fn load_key<C: ConnectionTrait>(
+    db: &C,
+    id: &str,
+) -> Result<Option<ApiKey>, StoreError> {
     let Some(row) = api_key::Entity::find_by_id(id.to_owned()).one(db).await? else {
         return Ok(None);
     };
@@ -608,7 +534,7 @@ async fn credentials_of<C: ConnectionTrait>(
         .await?)
 }
 
-async fn lookup_ids_of<C: ConnectionTrait>(
+pub(crate) async fn lookup_ids_of<C: ConnectionTrait>(
     db: &C,
     key_id: &str,
 ) -> Result<Vec<String>, StoreError> {
@@ -619,19 +545,4 @@ async fn lookup_ids_of<C: ConnectionTrait>(
         .into_tuple::<String>()
         .all(db)
         .await?)
-}
-
-/// On PostgreSQL, announces a change of `key_id` (with its stored lookup ids
-/// and `extra`) inside `txn`.
-async fn notify_key_change(
-    txn: &sea_orm::DatabaseTransaction,
-    key_id: &str,
-    extra: &[String],
-) -> Result<(), StoreError> {
-    if txn.get_database_backend() != DbBackend::Postgres {
-        return Ok(());
-    }
-    let mut lookup_ids = lookup_ids_of(txn, key_id).await?;
-    lookup_ids.extend_from_slice(extra);
-    notify_in(txn, key_id, &lookup_ids).await
 }

@@ -44,8 +44,8 @@ impl AuthorizeService {
             return Err(ApiError::invalid(
                 "environment",
                 format!(
-                    "unknown environment {:?}; configured: {}",
-                    req.environment,
+                    "unknown environment {}; configured: {}",
+                    validation::quote(&req.environment),
                     self.environments.names().join(", ")
                 ),
             ));

@@ -5,6 +5,14 @@
 //! memory. Storage is read only on a cache miss (or by a background refresh)
 //! and never written here. Management calls authenticate their bearer key
 //! through the same path.
+//!
+//! Storage loads are bounded: at most a quarter of the connection pool
+//! serves Authorize's misses and another few serve management
+//! authentication, each in its own lane, so a flood of forged keys (each a
+//! miss: the checksum is public) queues behind itself, never takes the
+//! connections management calls need, and is never mistaken for an outage.
+//! Only a storage error that says the database is unreachable, or a query
+//! that outlives [`LOAD_TIMEOUT`], marks storage down.
 
 use std::{
     net::IpAddr,
@@ -46,6 +54,17 @@ const UNAVAILABLE_BACKOFF: Duration = Duration::from_secs(1);
 
 /// Background refreshes of entries past their lifetime running at once.
 const MAX_CONCURRENT_REFRESHES: usize = 2;
+/// Storage loads for management authentication running at once.
+const MANAGEMENT_LOADS: usize = 2;
+
+/// Who is asking for a load: each has its own bounded share of the pool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Lane {
+    /// Authorize's cache misses and background refreshes.
+    Authorize,
+    /// Management calls authenticating their bearer key.
+    Management,
+}
 
 /// Counters a test or an operator reads to see what the hot path did.
 #[derive(Debug, Default)]
@@ -58,6 +77,9 @@ pub struct Metrics {
     pub authorize_calls: AtomicU64,
     /// Decisions taken from a stale cache entry because storage was down.
     pub stale_served: AtomicU64,
+    /// Loads refused because their lane stayed full for [`LOAD_TIMEOUT`]
+    /// (the caller got UNAVAILABLE; storage was not marked down).
+    pub loads_shed: AtomicU64,
 }
 
 /// What Authorize decided.
@@ -100,16 +122,23 @@ pub struct Authorizer {
     unavailable_until: AtomicU64,
     /// Background refreshes allowed at once.
     refreshes: Arc<Semaphore>,
+    /// Storage loads allowed at once, per lane.
+    authorize_loads: Semaphore,
+    management_loads: Semaphore,
     interner: Interner,
 }
 
 impl Authorizer {
     /// Builds the hot path over `store` with `config`'s cache and limits.
     pub fn new(store: Store, config: &Config) -> Self {
+        let pool = usize::try_from(store.pool_size()).unwrap_or(1);
         Self {
             format: config.key_format.clone(),
-            default_quota: Quota::per_hour(config.default_rate_limit_per_hour.max(1))
-                .expect("non-zero quota"),
+            // `Config::validate` refuses a limit with no quota; should one
+            // slip through, fall back to one request per hour, never panic.
+            default_quota: Quota::per_hour(config.default_rate_limit_per_hour)
+                .or_else(|| Quota::per_hour(1))
+                .unwrap_or_else(|| unreachable!("one request per hour is a quota")),
             cache: KeyCache::new(
                 config.cache_capacity,
                 config.cache_ttl,
@@ -122,6 +151,8 @@ impl Authorizer {
             origin: Instant::now(),
             unavailable_until: AtomicU64::new(0),
             refreshes: Arc::new(Semaphore::new(MAX_CONCURRENT_REFRESHES)),
+            authorize_loads: Semaphore::new((pool / 4).max(1)),
+            management_loads: Semaphore::new(MANAGEMENT_LOADS.min(pool).max(1)),
             interner: Interner::default(),
             store,
         }
@@ -157,11 +188,35 @@ impl Authorizer {
         &self.format
     }
 
-    /// Forgets per-key state and shared snapshot parts no cache entry uses
-    /// any more (run by the usage flusher).
+    /// Forgets per-key state that is idle and shared snapshot parts no cache
+    /// entry uses any more (run by the usage flusher).
     pub fn housekeeping(&self) {
-        self.runtimes.prune();
+        let unix_now = Utc::now().timestamp();
+        self.runtimes
+            .prune(|runtime| self.limiter.is_at_rest(runtime, unix_now));
         self.interner.prune();
+    }
+
+    /// Applies a change of key `key_id` to version `version` (0: unknown)
+    /// that touched `lookup_ids`: made by this replica, or announced by
+    /// another. From the moment this returns no decision on this replica
+    /// reads an older state of the key, whatever loads are in flight.
+    pub fn note_change<S: AsRef<str>>(&self, key_id: &str, version: u64, lookup_ids: &[S]) {
+        if version > 0 {
+            // Created if need be, so a load now in flight finds it.
+            self.runtimes.get_or_create(key_id).note_version(version);
+        }
+        self.cache.invalidate(lookup_ids);
+    }
+
+    /// Whether this replica already heard of key `key_id` at `version` or
+    /// later (a notification of it changes nothing here).
+    pub fn has_heard_of(&self, key_id: &str, version: u64) -> bool {
+        version > 0
+            && self
+                .runtimes
+                .get(key_id)
+                .is_some_and(|runtime| runtime.latest_version() >= version)
     }
 
     /// The newest use of a credential not yet written to storage.
@@ -174,19 +229,35 @@ impl Authorizer {
         u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
 
-    /// Reads the key owning `lookup_id` from storage.
-    async fn load(&self, lookup_id: &str) -> Result<Entry, ApiError> {
+    /// Reads the key owning `lookup_id` from storage, within `lane`'s share
+    /// of the pool.
+    async fn load(&self, lookup_id: &str, lane: Lane) -> Result<Entry, ApiError> {
         if self.nanos_since_origin() < self.unavailable_until.load(Ordering::Acquire) {
-            return Err(ApiError::Unavailable("storage unreachable".into()));
+            return Err(ApiError::Unavailable(
+                "storage presumed down after a failure".into(),
+            ));
         }
+        let started = Instant::now();
+        let semaphore = match lane {
+            Lane::Authorize => &self.authorize_loads,
+            Lane::Management => &self.management_loads,
+        };
+        let Ok(Ok(_permit)) = tokio::time::timeout(LOAD_TIMEOUT, semaphore.acquire()).await else {
+            self.metrics.loads_shed.fetch_add(1, Ordering::Relaxed);
+            return Err(ApiError::Unavailable(format!(
+                "{lane:?} loads stayed busy for {LOAD_TIMEOUT:?}; load shed"
+            )));
+        };
         self.metrics
             .authorize_db_queries
             .fetch_add(1, Ordering::Relaxed);
+        let budget = LOAD_TIMEOUT.saturating_sub(started.elapsed());
         let found =
-            match tokio::time::timeout(LOAD_TIMEOUT, self.store.find_by_lookup_id(lookup_id)).await
-            {
+            match tokio::time::timeout(budget, self.store.find_by_lookup_id(lookup_id)).await {
                 Ok(Ok(found)) => found,
                 Ok(Err(StoreError::Unavailable(msg))) => return Err(self.storage_down(msg)),
+                // The pool is busy, not the database down: shed this call only.
+                Ok(Err(StoreError::Saturated(msg))) => return Err(ApiError::Unavailable(msg)),
                 Ok(Err(other)) => return Err(other.into()),
                 Err(_) => {
                     return Err(self.storage_down(format!("no answer within {LOAD_TIMEOUT:?}")));
@@ -195,6 +266,7 @@ impl Authorizer {
         Ok(match found {
             Some(key) => {
                 let runtime = self.runtimes.get_or_create(&key.id);
+                runtime.note_version(key.version);
                 let mut snapshot = KeySnapshot::from(&key);
                 // One copy of the id for the snapshot and the runtime, and
                 // shared copies of what many keys have in common.
@@ -214,10 +286,14 @@ impl Authorizer {
 
     /// The cached key a lookup id belongs to, loading it on a miss. `None`
     /// means no key has that lookup id.
-    async fn lookup(self: &Arc<Self>, lookup_id: &str) -> Result<Option<Arc<CachedKey>>, ApiError> {
+    async fn lookup(
+        self: &Arc<Self>,
+        lookup_id: &str,
+        lane: Lane,
+    ) -> Result<Option<Arc<CachedKey>>, ApiError> {
         let entry = match self
             .cache
-            .get_or_load(lookup_id, || self.load(lookup_id))
+            .get_or_load(lookup_id, || self.load(lookup_id, lane))
             .await
         {
             Ok(lookup) => {
@@ -232,7 +308,8 @@ impl Authorizer {
                     let this = self.clone();
                     let id = lookup_id.to_owned();
                     tokio::spawn(async move {
-                        if let Err(err) = this.cache.refresh(&id, || this.load(&id)).await {
+                        let load = || this.load(&id, Lane::Authorize);
+                        if let Err(err) = this.cache.refresh(&id, load).await {
                             tracing::debug!(error = %err, "background refresh failed");
                         }
                         drop(permit);
@@ -273,7 +350,7 @@ impl Authorizer {
         let Ok(parsed) = self.format.parse(presented) else {
             return Ok(invalid());
         };
-        let Some(key) = self.lookup(parsed.lookup_id).await? else {
+        let Some(key) = self.lookup(parsed.lookup_id, Lane::Authorize).await? else {
             return Ok(invalid());
         };
         let Some(secret) = key.snapshot.find_secret(parsed.lookup_id, parsed.key) else {
@@ -330,7 +407,10 @@ impl Authorizer {
             message: "invalid management key".into(),
         };
         let parsed = self.format.parse(bearer).map_err(|_| invalid())?;
-        let key = self.lookup(parsed.lookup_id).await?.ok_or_else(invalid)?;
+        let key = self
+            .lookup(parsed.lookup_id, Lane::Management)
+            .await?
+            .ok_or_else(invalid)?;
         let secret = key
             .snapshot
             .find_secret(parsed.lookup_id, parsed.key)
@@ -349,4 +429,245 @@ impl Authorizer {
         self.usage.record(&key.runtime, secret.lookup_id, now);
         Ok(Principal::from_snapshot(&key.snapshot))
     }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The race that once left revoked keys authorizing, driven step by step
+    //! against real storage: a load reads the key, the key is revoked and
+    //! the change noted, then the load finishes.
+
+    use std::sync::atomic::AtomicUsize;
+
+    use keygate_domain::{
+        KeyState,
+        environment::Environments,
+        validation::{self, NewKeyInput},
+    };
+    use keygate_persistence::{KeyUpdate, testing::TestDatabase};
+    use tokio::sync::{Notify, oneshot};
+
+    use super::*;
+    use crate::management::issue_key;
+
+    struct Fixture {
+        _db: TestDatabase,
+        store: Store,
+        authorizer: Arc<Authorizer>,
+        key_id: String,
+        secret: String,
+        lookup_id: String,
+    }
+
+    async fn fixture(db: TestDatabase, cache_ttl: Duration) -> Fixture {
+        let store = Store::connect(&db.url).await.expect("connect");
+        store.migrate().await.expect("migrate");
+        let config = Config {
+            database_url: db.url.clone(),
+            cache_ttl,
+            ..Config::default()
+        };
+        let now = Utc::now();
+        let input = NewKeyInput {
+            owner_id: "acme".into(),
+            name: "raced".into(),
+            environment: "live".into(),
+            ..NewKeyInput::default()
+        };
+        let new =
+            validation::validate_new_key(input, &Environments::default(), now).expect("valid");
+        let (secret, key) = issue_key(new, &config.key_format, now);
+        store.insert_key(&key).await.expect("insert");
+        Fixture {
+            authorizer: Arc::new(Authorizer::new(store.clone(), &config)),
+            store,
+            _db: db,
+            key_id: key.id.clone(),
+            lookup_id: key.credentials[0].lookup_id.clone(),
+            secret,
+        }
+    }
+
+    fn live() -> AccessRequest<'static> {
+        AccessRequest {
+            environment: "live",
+            required_scopes: &[],
+            client_ip: None,
+        }
+    }
+
+    async fn decide(f: &Fixture) -> Result<DenyReason, ()> {
+        match f.authorizer.authorize(&f.secret, &live(), Utc::now()).await {
+            Ok(Outcome::Allow { .. }) => Err(()),
+            Ok(Outcome::Deny { reason, .. }) => Ok(reason),
+            Err(err) => panic!("authorize failed: {err:?}"),
+        }
+    }
+
+    /// Starts a load of the fixture's lookup id through `load_with` whose
+    /// first storage read completes and then waits for `release`; returns
+    /// once that read is done, plus the task and the number of reads made.
+    async fn start_held_load(
+        f: &Fixture,
+        refresh: bool,
+    ) -> (
+        tokio::task::JoinHandle<Option<u64>>,
+        Arc<Notify>,
+        Arc<AtomicUsize>,
+    ) {
+        let release = Arc::new(Notify::new());
+        let reads = Arc::new(AtomicUsize::new(0));
+        let (read_done, read_done_rx) = oneshot::channel();
+        let read_done = std::sync::Mutex::new(Some(read_done));
+        let read_done = Arc::new(read_done);
+        let task = {
+            let (authorizer, lookup_id) = (f.authorizer.clone(), f.lookup_id.clone());
+            let (release, reads) = (release.clone(), reads.clone());
+            tokio::spawn(async move {
+                let load = || {
+                    let (authorizer, lookup_id) = (authorizer.clone(), lookup_id.clone());
+                    let (release, reads, read_done) =
+                        (release.clone(), reads.clone(), read_done.clone());
+                    async move {
+                        let entry = authorizer.load(&lookup_id, Lane::Authorize).await;
+                        if reads.fetch_add(1, Ordering::SeqCst) == 0 {
+                            if let Some(done) = read_done.lock().unwrap().take() {
+                                let _ = done.send(());
+                            }
+                            release.notified().await;
+                        }
+                        entry
+                    }
+                };
+                let entry = if refresh {
+                    authorizer
+                        .cache()
+                        .refresh(&lookup_id, load)
+                        .await
+                        .expect("refresh");
+                    None
+                } else {
+                    Some(
+                        authorizer
+                            .cache()
+                            .get_or_load(&lookup_id, load)
+                            .await
+                            .expect("load")
+                            .entry,
+                    )
+                };
+                entry.map(|entry| match entry {
+                    Entry::Known(key) => key.snapshot.version,
+                    Entry::Unknown => 0,
+                })
+            })
+        };
+        read_done_rx.await.expect("first read done");
+        (task, release, reads)
+    }
+
+    /// Revokes the key in storage and notes the change, as RevokeKey does.
+    async fn revoke(f: &Fixture) {
+        let key = f.store.get_key(&f.key_id).await.unwrap().unwrap();
+        let revoked = f
+            .store
+            .update_key(
+                &f.key_id,
+                key.version,
+                &KeyUpdate::Revoke { reason: None },
+                Utc::now(),
+            )
+            .await
+            .expect("revoke");
+        assert_eq!(revoked.state, KeyState::Revoked);
+        f.authorizer
+            .note_change(&f.key_id, revoked.version, &[f.lookup_id.as_str()]);
+    }
+
+    async fn a_load_of_an_uncached_key_that_read_before_a_revocation(db: TestDatabase) {
+        let f = fixture(db, Duration::from_secs(300)).await;
+        // Load started and read (version 1, active) …
+        let (task, release, reads) = start_held_load(&f, false).await;
+        // … the revocation commits and is noted …
+        revoke(&f).await;
+        // … then the load finishes.
+        release.notify_one();
+        assert_eq!(
+            task.await.unwrap(),
+            Some(2),
+            "the caller got the revoked key"
+        );
+        assert_eq!(
+            reads.load(Ordering::SeqCst),
+            2,
+            "the outdated read was read again"
+        );
+        assert_eq!(decide(&f).await, Ok(DenyReason::KeyRevoked));
+    }
+
+    async fn a_refresh_of_a_cached_key_that_read_before_a_revocation(db: TestDatabase) {
+        // A long lifetime: whatever the refresh stores is fresh for minutes.
+        let f = fixture(db, Duration::from_secs(300)).await;
+        assert_eq!(decide(&f).await, Err(()), "cached while active");
+        // Due for a reload (as past its lifetime, or after lost notifications).
+        f.authorizer.cache().clear();
+        // A background refresh started and read (version 1) …
+        let (task, release, _) = start_held_load(&f, true).await;
+        // … the revocation commits and is noted …
+        revoke(&f).await;
+        // A caller now misses (the entry was evicted) and waits for the
+        // load of its lookup id in flight: the refresh holding the old read.
+        let f = Arc::new(f);
+        let waiting = {
+            let f = f.clone();
+            tokio::spawn(async move { decide(&f).await })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        // … then the refresh finishes: it must not bring the old state back.
+        release.notify_one();
+        task.await.unwrap();
+        assert_eq!(waiting.await.unwrap(), Ok(DenyReason::KeyRevoked));
+        assert_eq!(decide(&f).await, Ok(DenyReason::KeyRevoked));
+    }
+
+    async fn a_cached_key_reloading_after_distrust_during_a_revocation(db: TestDatabase) {
+        let f = fixture(db, Duration::from_secs(300)).await;
+        assert_eq!(decide(&f).await, Err(()), "cached while active");
+        // Notifications may have been lost: the entry must be re-read.
+        f.authorizer.cache().clear();
+        let (task, release, _) = start_held_load(&f, false).await;
+        revoke(&f).await;
+        release.notify_one();
+        assert_eq!(task.await.unwrap(), Some(2));
+        assert_eq!(decide(&f).await, Ok(DenyReason::KeyRevoked));
+    }
+
+    macro_rules! on_both_backends {
+        ($($name:ident),* $(,)?) => {
+            mod sqlite {
+                $(
+                    #[tokio::test]
+                    async fn $name() {
+                        super::$name(keygate_persistence::testing::TestDatabase::sqlite()).await;
+                    }
+                )*
+            }
+            mod postgres {
+                $(
+                    #[tokio::test]
+                    async fn $name() {
+                        if let Some(db) = keygate_persistence::testing::TestDatabase::postgres().await {
+                            super::$name(db).await;
+                        }
+                    }
+                )*
+            }
+        };
+    }
+
+    on_both_backends!(
+        a_load_of_an_uncached_key_that_read_before_a_revocation,
+        a_refresh_of_a_cached_key_that_read_before_a_revocation,
+        a_cached_key_reloading_after_distrust_during_a_revocation,
+    );
 }

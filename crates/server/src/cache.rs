@@ -2,22 +2,35 @@
 //! state) Authorize needs, so a warm Authorize never touches storage.
 //!
 //! - quick_cache (S3-FIFO) holds the entries: a get is a few tens of
-//!   nanoseconds, an entry costs a few dozen bytes beyond its value, and a
-//!   flood of made-up lookup ids (seen once) is evicted before real keys.
+//!   nanoseconds and an entry costs a few dozen bytes beyond its value.
+//!   Unknown lookup ids live in a second, smaller cache, so a flood of
+//!   made-up keys can evict other made-up keys but never real ones.
 //! - Unknown lookup ids are remembered for a short time (negative entries),
 //!   so a flood of one made-up key costs one query, not one per request.
 //! - Loads of one lookup id run one at a time (a striped lock), and a waiter
-//!   that finds a fresh entry uses it: concurrent misses make one query.
-//! - Every change to a key evicts its lookup ids ([`KeyCache::invalidate`]);
-//!   a load that raced with an eviction is kept only as already stale.
-//! - A known key is fresh for half to all of the configured lifetime (so
-//!   entries loaded together do not expire together). Past it, the entry is
-//!   still served and the caller is told to refresh it in the background:
-//!   explicit invalidation, not the lifetime, is what makes changes visible.
-//! - [`KeyCache::clear`] (invalidation messages may have been lost) makes
-//!   every entry stale for real: it is reloaded before use, and if storage
-//!   cannot be reached the caller gets the stale entry back alongside the
-//!   error and may keep serving from it (fail-static through an outage).
+//!   that finds a usable entry uses it: concurrent misses make one query.
+//!
+//! Whether an entry may decide is answered in one place, [`Slot::state`],
+//! from three facts:
+//!
+//! 1. **Version.** Every snapshot carries the stored version it was read at;
+//!    the key's runtime holds the newest version this replica has heard of
+//!    (its own changes, change notifications, loads). A snapshot below it is
+//!    out of date and never decides — not even while storage is down —
+//!    whatever loads were in flight when the change happened: the check is
+//!    made on every read, not when the entry is stored.
+//! 2. **Trust.** [`KeyCache::clear`] (change notifications may have been
+//!    lost) distrusts every entry read before it: each is reloaded before its
+//!    next use, and serves only as a fail-static fallback while storage
+//!    cannot be reached.
+//! 3. **Lifetime.** Past its lifetime (50–100% of the configured one, so
+//!    entries loaded together do not expire together) a known key is still
+//!    served, and one caller is asked to refresh it in the background; an
+//!    unknown lookup id is loaded again.
+//!
+//! A negative entry has no version to compare: a load that found nothing is
+//! kept only if no change was announced while it ran ([`KeyCache::invalidate`]
+//! counts them), so a key created during the load is not hidden by it.
 
 use std::{
     future::Future,
@@ -43,8 +56,17 @@ type LookupKey = [u8; 8];
 pub struct CachedKey {
     /// What a decision reads.
     pub snapshot: KeySnapshot,
-    /// The key's rate-limit state and pending usage, shared by all its entries.
+    /// The key's rate-limit state, pending usage and newest known version.
     pub runtime: Arc<KeyRuntime>,
+}
+
+impl CachedKey {
+    /// Whether this snapshot is the newest state of the key this replica has
+    /// heard of. The one comparison that keeps a decision from ever reading
+    /// a key older than a change already made or announced.
+    pub fn is_current(&self) -> bool {
+        self.snapshot.version >= self.runtime.latest_version()
+    }
 }
 
 /// What the cache knows about one lookup id.
@@ -56,23 +78,79 @@ pub enum Entry {
     Unknown,
 }
 
+impl Entry {
+    fn is_current(&self) -> bool {
+        match self {
+            Entry::Known(key) => key.is_current(),
+            Entry::Unknown => true,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Slot {
     entry: Entry,
-    loaded_at: Instant,
-    fresh_until: Instant,
-    generation: u64,
-    /// Nanoseconds after `loaded_at` before which no new background refresh
-    /// is started (one refresh at a time, retried after a second on failure).
+    /// Cache-clock nanoseconds when the load that produced this began.
+    read_at: u64,
+    /// Cache-clock nanoseconds until which the entry is within its lifetime.
+    fresh_until: u64,
+    /// Cache-clock nanoseconds before which no new background refresh is
+    /// started (one refresh at a time, retried after a second on failure).
     refresh_not_before: AtomicU64,
 }
 
-/// A failed load, with the stale entry it would have replaced, if any.
+/// How an entry may be used, by [`Slot::state`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SlotState {
+    /// Decide with it.
+    Fresh,
+    /// Decide with it and refresh it in the background (known keys only).
+    Aging,
+    /// Reload it first; if storage is down, decide with it (fail-static).
+    Untrusted,
+    /// Never decide with it: reload.
+    Outdated,
+}
+
+impl Slot {
+    fn state(&self, now: u64, cleared_at: u64) -> SlotState {
+        if !self.entry.is_current() {
+            SlotState::Outdated
+        } else if self.read_at <= cleared_at {
+            SlotState::Untrusted
+        } else if now < self.fresh_until {
+            SlotState::Fresh
+        } else if matches!(self.entry, Entry::Known(_)) {
+            SlotState::Aging
+        } else {
+            SlotState::Outdated
+        }
+    }
+
+    /// Whether this caller should refresh the slot (past its lifetime, and
+    /// no other refresh started within the last second).
+    fn claim_refresh(&self, now: u64) -> bool {
+        let not_before = self.refresh_not_before.load(Ordering::Acquire);
+        now >= not_before
+            && self
+                .refresh_not_before
+                .compare_exchange(
+                    not_before,
+                    now.saturating_add(nanos(REFRESH_RETRY)),
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                )
+                .is_ok()
+    }
+}
+
+/// A failed load, with the entry it would have replaced if that may still
+/// decide while storage is down.
 #[derive(Debug)]
 pub struct LoadError<E> {
     /// Why the load failed.
     pub error: E,
-    /// What the cache held before, no longer fresh.
+    /// What the cache held before: current, but not trusted or fresh.
     pub stale: Option<Entry>,
 }
 
@@ -90,91 +168,96 @@ pub struct Lookup {
 const LOAD_STRIPES: usize = 1024;
 /// Pause between background refresh attempts of one entry.
 const REFRESH_RETRY: Duration = Duration::from_secs(1);
+/// Loads of one lookup id in a row that may come back older than a version
+/// heard of meanwhile (the key kept changing) before the caller decides
+/// from the last one without caching it.
+const MAX_OUTDATED_LOADS: usize = 3;
+/// Most unknown lookup ids remembered.
+const MAX_NEGATIVE_ENTRIES: u64 = 100_000;
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
 
 /// Bounded cache of verified key snapshots, keyed by lookup id.
 #[derive(Clone, Debug)]
 pub struct KeyCache {
-    slots: Arc<Cache<LookupKey, Arc<Slot>>>,
+    known: Arc<Cache<LookupKey, Arc<Slot>>>,
+    unknown: Arc<Cache<LookupKey, Arc<Slot>>>,
     loading: Arc<[Mutex<()>]>,
     hasher: RandomState,
     ttl: Duration,
     negative_ttl: Duration,
-    /// Bumped by every invalidation: a load that saw it change is not fresh.
-    evictions: Arc<AtomicU64>,
-    /// Bumped by [`KeyCache::clear`]: slots of older generations are stale.
-    generation: Arc<AtomicU64>,
+    origin: Instant,
+    /// Changes announced so far (by [`KeyCache::invalidate`] and
+    /// [`KeyCache::clear`]); a negative load that saw it move is not kept.
+    changes: Arc<AtomicU64>,
+    /// Cache-clock nanoseconds of the last [`KeyCache::clear`]: entries
+    /// read before it are untrusted.
+    cleared_at: Arc<AtomicU64>,
 }
 
 impl KeyCache {
-    /// A cache of at most `capacity` entries; known keys are fresh for about
-    /// `ttl`, unknown lookup ids for `negative_ttl`.
+    /// A cache of at most `capacity` known keys (and a smaller number of
+    /// unknown lookup ids); known keys are fresh for about `ttl`, unknown
+    /// lookup ids for `negative_ttl`.
     pub fn new(capacity: u64, ttl: Duration, negative_ttl: Duration) -> Self {
+        let capacity = capacity.max(1);
+        let to_usize = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
         Self {
-            slots: Arc::new(Cache::new(
-                usize::try_from(capacity).unwrap_or(usize::MAX).max(1),
-            )),
+            known: Arc::new(Cache::new(to_usize(capacity))),
+            unknown: Arc::new(Cache::new(to_usize(capacity.min(MAX_NEGATIVE_ENTRIES)))),
             loading: (0..LOAD_STRIPES).map(|_| Mutex::new(())).collect(),
             hasher: RandomState::new(),
             ttl,
             negative_ttl,
-            evictions: Arc::new(AtomicU64::new(0)),
-            generation: Arc::new(AtomicU64::new(0)),
+            origin: Instant::now(),
+            changes: Arc::new(AtomicU64::new(0)),
+            cleared_at: Arc::new(AtomicU64::new(0)),
         }
     }
 
-    fn same_generation(&self, slot: &Slot) -> bool {
-        slot.generation == self.generation.load(Ordering::Acquire)
+    /// Nanoseconds on the cache's clock; starts at 1 so that 0 means "never".
+    fn now(&self) -> u64 {
+        nanos(self.origin.elapsed()).saturating_add(1)
     }
 
-    fn is_fresh(&self, slot: &Slot) -> bool {
-        self.same_generation(slot) && Instant::now() < slot.fresh_until
-    }
-
-    /// Whether this caller should refresh `slot` (past its lifetime, and no
-    /// other refresh started within the last second).
-    fn claim_refresh(slot: &Slot) -> bool {
-        let now = u64::try_from(slot.loaded_at.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        let not_before = slot.refresh_not_before.load(Ordering::Acquire);
-        now >= not_before
-            && slot
-                .refresh_not_before
-                .compare_exchange(
-                    not_before,
-                    now.saturating_add(REFRESH_RETRY.as_nanos() as u64),
-                    Ordering::AcqRel,
-                    Ordering::Acquire,
-                )
-                .is_ok()
+    fn slot(&self, key: &LookupKey) -> Option<Arc<Slot>> {
+        self.known.get(key).or_else(|| self.unknown.get(key))
     }
 
     /// The entry for `lookup_id`. A fresh entry, or a known key merely past
     /// its lifetime, is returned at once (the latter with `refresh` set for
-    /// one caller); a missing or invalidated one is loaded with `load`, one
-    /// load at a time per id.
+    /// one caller); a missing, untrusted or outdated one is loaded with
+    /// `load`, one load at a time per id.
     pub async fn get_or_load<F, Fut, E>(
         &self,
         lookup_id: &str,
         load: F,
     ) -> Result<Lookup, LoadError<E>>
     where
-        F: FnOnce() -> Fut,
+        F: Fn() -> Fut,
         Fut: Future<Output = Result<Entry, E>>,
     {
         let key = lookup_id_bytes(lookup_id);
-        let stale = match self.slots.get(&key) {
-            Some(slot) if self.is_fresh(&slot) => {
-                return Ok(Lookup {
-                    entry: slot.entry.clone(),
-                    refresh: false,
-                });
-            }
-            Some(slot) if self.same_generation(&slot) && matches!(slot.entry, Entry::Known(_)) => {
-                return Ok(Lookup {
-                    entry: slot.entry.clone(),
-                    refresh: Self::claim_refresh(&slot),
-                });
-            }
-            Some(slot) => Some(slot.entry.clone()),
+        let now = self.now();
+        let stale = match self.slot(&key) {
+            Some(slot) => match slot.state(now, self.cleared_at.load(Ordering::Acquire)) {
+                SlotState::Fresh => {
+                    return Ok(Lookup {
+                        entry: slot.entry.clone(),
+                        refresh: false,
+                    });
+                }
+                SlotState::Aging => {
+                    return Ok(Lookup {
+                        entry: slot.entry.clone(),
+                        refresh: slot.claim_refresh(now),
+                    });
+                }
+                SlotState::Untrusted => Some(slot.entry.clone()),
+                SlotState::Outdated => None,
+            },
             None => None,
         };
         match self.load_into(key, load, false).await {
@@ -182,7 +265,11 @@ impl KeyCache {
                 entry,
                 refresh: false,
             }),
-            Err(error) => Err(LoadError { error, stale }),
+            Err(error) => Err(LoadError {
+                error,
+                // Re-check: a change may have arrived while loading.
+                stale: stale.filter(Entry::is_current),
+            }),
         }
     }
 
@@ -190,7 +277,7 @@ impl KeyCache {
     /// evicted meanwhile (then its next use loads it).
     pub async fn refresh<F, Fut, E>(&self, lookup_id: &str, load: F) -> Result<(), E>
     where
-        F: FnOnce() -> Fut,
+        F: Fn() -> Fut,
         Fut: Future<Output = Result<Entry, E>>,
     {
         self.load_into(lookup_id_bytes(lookup_id), load, true)
@@ -205,64 +292,102 @@ impl KeyCache {
         refreshing: bool,
     ) -> Result<Entry, E>
     where
-        F: FnOnce() -> Fut,
+        F: Fn() -> Fut,
         Fut: Future<Output = Result<Entry, E>>,
     {
         let stripe = (self.hasher.hash_one(key) as usize) % self.loading.len();
         let _loading = self.loading[stripe].lock().await;
-        let current = self.slots.get(&key);
-        if let Some(slot) = &current {
-            if self.is_fresh(slot) {
-                return Ok(slot.entry.clone());
+        match self.slot(&key) {
+            Some(slot) => {
+                // Someone loaded it while this caller waited.
+                let cleared_at = self.cleared_at.load(Ordering::Acquire);
+                if slot.state(self.now(), cleared_at) == SlotState::Fresh {
+                    return Ok(slot.entry.clone());
+                }
             }
-        } else if refreshing {
-            return Ok(Entry::Unknown);
+            None if refreshing => return Ok(Entry::Unknown),
+            None => {}
         }
-        let generation = self.generation.load(Ordering::Acquire);
-        let evictions = self.evictions.load(Ordering::Acquire);
-        let entry = load().await?;
-        let lifetime = match entry {
-            // 50–100% of the lifetime, so a batch of keys loaded together
-            // is refreshed spread out.
-            Entry::Known(_) => self.ttl.mul_f64(0.5 + 0.5 * rand::random::<f64>()),
-            Entry::Unknown => self.negative_ttl,
-        };
-        // An invalidation during the load may have been for this id: keep
-        // the result for this caller, but not as fresh.
-        let raced = self.evictions.load(Ordering::Acquire) != evictions;
-        let now = Instant::now();
-        self.slots.insert(
-            key,
-            Arc::new(Slot {
-                entry: entry.clone(),
-                loaded_at: now,
-                fresh_until: if raced { now } else { now + lifetime },
-                generation,
-                refresh_not_before: AtomicU64::new(lifetime.as_nanos() as u64),
-            }),
-        );
-        Ok(entry)
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let read_at = self.now();
+            let changes = self.changes.load(Ordering::SeqCst);
+            let entry = load().await?;
+            match &entry {
+                Entry::Known(key_entry) if !key_entry.is_current() => {
+                    // Read before a change this replica has heard of since:
+                    // read again (the change is visible now), and never keep
+                    // or decide from it unless the key keeps changing.
+                    if attempt < MAX_OUTDATED_LOADS {
+                        continue;
+                    }
+                    return Ok(entry);
+                }
+                Entry::Known(_) => {
+                    self.unknown.remove(&key);
+                    let lifetime = self.ttl.mul_f64(0.5 + 0.5 * rand::random::<f64>());
+                    self.store(&self.known, key, &entry, read_at, lifetime);
+                }
+                Entry::Unknown => {
+                    self.known.remove(&key);
+                    let slot = self.store(&self.unknown, key, &entry, read_at, self.negative_ttl);
+                    // A change announced during the load (a key created
+                    // with this lookup id?) makes the answer doubtful: it
+                    // is this caller's, not the cache's. The counter is
+                    // bumped before the eviction, so either the eviction
+                    // removes this slot or this check sees the bump.
+                    if self.changes.load(Ordering::SeqCst) != changes {
+                        self.unknown.remove_if(&key, |s| Arc::ptr_eq(s, &slot));
+                    }
+                }
+            }
+            return Ok(entry);
+        }
     }
 
-    /// Evicts these lookup ids (all credentials of a changed key).
+    fn store(
+        &self,
+        cache: &Cache<LookupKey, Arc<Slot>>,
+        key: LookupKey,
+        entry: &Entry,
+        read_at: u64,
+        lifetime: Duration,
+    ) -> Arc<Slot> {
+        let slot = Arc::new(Slot {
+            entry: entry.clone(),
+            read_at,
+            fresh_until: read_at.saturating_add(nanos(lifetime)),
+            refresh_not_before: AtomicU64::new(read_at.saturating_add(nanos(lifetime))),
+        });
+        cache.insert(key, slot.clone());
+        slot
+    }
+
+    /// Evicts these lookup ids (all credentials of a changed key). Whoever
+    /// changed the key notes its new version in the key's runtime first
+    /// ([`crate::authorizer::Authorizer::note_change`]).
     pub fn invalidate<S: AsRef<str>>(&self, lookup_ids: &[S]) {
-        self.evictions.fetch_add(1, Ordering::AcqRel);
+        self.changes.fetch_add(1, Ordering::SeqCst);
         for id in lookup_ids {
-            self.slots.remove(&lookup_id_bytes(id.as_ref()));
+            let key = lookup_id_bytes(id.as_ref());
+            self.known.remove(&key);
+            self.unknown.remove(&key);
         }
     }
 
-    /// Makes every entry stale (for example after invalidation messages may
+    /// Distrusts every entry (for example after change notifications may
     /// have been lost): each is reloaded before its next use, but stays
     /// available as a fail-static fallback while storage is unreachable.
     pub fn clear(&self) {
-        self.evictions.fetch_add(1, Ordering::AcqRel);
-        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.changes.fetch_add(1, Ordering::SeqCst);
+        self.cleared_at.fetch_max(self.now(), Ordering::AcqRel);
     }
 
-    /// Entries held now, fresh or stale (for metrics and tests).
+    /// Entries held now, fresh or stale, known or unknown (for metrics and
+    /// tests).
     pub fn len(&self) -> usize {
-        self.slots.len()
+        self.known.len() + self.unknown.len()
     }
 
     /// Whether the cache holds no entry.
@@ -282,12 +407,26 @@ mod tests {
         KeyCache::new(100, Duration::from_secs(60), Duration::from_secs(60))
     }
 
-    fn known() -> Entry {
-        let key = crate::fixtures::api_key("k", "abcdefgh");
+    /// A known key at `version`, sharing `runtime`.
+    fn known_at(runtime: &Arc<KeyRuntime>, version: u64) -> Entry {
+        let mut key = crate::fixtures::api_key("k", "abcdefgh");
+        key.version = version;
+        runtime.note_version(version);
         Entry::Known(Arc::new(CachedKey {
             snapshot: KeySnapshot::from(&key),
-            runtime: Runtimes::default().get_or_create("k"),
+            runtime: runtime.clone(),
         }))
+    }
+
+    fn known() -> Entry {
+        known_at(&Runtimes::default().get_or_create("k"), 1)
+    }
+
+    fn version_of(entry: &Entry) -> u64 {
+        match entry {
+            Entry::Known(key) => key.snapshot.version,
+            Entry::Unknown => 0,
+        }
     }
 
     async fn load_counting(cache: &KeyCache, loads: &AtomicUsize) -> Lookup {
@@ -323,10 +462,13 @@ mod tests {
             let loads = loads.clone();
             tasks.push(tokio::spawn(async move {
                 cache
-                    .get_or_load("abcdefgh", || async move {
-                        loads.fetch_add(1, Ordering::SeqCst);
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                        Ok::<_, ()>(Entry::Unknown)
+                    .get_or_load("abcdefgh", || {
+                        let loads = loads.clone();
+                        async move {
+                            loads.fetch_add(1, Ordering::SeqCst);
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                            Ok::<_, ()>(Entry::Unknown)
+                        }
                     })
                     .await
                     .unwrap()
@@ -365,9 +507,10 @@ mod tests {
     async fn a_known_key_past_its_lifetime_is_served_and_refreshed_once() {
         let cache = KeyCache::new(100, Duration::from_millis(20), Duration::from_secs(60));
         let loads = AtomicUsize::new(0);
+        let runtime = Runtimes::default().get_or_create("k");
         let load = || async {
             loads.fetch_add(1, Ordering::SeqCst);
-            Ok::<_, ()>(known())
+            Ok::<_, ()>(known_at(&runtime, 1))
         };
         cache.get_or_load("abcdefgh", load).await.unwrap();
         tokio::time::sleep(Duration::from_millis(40)).await;
@@ -388,14 +531,15 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_load_that_raced_an_invalidation_is_not_kept_fresh() {
+    async fn a_negative_load_that_raced_a_change_is_not_kept() {
         let cache = cache();
         let racing = cache.clone();
         let first = cache
-            .get_or_load("abcdefgh", || async move {
-                // The key changes while this load is in flight.
+            .get_or_load("abcdefgh", || {
+                // A key with this lookup id is created while the load (which
+                // found nothing) is in flight.
                 racing.invalidate(&["abcdefgh"]);
-                Ok::<_, ()>(Entry::Unknown)
+                async { Ok::<_, ()>(Entry::Unknown) }
             })
             .await
             .unwrap();
@@ -406,12 +550,89 @@ mod tests {
             .unwrap();
         assert!(
             matches!(second.entry, Entry::Known(_)),
-            "the raced load was served as fresh"
+            "the raced negative load was kept"
         );
     }
 
     #[tokio::test]
-    async fn a_failed_reload_hands_back_the_stale_entry() {
+    async fn an_entry_older_than_a_version_heard_of_never_decides() {
+        let cache = cache();
+        let runtime = Runtimes::default().get_or_create("k");
+        cache
+            .get_or_load("abcdefgh", || async { Ok::<_, ()>(known_at(&runtime, 1)) })
+            .await
+            .unwrap();
+        // A change to version 2 is heard of (say, by a notification that
+        // named other lookup ids, or before the eviction ran).
+        runtime.note_version(2);
+        let loads = AtomicUsize::new(0);
+        let lookup = cache
+            .get_or_load("abcdefgh", || async {
+                loads.fetch_add(1, Ordering::SeqCst);
+                Ok::<_, ()>(known_at(&runtime, 2))
+            })
+            .await
+            .unwrap();
+        assert_eq!(loads.load(Ordering::SeqCst), 1, "reloaded");
+        assert_eq!(version_of(&lookup.entry), 2);
+        // With storage down, an outdated entry is no fallback either.
+        runtime.note_version(3);
+        let err = cache
+            .get_or_load("abcdefgh", || async { Err::<Entry, _>("database down") })
+            .await
+            .unwrap_err();
+        assert!(err.stale.is_none(), "outdated entry offered as fallback");
+    }
+
+    #[tokio::test]
+    async fn a_load_older_than_a_version_heard_of_is_read_again() {
+        let cache = cache();
+        let runtime = Runtimes::default().get_or_create("k");
+        runtime.note_version(5);
+        let loads = AtomicUsize::new(0);
+        let lookup = cache
+            .get_or_load("abcdefgh", || {
+                // The first read comes back from before version 5.
+                let version = if loads.fetch_add(1, Ordering::SeqCst) == 0 {
+                    4
+                } else {
+                    5
+                };
+                let entry = known_at(&runtime, version);
+                async move { Ok::<_, ()>(entry) }
+            })
+            .await
+            .unwrap();
+        assert_eq!(loads.load(Ordering::SeqCst), 2);
+        assert_eq!(version_of(&lookup.entry), 5);
+        // A key that keeps changing: after a few outdated reads the caller
+        // decides from the last one, which is not cached.
+        runtime.note_version(9);
+        let loads = AtomicUsize::new(0);
+        let lookup = cache
+            .get_or_load("abcdefgh", || {
+                loads.fetch_add(1, Ordering::SeqCst);
+                let mut key = crate::fixtures::api_key("k", "abcdefgh");
+                key.version = 8;
+                let entry = Entry::Known(Arc::new(CachedKey {
+                    snapshot: KeySnapshot::from(&key),
+                    runtime: runtime.clone(),
+                }));
+                async move { Ok::<_, ()>(entry) }
+            })
+            .await
+            .unwrap();
+        assert_eq!(loads.load(Ordering::SeqCst), MAX_OUTDATED_LOADS);
+        assert_eq!(version_of(&lookup.entry), 8);
+        let again = cache
+            .get_or_load("abcdefgh", || async { Ok::<_, ()>(known_at(&runtime, 9)) })
+            .await
+            .unwrap();
+        assert_eq!(version_of(&again.entry), 9, "the outdated read was cached");
+    }
+
+    #[tokio::test]
+    async fn a_failed_reload_hands_back_the_untrusted_entry() {
         let cache = cache();
         cache
             .get_or_load("abcdefgh", || async { Ok::<_, ()>(known()) })
@@ -430,5 +651,30 @@ mod tests {
             .await
             .unwrap_err();
         assert!(err.stale.is_none());
+    }
+
+    #[tokio::test]
+    async fn unknown_ids_cannot_push_out_known_keys() {
+        let cache = KeyCache::new(10, Duration::from_secs(60), Duration::from_secs(60));
+        cache
+            .get_or_load("abcdefgh", || async { Ok::<_, ()>(known()) })
+            .await
+            .unwrap();
+        for i in 0..1000 {
+            cache
+                .get_or_load(&format!("{i:08}"), || async { Ok::<_, ()>(Entry::Unknown) })
+                .await
+                .unwrap();
+        }
+        let loads = AtomicUsize::new(0);
+        let lookup = cache
+            .get_or_load("abcdefgh", || async {
+                loads.fetch_add(1, Ordering::SeqCst);
+                Ok::<_, ()>(known())
+            })
+            .await
+            .unwrap();
+        assert!(matches!(lookup.entry, Entry::Known(_)));
+        assert_eq!(loads.load(Ordering::SeqCst), 0, "the known key was evicted");
     }
 }

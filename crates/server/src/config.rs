@@ -1,10 +1,11 @@
 //! Server settings, with the defaults DESIGN.md promises. The binary fills
 //! this from flags and `KEYGATE_*` environment variables; tests build it
-//! directly.
+//! directly. [`Config::validate`] (called by `Keygate::open`) refuses
+//! settings that cannot work, naming the flag, before anything starts.
 
 use std::{net::SocketAddr, time::Duration};
 
-use keygate_domain::{environment::Environments, keyformat::KeyFormat};
+use keygate_domain::{environment::Environments, keyformat::KeyFormat, ratelimit::Quota};
 
 /// The SQLite database used when none is configured.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://keygate.db?mode=rwc";
@@ -57,5 +58,277 @@ impl Default for Config {
             max_message_bytes: 256 * 1024,
             request_timeout: Duration::from_secs(10),
         }
+    }
+}
+
+/// Longest interval or timeout accepted: one day.
+pub const MAX_INTERVAL: Duration = Duration::from_secs(24 * 3600);
+/// Longest time an unknown lookup id may be remembered: one hour.
+pub const MAX_NEGATIVE_CACHE_TTL: Duration = Duration::from_secs(3600);
+/// Smallest request size limit accepted: 1 KiB.
+pub const MIN_MESSAGE_BYTES: usize = 1024;
+/// Largest request size limit accepted: 64 MiB.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+/// A setting [`Config::validate`] refuses, named by its `keygate serve` flag.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// A duration, count or size that must be positive is zero.
+    #[error("{flag} must be greater than 0")]
+    Zero {
+        /// The flag, such as `--usage-flush-interval`.
+        flag: &'static str,
+    },
+    /// A value above its bound.
+    #[error("{flag} must be at most {max}, got {got}")]
+    TooLarge {
+        /// The flag.
+        flag: &'static str,
+        /// The largest value accepted, as a flag would give it.
+        max: String,
+        /// The value given.
+        got: String,
+    },
+    /// A value below its bound.
+    #[error("{flag} must be at least {min}, got {got}")]
+    TooSmall {
+        /// The flag.
+        flag: &'static str,
+        /// The smallest value accepted.
+        min: String,
+        /// The value given.
+        got: String,
+    },
+}
+
+impl Config {
+    /// Checks every setting can work, so that nothing fails later in a
+    /// background task: intervals, timeouts and cache lifetimes are positive
+    /// and at most a day (the negative cache at most an hour), the cache
+    /// holds at least one key, the message limit is 1 KiB to 64 MiB, and the
+    /// default rate limit is a usable quota. The error names the flag
+    /// (`--rate-limit-sync-interval` and `--request-timeout` are settings
+    /// only embedders set so far).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        duration_within(
+            "--usage-flush-interval",
+            self.usage_flush_interval,
+            MAX_INTERVAL,
+        )?;
+        duration_within(
+            "--rate-limit-sync-interval",
+            self.rate_limit_sync_interval,
+            MAX_INTERVAL,
+        )?;
+        duration_within("--request-timeout", self.request_timeout, MAX_INTERVAL)?;
+        duration_within("--cache-ttl", self.cache_ttl, MAX_INTERVAL)?;
+        duration_within(
+            "--negative-cache-ttl",
+            self.negative_cache_ttl,
+            MAX_NEGATIVE_CACHE_TTL,
+        )?;
+        if self.cache_capacity == 0 {
+            return Err(ConfigError::Zero {
+                flag: "--cache-capacity",
+            });
+        }
+        let flag = "--max-message-bytes";
+        if self.max_message_bytes == 0 {
+            return Err(ConfigError::Zero { flag });
+        }
+        if self.max_message_bytes < MIN_MESSAGE_BYTES {
+            return Err(ConfigError::TooSmall {
+                flag,
+                min: MIN_MESSAGE_BYTES.to_string(),
+                got: self.max_message_bytes.to_string(),
+            });
+        }
+        if self.max_message_bytes > MAX_MESSAGE_BYTES {
+            return Err(ConfigError::TooLarge {
+                flag,
+                max: MAX_MESSAGE_BYTES.to_string(),
+                got: self.max_message_bytes.to_string(),
+            });
+        }
+        if Quota::per_hour(self.default_rate_limit_per_hour).is_none() {
+            return Err(ConfigError::Zero {
+                flag: "--default-rate-limit",
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Checks `value` is positive and at most `max`.
+fn duration_within(flag: &'static str, value: Duration, max: Duration) -> Result<(), ConfigError> {
+    if value.is_zero() {
+        return Err(ConfigError::Zero { flag });
+    }
+    if value > max {
+        return Err(ConfigError::TooLarge {
+            flag,
+            max: format_duration(max),
+            got: format_duration(value),
+        });
+    }
+    Ok(())
+}
+
+/// A duration as a flag would give it (`24h`, `90s`, `250ms`), in the
+/// largest unit that is exact.
+pub fn format_duration(d: Duration) -> String {
+    let secs = d.as_secs();
+    if d.subsec_nanos() == 0 {
+        if secs > 0 && secs.is_multiple_of(3600) {
+            format!("{}h", secs / 3600)
+        } else if secs > 0 && secs.is_multiple_of(60) {
+            format!("{}m", secs / 60)
+        } else {
+            format!("{secs}s")
+        }
+    } else if d.subsec_nanos().is_multiple_of(1_000_000) {
+        format!("{}ms", d.as_millis())
+    } else {
+        format!("{d:?}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(config: &Config) -> String {
+        config.validate().unwrap_err().to_string()
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        assert_eq!(Config::default().validate(), Ok(()));
+    }
+
+    #[test]
+    fn zero_durations_are_refused_by_flag() {
+        type Set = fn(&mut Config, Duration);
+        let cases: [(&str, Set); 5] = [
+            ("--usage-flush-interval", |c, d| c.usage_flush_interval = d),
+            ("--rate-limit-sync-interval", |c, d| {
+                c.rate_limit_sync_interval = d
+            }),
+            ("--request-timeout", |c, d| c.request_timeout = d),
+            ("--cache-ttl", |c, d| c.cache_ttl = d),
+            ("--negative-cache-ttl", |c, d| c.negative_cache_ttl = d),
+        ];
+        for (flag, set) in cases {
+            let mut config = Config::default();
+            set(&mut config, Duration::ZERO);
+            assert_eq!(config.validate(), Err(ConfigError::Zero { flag }));
+            assert_eq!(refused(&config), format!("{flag} must be greater than 0"));
+
+            // The smallest positive value and the bound itself are fine.
+            set(&mut config, Duration::from_nanos(1));
+            assert_eq!(config.validate(), Ok(()), "{flag}");
+            let max = if flag == "--negative-cache-ttl" {
+                MAX_NEGATIVE_CACHE_TTL
+            } else {
+                MAX_INTERVAL
+            };
+            set(&mut config, max);
+            assert_eq!(config.validate(), Ok(()), "{flag}");
+
+            // Just above the bound, and absurdly above it, are refused.
+            set(&mut config, max + Duration::from_millis(1));
+            let msg = refused(&config);
+            assert!(
+                msg.starts_with(&format!("{flag} must be at most ")),
+                "{msg}"
+            );
+            set(&mut config, Duration::from_secs(876_000 * 3600));
+            let msg = refused(&config);
+            assert!(msg.starts_with(flag), "{msg}");
+            assert!(msg.ends_with("got 876000h"), "{msg}");
+            set(&mut config, Duration::MAX);
+            assert!(refused(&config).starts_with(flag));
+        }
+    }
+
+    #[test]
+    fn bounds_are_stated_in_flag_units() {
+        let config = Config {
+            cache_ttl: Duration::from_secs(25 * 3600),
+            ..Config::default()
+        };
+        assert_eq!(refused(&config), "--cache-ttl must be at most 24h, got 25h");
+        let config = Config {
+            negative_cache_ttl: Duration::from_secs(3601),
+            ..Config::default()
+        };
+        assert_eq!(
+            refused(&config),
+            "--negative-cache-ttl must be at most 1h, got 3601s"
+        );
+    }
+
+    #[test]
+    fn sizes_and_counts() {
+        let mut config = Config {
+            cache_capacity: 0,
+            ..Config::default()
+        };
+        assert_eq!(refused(&config), "--cache-capacity must be greater than 0");
+        config.cache_capacity = 1;
+        assert_eq!(config.validate(), Ok(()));
+        config.cache_capacity = u64::MAX;
+        assert_eq!(config.validate(), Ok(()));
+
+        let mut config = Config::default();
+        for (bytes, ok) in [
+            (0, false),
+            (1, false),
+            (MIN_MESSAGE_BYTES - 1, false),
+            (MIN_MESSAGE_BYTES, true),
+            (MAX_MESSAGE_BYTES, true),
+            (MAX_MESSAGE_BYTES + 1, false),
+            (usize::MAX, false),
+        ] {
+            config.max_message_bytes = bytes;
+            match config.validate() {
+                Ok(()) => assert!(ok, "{bytes} accepted"),
+                Err(err) => {
+                    assert!(!ok, "{bytes} refused: {err}");
+                    assert!(err.to_string().starts_with("--max-message-bytes must be"));
+                }
+            }
+        }
+        config.max_message_bytes = 100;
+        assert_eq!(
+            refused(&config),
+            "--max-message-bytes must be at least 1024, got 100"
+        );
+    }
+
+    #[test]
+    fn default_rate_limit_is_a_safe_quota() {
+        let mut config = Config {
+            default_rate_limit_per_hour: 0,
+            ..Config::default()
+        };
+        assert_eq!(
+            refused(&config),
+            "--default-rate-limit must be greater than 0"
+        );
+        for n in [1, 3600, u32::MAX] {
+            config.default_rate_limit_per_hour = n;
+            assert_eq!(config.validate(), Ok(()));
+        }
+    }
+
+    #[test]
+    fn durations_are_formatted_exactly() {
+        assert_eq!(format_duration(Duration::from_secs(86_400)), "24h");
+        assert_eq!(format_duration(Duration::from_secs(120)), "2m");
+        assert_eq!(format_duration(Duration::from_secs(61)), "61s");
+        assert_eq!(format_duration(Duration::ZERO), "0s");
+        assert_eq!(format_duration(Duration::from_millis(1500)), "1500ms");
+        assert_eq!(format_duration(Duration::from_nanos(5)), "5ns");
     }
 }

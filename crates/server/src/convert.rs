@@ -166,6 +166,7 @@ pub fn api_key(
             .iter()
             .map(|c| credential(c, &pending))
             .collect(),
+        etag: keygate_domain::etag::encode(key.version),
     }
 }
 

@@ -22,6 +22,7 @@ pub(crate) fn api_key(id: &str, lookup_id: &str) -> ApiKey {
         last_used_at: None,
         revoked_at: None,
         revoked_reason: None,
+        version: 1,
         credentials: vec![Credential {
             lookup_id: lookup_id.into(),
             salt: [1; 16],

@@ -76,6 +76,18 @@ impl RateLimiter {
         decision
     }
 
+    /// Whether forgetting the key's state would change nothing: its allowance
+    /// is full again and nothing of the current shared window (at
+    /// `unix_now`) is remembered.
+    pub fn is_at_rest(&self, runtime: &KeyRuntime, unix_now: i64) -> bool {
+        if runtime.tat.load(Ordering::Acquire) > self.now_nanos() {
+            return false;
+        }
+        let ledger = runtime.ledger.lock().unwrap_or_else(|e| e.into_inner());
+        ledger.window_start != window_start(unix_now)
+            || (ledger.own == 0 && ledger.others_charged == 0)
+    }
+
     /// Charges `requests` made elsewhere to a key's local state.
     fn charge(&self, runtime: &KeyRuntime, requests: u64) {
         let cost = requests.saturating_mul(runtime.interval.load(Ordering::Relaxed));
@@ -96,7 +108,7 @@ impl RateLimiter {
         if runtimes.is_empty() {
             return Ok(0);
         }
-        let window_start = unix_now - unix_now.rem_euclid(WINDOW_SECS);
+        let window_start = window_start(unix_now);
         let mut batch = Vec::with_capacity(runtimes.len());
         for runtime in runtimes {
             runtime.rate_dirty.store(false, Ordering::Release);
@@ -152,6 +164,11 @@ impl RateLimiter {
     }
 }
 
+/// The start of the shared counting window holding `unix_now`.
+fn window_start(unix_now: i64) -> i64 {
+    unix_now - unix_now.rem_euclid(WINDOW_SECS)
+}
+
 #[cfg(test)]
 mod tests {
     use keygate_persistence::testing::TestDatabase;
@@ -179,6 +196,9 @@ mod tests {
         assert!(denied.retry_after_nanos > 0);
         // Another key has its own allowance.
         assert!(limiter.check(&b, quota).allowed);
+        // A spent allowance is state worth keeping; an untouched one is not.
+        assert!(!limiter.is_at_rest(&a, 0));
+        assert!(limiter.is_at_rest(&runtimes.get_or_create("key-c"), 0));
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::{io::IsTerminal, net::SocketAddr, time::Duration};
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use keygate_domain::{environment::Environments, keyformat::KeyFormat};
+use keygate_domain::{environment::Environments, keyformat::KeyFormat, validation::quote};
 use keygate_persistence::Store;
 use keygate_server::{
     Config, Keygate, bootstrap,
@@ -73,42 +73,65 @@ struct ServeArgs {
     /// Address to listen on.
     #[arg(long, env = "KEYGATE_LISTEN", default_value = DEFAULT_LISTEN)]
     listen: SocketAddr,
-    /// Requests per hour for keys without their own limit.
+    /// Requests per hour for keys without their own limit (at least 1).
     #[arg(long, env = "KEYGATE_DEFAULT_RATE_LIMIT", default_value_t = 1000)]
     default_rate_limit: u32,
-    /// Most keys held in the verified-key cache.
+    /// Most keys held in the verified-key cache (at least 1).
     #[arg(long, env = "KEYGATE_CACHE_CAPACITY", default_value_t = 1_000_000)]
     cache_capacity: u64,
     /// Longest a cached key is used before it is re-read in the background
-    /// (e.g. 5m, 30s); changes reach caches through invalidation long before.
+    /// (e.g. 5m, 30s; at most 24h); changes reach caches through
+    /// invalidation long before.
     #[arg(long, env = "KEYGATE_CACHE_TTL", default_value = "5m", value_parser = parse_duration)]
     cache_ttl: Duration,
-    /// How long an unknown lookup id is remembered as unknown.
+    /// How long an unknown lookup id is remembered as unknown (at most 1h).
     #[arg(long, env = "KEYGATE_NEGATIVE_CACHE_TTL", default_value = "5s", value_parser = parse_duration)]
     negative_cache_ttl: Duration,
-    /// How often usage (last used, request counts) is written.
+    /// How often usage (last used, request counts) is written (at most 24h).
     #[arg(long, env = "KEYGATE_USAGE_FLUSH_INTERVAL", default_value = "5s", value_parser = parse_duration)]
     usage_flush_interval: Duration,
-    /// Largest request message accepted, in bytes.
+    /// How often rate-limit consumption is exchanged with the other
+    /// replicas (PostgreSQL; at most 24h).
+    #[arg(long, env = "KEYGATE_RATE_LIMIT_SYNC_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    rate_limit_sync_interval: Duration,
+    /// Time one call may take before it is cancelled (at most 24h).
+    #[arg(long, env = "KEYGATE_REQUEST_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    request_timeout: Duration,
+    /// Largest request message accepted, in bytes (1024 to 67108864).
     #[arg(long, env = "KEYGATE_MAX_MESSAGE_BYTES", default_value_t = 256 * 1024)]
     max_message_bytes: usize,
 }
 
-/// Parses `250ms`, `5s`, `2m` or `1h`.
+/// Parses `250ms`, `5s`, `2m` or `1h` (a bare number is seconds). Zero
+/// parses (and is refused by [`Config::validate`], naming the flag); a
+/// negative, fractional, unitless-garbage or overflowing value is an error
+/// saying what is wrong. clap adds the flag's name.
 fn parse_duration(s: &str) -> Result<Duration, String> {
+    const EXPECTED: &str = "expected a whole number and a unit, like 250ms, 5s, 2m or 1h";
     let s = s.trim();
+    if s.is_empty() {
+        return Err(format!("empty duration; {EXPECTED}"));
+    }
+    let quoted = quote(s);
+    if s.starts_with('-') {
+        return Err(format!("{quoted} is negative; {EXPECTED}"));
+    }
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (number, unit) = s.split_at(split);
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 250ms, 5s, 2m or 1h"))?;
+    if number.is_empty() {
+        return Err(format!("{quoted} does not start with a number; {EXPECTED}"));
+    }
+    let too_large = || format!("{quoted} is too large");
+    let n: u64 = number.parse().map_err(|_| too_large())?;
+    let secs = |per_unit: u64| n.checked_mul(per_unit).map(Duration::from_secs);
     match unit {
         "ms" => Ok(Duration::from_millis(n)),
         "s" | "" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        "h" => Ok(Duration::from_secs(n * 3600)),
+        "m" => secs(60).ok_or_else(too_large),
+        "h" => secs(3600).ok_or_else(too_large),
         other => Err(format!(
-            "unknown unit {other:?} in {s:?}; use ms, s, m or h"
+            "unknown unit {} in {quoted}; use ms, s, m or h",
+            quote(other)
         )),
     }
 }
@@ -145,6 +168,10 @@ async fn main() -> Result<()> {
             config.negative_cache_ttl = args.negative_cache_ttl;
             config.usage_flush_interval = args.usage_flush_interval;
             config.max_message_bytes = args.max_message_bytes;
+            config.rate_limit_sync_interval = args.rate_limit_sync_interval;
+            config.request_timeout = args.request_timeout;
+            // Before binding or touching storage; `Keygate::open` checks again.
+            config.validate().context("invalid configuration")?;
             let listener = tokio::net::TcpListener::bind(config.listen)
                 .await
                 .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -203,16 +230,128 @@ async fn shutdown_signal() {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     #[test]
     fn durations_parse_with_units() {
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
         assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration(" 2m "), Ok(Duration::from_secs(120)));
         assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
-        assert!(parse_duration("5d").unwrap_err().contains("unit"));
-        assert!(parse_duration("fast").is_err());
+        assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
+        assert!(
+            parse_duration("5d")
+                .unwrap_err()
+                .contains("unknown unit \"d\"")
+        );
+        assert!(
+            parse_duration("fast")
+                .unwrap_err()
+                .contains("does not start with a number")
+        );
+    }
+
+    #[test]
+    fn bad_durations_say_what_is_wrong() {
+        assert!(
+            parse_duration("")
+                .unwrap_err()
+                .starts_with("empty duration")
+        );
+        assert!(
+            parse_duration("  ")
+                .unwrap_err()
+                .starts_with("empty duration")
+        );
+        assert!(parse_duration("-5s").unwrap_err().contains("negative"));
+        assert!(
+            parse_duration("1.5s")
+                .unwrap_err()
+                .contains("unknown unit \".5s\"")
+        );
+        // n * 3600 and n * 60 overflow: an error, not a panic or a wrap.
+        let max = u64::MAX.to_string();
+        for s in [
+            format!("{max}h"),
+            format!("{max}m"),
+            "5124095576030432h".into(),
+        ] {
+            assert_eq!(parse_duration(&s), Err(format!("{s:?} is too large")));
+        }
+        assert_eq!(
+            parse_duration("5124095576030431h").unwrap().as_secs(),
+            5124095576030431 * 3600
+        );
+        assert_eq!(
+            parse_duration(&format!("{max}s")),
+            Ok(Duration::from_secs(u64::MAX))
+        );
+        assert_eq!(
+            parse_duration(&format!("{max}ms")),
+            Ok(Duration::from_millis(u64::MAX))
+        );
+        // More digits than a u64 holds.
+        assert!(
+            parse_duration("99999999999999999999999s")
+                .unwrap_err()
+                .contains("too large")
+        );
+        // Long input is quoted short.
+        let long = format!("5{}", "x".repeat(10_000));
+        let err = parse_duration(&long).unwrap_err();
+        assert!(err.len() < 200, "{err}");
+    }
+
+    /// Printable strings, strings of any characters, duration-like strings,
+    /// and arbitrary bytes read as (lossy) UTF-8.
+    fn any_text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "\\PC{0,40}",
+            ".{0,40}",
+            " ?-?[0-9]{0,25}(ms|s|m|h|d|µs|)? ?",
+            proptest::collection::vec(any::<u8>(), 0..60)
+                .prop_map(|b| String::from_utf8_lossy(&b).into_owned()),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn any_text_is_a_duration_or_an_error_saying_why(s in any_text()) {
+            match parse_duration(&s) {
+                Ok(d) => {
+                    let t = s.trim();
+                    let digits = t.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+                    let n: u64 = digits.parse().unwrap();
+                    let want = match &t[digits.len()..] {
+                        "ms" => Duration::from_millis(n),
+                        "" | "s" => Duration::from_secs(n),
+                        "m" => Duration::from_secs(n * 60),
+                        "h" => Duration::from_secs(n * 3600),
+                        other => panic!("accepted unit {other:?}"),
+                    };
+                    prop_assert_eq!(d, want);
+                }
+                Err(e) => {
+                    let why = ["empty", "negative", "does not start with a number", "too large", "unknown unit"];
+                    prop_assert!(why.iter().any(|w| e.contains(w)), "{}", e);
+                    prop_assert!(e.len() < 2 * 4 * 64 + 100, "{}", e);
+                }
+            }
+        }
+
+        #[test]
+        fn whole_numbers_in_every_unit(n in any::<u64>()) {
+            prop_assert_eq!(parse_duration(&format!("{n}ms")), Ok(Duration::from_millis(n)));
+            prop_assert_eq!(parse_duration(&format!("{n}s")), Ok(Duration::from_secs(n)));
+            for (unit, per) in [("m", 60u64), ("h", 3600)] {
+                let got = parse_duration(&format!("{n}{unit}"));
+                match n.checked_mul(per) {
+                    Some(secs) => prop_assert_eq!(got, Ok(Duration::from_secs(secs))),
+                    None => prop_assert!(got.unwrap_err().contains("too large")),
+                }
+            }
+        }
     }
 
     #[test]

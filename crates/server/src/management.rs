@@ -1,14 +1,22 @@
 //! `keygate.v1.KeyManagementService`: the key lifecycle for admins and
 //! automation. Every call authenticates its bearer key first, then checks the
 //! right it needs (before looking at whether the target exists), then acts,
-//! and evicts the changed key from the cache before answering.
+//! and applies the change to this replica's cache before answering.
+//!
+//! Every change is a compare-and-set ([`ManagementService::change`]): read
+//! the key, check the caller's rights and the key's state on what was read,
+//! then write conditionally on the version read. If another change won in
+//! between, the whole decision is taken again on the new state (or, when the
+//! caller sent an `etag`, the call is ABORTED), so no change is ever lost or
+//! applied on top of a state nobody checked, and a revoked key stays revoked
+//! (FAILED_PRECONDITION).
 
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use keygate::v1::{self as pb, key_management_service_server::KeyManagementService};
 use keygate_domain::{
-    ApiKey, KeyState,
+    ApiKey, Credential, KeyState,
     environment::Environments,
     hashing,
     keyformat::KeyFormat,
@@ -16,7 +24,7 @@ use keygate_domain::{
     rights::{Access, Principal, RightsError},
     validation::{self, NewKey},
 };
-use keygate_persistence::{KeyFilter, Store, StoreError};
+use keygate_persistence::{KeyFilter, KeyUpdate, Store, StoreError};
 use tonic::{Request, Response, Status};
 
 use crate::{authorizer::Authorizer, convert, error::ApiError};
@@ -83,22 +91,89 @@ impl ManagementService {
         Ok(key)
     }
 
-    async fn evict(&self, key: &ApiKey) {
-        let lookup_ids: Vec<&str> = key
-            .credentials
+    /// Applies a change made by this replica to its cache.
+    fn note_change(&self, key_id: &str, version: u64, credentials: &[&[Credential]]) {
+        let lookup_ids: Vec<&str> = credentials
             .iter()
-            .map(|c| c.lookup_id.as_str())
+            .flat_map(|creds| creds.iter().map(|c| c.lookup_id.as_str()))
             .collect();
-        self.authorizer.cache().invalidate(&lookup_ids);
+        self.authorizer.note_change(key_id, version, &lookup_ids);
     }
 
-    async fn save(&self, key: &ApiKey) -> Result<(), ApiError> {
-        let result = self.store.update_key(key).await;
-        // Evict even on failure: the row may or may not have changed.
-        self.evict(key).await;
-        result.map_err(|err| match err {
-            StoreError::NotFound => ApiError::KeyNotFound(key.id.clone()),
-            other => other.into(),
+    /// Changes key `key_id` as `decide` says, as a compare-and-set.
+    ///
+    /// Reads the key (it must be visible to and within the scopes of
+    /// `principal`), asks `decide` what to do with that state (an error, for
+    /// example because the key is revoked; nothing; or a write), checks the
+    /// caller's `etag` (empty: none), then writes conditionally on the
+    /// version read. A lost race starts over on the new state, up to
+    /// [`MAX_CHANGE_ATTEMPTS`] times; with an etag it is ABORTED instead.
+    async fn change(
+        &self,
+        principal: &Principal,
+        key_id: &str,
+        etag: &str,
+        now: DateTime<Utc>,
+        decide: impl Fn(&ApiKey) -> Result<Option<Write>, ApiError>,
+    ) -> Result<ApiKey, ApiError> {
+        let expected = if etag.is_empty() {
+            None
+        } else {
+            Some(
+                keygate_domain::etag::decode(etag)
+                    .map_err(|err| ApiError::invalid("etag", err.to_string()))?,
+            )
+        };
+        for _ in 0..MAX_CHANGE_ATTEMPTS {
+            let key = self.writable_key(principal, key_id).await?;
+            let write = decide(&key)?;
+            if let Some(expected) = expected.filter(|v| *v != key.version) {
+                return Err(stale_etag(&key, expected));
+            }
+            let Some(write) = write else {
+                return Ok(key);
+            };
+            let result = match &write {
+                Write::Update(update) => {
+                    self.store
+                        .update_key(&key.id, key.version, update, now)
+                        .await
+                }
+                Write::Rotate {
+                    credential,
+                    old_expire_at,
+                } => {
+                    self.store
+                        .rotate_key(&key.id, key.version, credential, *old_expire_at, now)
+                        .await
+                }
+            };
+            match result {
+                Ok(changed) => {
+                    // Old credentials too: a rotation may have deleted some.
+                    self.note_change(
+                        &changed.id,
+                        changed.version,
+                        &[&changed.credentials, &key.credentials],
+                    );
+                    return Ok(changed);
+                }
+                // Another change won: decide again on what it left.
+                Err(StoreError::VersionMismatch { .. } | StoreError::KeyRevoked) => continue,
+                Err(StoreError::NotFound) => return Err(ApiError::KeyNotFound(key.id.clone())),
+                Err(err) => {
+                    // The change may or may not have committed: forget what
+                    // this replica knows of the key.
+                    self.note_change(&key.id, 0, &[&key.credentials]);
+                    return Err(err.into());
+                }
+            }
+        }
+        Err(ApiError::Aborted {
+            reason: "CONCURRENT_CHANGE",
+            message: format!(
+                "key {key_id} kept changing while this call tried to change it; read it and retry"
+            ),
         })
     }
 
@@ -136,7 +211,7 @@ impl ManagementService {
         let (secret, key) = issue_key(new, self.authorizer.format(), now);
         self.store.insert_key(&key).await?;
         // The lookup id may have been probed (and cached as unknown) before.
-        self.evict(&key).await;
+        self.note_change(&key.id, key.version, &[&key.credentials]);
         tracing::info!(key_id = %key.id, owner_id = %key.owner_id, by = %principal.key_id, "key created");
         Ok(pb::CreateKeyResponse {
             key: Some(self.view(&key, now)),
@@ -219,21 +294,28 @@ impl ManagementService {
             }
             None => chrono::Duration::zero(),
         };
-        let key = self.writable_key(&principal, &req.key_id).await?;
-        if key.state == KeyState::Revoked {
-            return Err(Self::revoked(&key, "rotated"));
-        }
         let old_expire_at = now + grace;
-        let (generated, credential) =
-            hashing::issue_credential(self.authorizer.format(), &key.environment, now);
-        let result = self
-            .store
-            .rotate_key(&key.id, &credential, old_expire_at, now)
-            .await;
-        self.evict(&key).await;
-        let rotated = result?;
-        self.evict(&rotated).await;
-        tracing::info!(key_id = %key.id, grace_secs = grace.num_seconds(), by = %principal.key_id, "key rotated");
+        // One new secret per call, issued for the key's environment once the
+        // key has been read (a retried attempt reuses it).
+        let issued = std::sync::OnceLock::new();
+        let rotated = self
+            .change(&principal, &req.key_id, &req.etag, now, |key| {
+                if key.state == KeyState::Revoked {
+                    return Err(Self::revoked(key, "rotated"));
+                }
+                let (_, credential) = issued.get_or_init(|| {
+                    hashing::issue_credential(self.authorizer.format(), &key.environment, now)
+                });
+                Ok(Some(Write::Rotate {
+                    credential: credential.clone(),
+                    old_expire_at,
+                }))
+            })
+            .await?;
+        let (generated, _) = issued.into_inner().ok_or_else(|| {
+            ApiError::Internal("rotation finished without issuing a secret".to_owned())
+        })?;
+        tracing::info!(key_id = %rotated.id, version = rotated.version, grace_secs = grace.num_seconds(), by = %principal.key_id, "key rotated");
         Ok(pb::RotateKeyResponse {
             key: Some(self.view(&rotated, now)),
             secret: generated.secret,
@@ -249,15 +331,15 @@ impl ManagementService {
         let principal = self.principal(&request, Access::Write, now).await?;
         let req = request.into_inner();
         let reason = validation::validate_reason(&req.reason)?;
-        let mut key = self.writable_key(&principal, &req.key_id).await?;
-        if key.state != KeyState::Revoked {
-            key.state = KeyState::Revoked;
-            key.revoked_at = Some(now);
-            key.revoked_reason = Some(reason).filter(|r| !r.is_empty());
-            key.updated_at = now;
-            self.save(&key).await?;
-            tracing::info!(key_id = %key.id, by = %principal.key_id, "key revoked");
-        }
+        let reason = Some(reason).filter(|r| !r.is_empty());
+        let update = KeyUpdate::Revoke { reason };
+        let key = self
+            .change(&principal, &req.key_id, &req.etag, now, |key| {
+                // Revoking a revoked key changes nothing: the first reason stays.
+                Ok((key.state != KeyState::Revoked).then(|| Write::Update(update.clone())))
+            })
+            .await?;
+        tracing::info!(key_id = %key.id, version = key.version, by = %principal.key_id, "key revoked");
         Ok(pb::RevokeKeyResponse {
             key: Some(self.view(&key, now)),
         })
@@ -276,13 +358,15 @@ impl ManagementService {
             .map(|ts| convert::from_timestamp("expires_at", ts))
             .transpose()?;
         let expires_at = validation::validate_expiry(expires_at, now)?;
-        let mut key = self.writable_key(&principal, &req.key_id).await?;
-        if key.state == KeyState::Revoked {
-            return Err(Self::revoked(&key, "changed"));
-        }
-        key.expires_at = expires_at;
-        key.updated_at = now;
-        self.save(&key).await?;
+        let key = self
+            .change(&principal, &req.key_id, &req.etag, now, |key| {
+                if key.state == KeyState::Revoked {
+                    return Err(Self::revoked(key, "changed"));
+                }
+                Ok(Some(Write::Update(KeyUpdate::SetExpiry(expires_at))))
+            })
+            .await?;
+        tracing::info!(key_id = %key.id, version = key.version, by = %principal.key_id, "key expiry changed");
         Ok(pb::UpdateKeyExpiryResponse {
             key: Some(self.view(&key, now)),
         })
@@ -292,26 +376,55 @@ impl ManagementService {
         &self,
         request: Request<T>,
         key_id: &str,
+        etag: &str,
         state: KeyState,
     ) -> Result<pb::ApiKey, ApiError> {
         let now = Utc::now();
         let principal = self.principal(&request, Access::Write, now).await?;
-        let mut key = self.writable_key(&principal, key_id).await?;
-        if key.state == KeyState::Revoked {
-            let action = if state == KeyState::Active {
-                "enabled"
-            } else {
-                "disabled"
-            };
-            return Err(Self::revoked(&key, action));
-        }
-        if key.state != state {
-            key.state = state;
-            key.updated_at = now;
-            self.save(&key).await?;
-            tracing::info!(key_id = %key.id, state = state.as_str(), by = %principal.key_id, "key state changed");
-        }
+        let key = self
+            .change(&principal, key_id, etag, now, |key| {
+                if key.state == KeyState::Revoked {
+                    let action = if state == KeyState::Active {
+                        "enabled"
+                    } else {
+                        "disabled"
+                    };
+                    return Err(Self::revoked(key, action));
+                }
+                Ok((key.state != state).then_some(Write::Update(KeyUpdate::SetState(state))))
+            })
+            .await?;
+        tracing::info!(key_id = %key.id, state = key.state.as_str(), version = key.version, by = %principal.key_id, "key state set");
         Ok(self.view(&key, now))
+    }
+}
+
+/// Times a change is decided again after losing a race before the call is
+/// ABORTED (`CONCURRENT_CHANGE`).
+const MAX_CHANGE_ATTEMPTS: usize = 8;
+
+/// A write [`ManagementService::change`] makes.
+#[derive(Clone, Debug)]
+enum Write {
+    /// A change of state or expiry.
+    Update(KeyUpdate),
+    /// A new credential; older ones end at `old_expire_at`.
+    Rotate {
+        credential: Credential,
+        old_expire_at: DateTime<Utc>,
+    },
+}
+
+/// ABORTED: the caller's etag names a version the key is no longer at.
+fn stale_etag(key: &ApiKey, expected: u64) -> ApiError {
+    ApiError::Aborted {
+        reason: "ETAG_MISMATCH",
+        message: format!(
+            "etag {} is stale: key {} changed since (its etag is now {}); read it again",
+            keygate_domain::etag::encode(expected),
+            key.id,
+            keygate_domain::etag::encode(key.version)
+        ),
     }
 }
 
@@ -335,6 +448,7 @@ pub(crate) fn issue_key(new: NewKey, format: &KeyFormat, now: DateTime<Utc>) -> 
         last_used_at: None,
         revoked_at: None,
         revoked_reason: None,
+        version: 1,
         credentials: vec![credential],
     };
     (generated.secret, key)
@@ -393,7 +507,10 @@ impl KeyManagementService for ManagementService {
         request: Request<pb::DisableKeyRequest>,
     ) -> RpcResult<pb::DisableKeyResponse> {
         let key_id = request.get_ref().key_id.clone();
-        let key = self.set_state(request, &key_id, KeyState::Disabled).await?;
+        let etag = request.get_ref().etag.clone();
+        let key = self
+            .set_state(request, &key_id, &etag, KeyState::Disabled)
+            .await?;
         Ok(Response::new(pb::DisableKeyResponse { key: Some(key) }))
     }
 
@@ -402,7 +519,10 @@ impl KeyManagementService for ManagementService {
         request: Request<pb::EnableKeyRequest>,
     ) -> RpcResult<pb::EnableKeyResponse> {
         let key_id = request.get_ref().key_id.clone();
-        let key = self.set_state(request, &key_id, KeyState::Active).await?;
+        let etag = request.get_ref().etag.clone();
+        let key = self
+            .set_state(request, &key_id, &etag, KeyState::Active)
+            .await?;
         Ok(Response::new(pb::EnableKeyResponse { key: Some(key) }))
     }
 }

@@ -1,19 +1,27 @@
-//! Per-key mutable state of the hot path: the rate-limit state and the usage
-//! not yet written, in one [`KeyRuntime`] per key id.
+//! Per-key mutable state of the hot path, in one [`KeyRuntime`] per key id:
+//! the rate-limit state, the usage not yet written, and the newest version
+//! of the key this replica has heard of.
 //!
-//! A key's cache entries (one per lookup id: a rotation grace period has two)
-//! all point at the same runtime, found through [`Runtimes`] when an entry is
-//! loaded, so a rotation or a reload never hands a key a fresh allowance or
-//! loses counted usage. Authorize touches only the runtime it already holds:
-//! atomics for the limiter, a per-key mutex for usage, and the shared dirty
+//! Runtimes live in [`Runtimes`], not in the cache: a key's cache entries
+//! (one per lookup id: a rotation grace period has two) point at its runtime,
+//! but an eviction, a reload, an edit or a rotation leaves it where it is, so
+//! none of them hands a key a fresh allowance or loses counted usage. A
+//! runtime is dropped only once it is idle on its own terms ([`Runtimes::prune`]):
+//! no cache entry or pending work holds it, its allowance is back to full,
+//! and nothing happened to it for a while.
+//!
+//! Authorize touches only the runtime it already holds: atomics for the
+//! limiter and the version, a per-key mutex for usage, and the shared dirty
 //! lists only when a key turns dirty (once per flush or sync interval).
 
 use std::{
     collections::HashMap,
+    hash::{BuildHasher, RandomState},
     sync::{
-        Arc, Mutex, Weak,
-        atomic::{AtomicBool, AtomicU64},
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
+    time::{Duration, Instant},
 };
 
 use chrono::{DateTime, Utc};
@@ -95,6 +103,13 @@ impl PendingUses {
 #[derive(Debug)]
 pub struct KeyRuntime {
     pub(crate) key_id: Arc<str>,
+    /// The highest version of the key heard of: from this replica's own
+    /// changes, change notifications, and loads. A snapshot below it is out
+    /// of date ([`crate::cache::CachedKey::is_current`]).
+    latest_version: AtomicU64,
+    /// Seconds after the registry's origin of the last sign of life (created,
+    /// loaded or changed); idle expiry counts from here.
+    touched: AtomicU64,
     /// GCRA theoretical arrival time, in limiter nanoseconds.
     pub(crate) tat: AtomicU64,
     /// Emission interval of the quota last applied.
@@ -108,9 +123,11 @@ pub struct KeyRuntime {
 }
 
 impl KeyRuntime {
-    fn new(key_id: Arc<str>) -> Self {
+    fn new(key_id: Arc<str>, now_secs: u64) -> Self {
         Self {
             key_id,
+            latest_version: AtomicU64::new(0),
+            touched: AtomicU64::new(now_secs),
             tat: AtomicU64::new(0),
             interval: AtomicU64::new(0),
             unsynced: AtomicU64::new(0),
@@ -125,40 +142,132 @@ impl KeyRuntime {
     pub fn key_id(&self) -> &str {
         &self.key_id
     }
+
+    /// Records that the key exists at `version` (or later). Never goes back.
+    pub fn note_version(&self, version: u64) {
+        self.latest_version.fetch_max(version, Ordering::AcqRel);
+    }
+
+    /// The highest version of the key heard of; 0 if none yet.
+    pub fn latest_version(&self) -> u64 {
+        self.latest_version.load(Ordering::Acquire)
+    }
+
+    fn touch(&self, now_secs: u64) {
+        self.touched.fetch_max(now_secs, Ordering::Relaxed);
+    }
 }
 
-/// Finds the runtime of a key id while anything (a cache entry, a dirty list)
-/// still holds it.
-#[derive(Debug, Default)]
+/// Shards of the registry: loads, changes and pruning of different keys
+/// rarely wait on each other.
+const SHARDS: usize = 64;
+
+/// How long a runtime must have been idle before [`Runtimes::prune`] may drop
+/// it. Far longer than any storage load may take (a load that read a key
+/// before a change must find the runtime that heard of the change), and long
+/// enough that a key used now and then keeps its state.
+pub const MIN_IDLE: Duration = Duration::from_secs(120);
+
+/// One shard of [`Runtimes`].
+type Shard = Mutex<HashMap<Arc<str>, Arc<KeyRuntime>>>;
+
+/// Every key's runtime, by key id. Holds them itself: a runtime outlives the
+/// cache entries that point at it until it is idle (see [`Runtimes::prune`]).
+#[derive(Debug)]
 pub struct Runtimes {
-    by_key: Mutex<HashMap<Arc<str>, Weak<KeyRuntime>>>,
+    shards: Box<[Shard]>,
+    hasher: RandomState,
+    origin: Instant,
+}
+
+impl Default for Runtimes {
+    fn default() -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            hasher: RandomState::new(),
+            origin: Instant::now(),
+        }
+    }
 }
 
 impl Runtimes {
-    /// The runtime of `key_id`, created if no one holds one. Called on cache
-    /// loads, never per request.
+    fn shard(&self, key_id: &str) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Arc<KeyRuntime>>> {
+        let index = (self.hasher.hash_one(key_id) as usize) % self.shards.len();
+        self.shards[index].lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn now_secs(&self) -> u64 {
+        self.origin.elapsed().as_secs()
+    }
+
+    /// The runtime of `key_id`, created if there is none. Called on cache
+    /// loads and changes, never per request.
     pub fn get_or_create(&self, key_id: &str) -> Arc<KeyRuntime> {
-        let mut map = self.by_key.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(runtime) = map.get(key_id).and_then(Weak::upgrade) {
-            return runtime;
+        let now = self.now_secs();
+        let mut shard = self.shard(key_id);
+        if let Some(runtime) = shard.get(key_id) {
+            runtime.touch(now);
+            return runtime.clone();
         }
         let key_id: Arc<str> = key_id.into();
-        let runtime = Arc::new(KeyRuntime::new(key_id.clone()));
-        map.insert(key_id, Arc::downgrade(&runtime));
+        let runtime = Arc::new(KeyRuntime::new(key_id.clone(), now));
+        shard.insert(key_id, runtime.clone());
         runtime
     }
 
-    /// The runtime of `key_id`, if someone holds it.
+    /// The runtime of `key_id`, if there is one.
     pub fn get(&self, key_id: &str) -> Option<Arc<KeyRuntime>> {
-        let map = self.by_key.lock().unwrap_or_else(|e| e.into_inner());
-        map.get(key_id).and_then(Weak::upgrade)
+        self.shard(key_id).get(key_id).cloned()
     }
 
-    /// Forgets runtimes no one holds any more; returns how many are left.
-    pub fn prune(&self) -> usize {
-        let mut map = self.by_key.lock().unwrap_or_else(|e| e.into_inner());
-        map.retain(|_, runtime| runtime.strong_count() > 0);
-        map.len()
+    /// Marks a runtime as alive now (work was done for it).
+    pub fn touch(&self, runtime: &KeyRuntime) {
+        runtime.touch(self.now_secs());
+    }
+
+    /// How many runtimes are held.
+    pub fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).len())
+            .sum()
+    }
+
+    /// Whether no runtime is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Drops runtimes that are idle: held by nothing but this registry (no
+    /// cache entry, no dirty list, no load in flight), with no unwritten
+    /// usage or unreported requests, `at_rest` (the limiter says the
+    /// allowance is full again and nothing of the current shared window is
+    /// remembered), and untouched for [`MIN_IDLE`]. Returns how many are left.
+    pub fn prune(&self, at_rest: impl Fn(&KeyRuntime) -> bool) -> usize {
+        self.prune_idle_for(MIN_IDLE, at_rest)
+    }
+
+    pub(crate) fn prune_idle_for(
+        &self,
+        idle: Duration,
+        at_rest: impl Fn(&KeyRuntime) -> bool,
+    ) -> usize {
+        let now = self.now_secs();
+        let mut left = 0;
+        for shard in self.shards.iter() {
+            let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+            shard.retain(|_, runtime| {
+                let idle_since = runtime.touched.load(Ordering::Relaxed);
+                let removable = Arc::strong_count(runtime) == 1
+                    && now.saturating_sub(idle_since) >= idle.as_secs()
+                    && !runtime.usage_dirty.load(Ordering::Acquire)
+                    && !runtime.rate_dirty.load(Ordering::Acquire)
+                    && at_rest(runtime);
+                !removable
+            });
+            left += shard.len();
+        }
+        left
     }
 }
 
@@ -189,15 +298,46 @@ mod tests {
     }
 
     #[test]
-    fn one_runtime_per_key_while_held() {
+    fn one_runtime_per_key_until_idle() {
         let runtimes = Runtimes::default();
         let a = runtimes.get_or_create("k1");
         let b = runtimes.get_or_create("k1");
         assert!(Arc::ptr_eq(&a, &b));
         assert!(!Arc::ptr_eq(&a, &runtimes.get_or_create("k2")));
-        assert_eq!(runtimes.prune(), 1, "k2 was dropped");
+        // Not idle long enough: both stay, held or not.
+        assert_eq!(runtimes.prune(|_| true), 2);
+        // Idle, but held (a cache entry points at it): stays.
+        assert_eq!(runtimes.prune_idle_for(Duration::ZERO, |_| true), 1);
+        assert!(runtimes.get("k2").is_none());
         drop((a, b));
+        // Nobody holds it, but the limiter is not at rest: stays.
+        assert_eq!(runtimes.prune_idle_for(Duration::ZERO, |_| false), 1);
+        // Unwritten usage keeps it too.
+        runtimes
+            .get("k1")
+            .unwrap()
+            .usage_dirty
+            .store(true, Ordering::Release);
+        assert_eq!(runtimes.prune_idle_for(Duration::ZERO, |_| true), 1);
+        runtimes
+            .get("k1")
+            .unwrap()
+            .usage_dirty
+            .store(false, Ordering::Release);
+        assert_eq!(runtimes.prune_idle_for(Duration::ZERO, |_| true), 0);
         assert!(runtimes.get("k1").is_none());
-        assert_eq!(runtimes.prune(), 0);
+    }
+
+    #[test]
+    fn versions_only_move_forward() {
+        let runtimes = Runtimes::default();
+        let runtime = runtimes.get_or_create("k1");
+        assert_eq!(runtime.latest_version(), 0);
+        runtime.note_version(3);
+        runtime.note_version(2);
+        assert_eq!(runtime.latest_version(), 3);
+        // Whoever finds the runtime later sees what was heard.
+        drop(runtime);
+        assert_eq!(runtimes.get_or_create("k1").latest_version(), 3);
     }
 }

@@ -24,8 +24,7 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 use crate::{
     authorization::AuthorizeService,
     authorizer::Authorizer,
-    cache::KeyCache,
-    config::Config,
+    config::{Config, ConfigError},
     management::{ManagementService, issue_key},
 };
 
@@ -44,6 +43,9 @@ pub enum ServeError {
     /// Listening failed.
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
+    /// A setting cannot work; the message names its flag.
+    #[error("invalid configuration: {0}")]
+    Config(#[from] ConfigError),
 }
 
 /// A Keygate instance with its storage open and migrated, ready to serve.
@@ -57,6 +59,7 @@ pub struct Keygate {
 impl Keygate {
     /// Connects to the configured database and applies migrations.
     pub async fn open(config: Config) -> Result<Self, ServeError> {
+        config.validate()?;
         let store = Store::connect(&config.database_url).await?;
         store.migrate().await?;
         let authorizer = Arc::new(Authorizer::new(store.clone(), &config));
@@ -135,7 +138,7 @@ impl Keygate {
         let invalidation = tokio::spawn(follow_changes(
             first_listener,
             store.clone(),
-            authorizer.cache().clone(),
+            authorizer.clone(),
             stop_rx.clone(),
         ));
         let heartbeat = tokio::spawn(send_heartbeats(store.clone(), stop_rx.clone()));
@@ -269,15 +272,20 @@ async fn watch_storage(store: Store, health: HealthReporter, mut stop: watch::Re
     }
 }
 
-/// Evicts keys changed by other replicas (PostgreSQL LISTEN/NOTIFY). When the
-/// listening connection drops, notifications may be lost, so the whole cache
-/// is cleared. On SQLite there are no other replicas and this returns at once.
+/// Applies key changes announced by every replica (PostgreSQL LISTEN/NOTIFY)
+/// to this one's cache: the change's version is noted for the key, so no
+/// older snapshot decides from then on, and its lookup ids are evicted. A
+/// change this replica already knows of (its own, or one a load already
+/// saw) changes nothing. When the listening connection drops, notifications
+/// may be lost, so the whole cache is distrusted. On SQLite there are no
+/// other replicas and this returns at once.
 async fn follow_changes(
     mut first: Option<ChangeListener>,
     store: Store,
-    cache: KeyCache,
+    authorizer: Arc<Authorizer>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let cache = authorizer.cache();
     if store.backend() != Backend::Postgres {
         return;
     }
@@ -310,7 +318,15 @@ async fn follow_changes(
                 _ = stop.wait_for(|s| *s) => return,
             };
             match change {
-                Ok(Ok(Change::Key { lookup_ids, .. })) => cache.invalidate(&lookup_ids),
+                Ok(Ok(Change::Key {
+                    key_id,
+                    version,
+                    lookup_ids,
+                })) => {
+                    if !authorizer.has_heard_of(&key_id, version) {
+                        authorizer.note_change(&key_id, version, &lookup_ids);
+                    }
+                }
                 Ok(Ok(Change::Heartbeat)) => {}
                 Ok(Ok(Change::Reset)) => {
                     tracing::warn!("key change listener reconnected; cache marked stale");

@@ -215,7 +215,7 @@ mod tests {
                     .run_flusher(
                         store,
                         move || {
-                            runtimes.prune();
+                            runtimes.prune(|_| true);
                         },
                         Duration::from_millis(20),
                         stop_rx,

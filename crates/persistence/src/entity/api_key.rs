@@ -39,6 +39,8 @@ pub struct Model {
     pub revoked_reason: Option<String>,
     /// Requests authorized with this key, flushed from usage batches.
     pub request_count: i64,
+    /// Bumped by every change to the key (not by usage); starts at 1.
+    pub version: i64,
 }
 
 /// No relations are declared: queries join by hand where needed.

@@ -5,6 +5,7 @@
 use sea_orm_migration::{MigrationTrait, MigratorTrait};
 
 mod m20261122_000001_create_keys;
+mod m20261125_000002_key_versions;
 
 /// All of Keygate's migrations, in order.
 #[derive(Clone, Copy, Debug, Default)]
@@ -12,6 +13,9 @@ pub struct Migrator;
 
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m20261122_000001_create_keys::Migration)]
+        vec![
+            Box::new(m20261122_000001_create_keys::Migration),
+            Box::new(m20261125_000002_key_versions::Migration),
+        ]
     }
 }

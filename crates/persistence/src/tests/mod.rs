@@ -15,7 +15,7 @@ use keygate_domain::{ApiKey, Credential, KeyState, KeyStatus};
 use sea_orm::{ConnectionTrait, Statement, TransactionTrait};
 
 use crate::testing::TestDatabase;
-use crate::{Backend, Change, KeyFilter, Store, StoreError, Usage};
+use crate::{Backend, Change, KeyFilter, KeyUpdate, Store, StoreError, Usage};
 
 macro_rules! both_backends {
     ($($name:ident),* $(,)?) => {
@@ -48,7 +48,9 @@ both_backends!(
     duplicate_lookup_id_is_conflict,
     list_filters_and_statuses,
     keyset_pagination_is_stable_under_inserts,
-    update_key_writes_and_reports_not_found,
+    update_key_is_conditional_on_version_and_state,
+    storage_refuses_to_unrevoke,
+    racing_changes_are_serialized,
     rotate_expires_old_adds_new_and_cleans_up,
     record_usage_takes_max_and_adds,
     rate_usage_is_shared_between_stores,
@@ -101,6 +103,7 @@ fn key(id: &str, owner: &str, env: &str, lookup_id: &str) -> ApiKey {
         last_used_at: None,
         revoked_at: None,
         revoked_reason: None,
+        version: 1,
         credentials: vec![credential(lookup_id, t)],
     }
 }
@@ -149,6 +152,7 @@ async fn find_by_lookup_id_current_and_old(db: &TestDatabase) {
     let rotated = store
         .rotate_key(
             &k.id,
+            1,
             &credential("NEWlook1", t + TimeDelta::seconds(1)),
             t + TimeDelta::hours(1),
             t,
@@ -169,6 +173,7 @@ async fn find_by_lookup_id_current_and_old(db: &TestDatabase) {
     let rotated = store
         .rotate_key(
             &k.id,
+            2,
             &credential("NEWERlk1", t + TimeDelta::seconds(2)),
             t + TimeDelta::hours(1),
             t,
@@ -372,41 +377,199 @@ async fn keyset_pagination_is_stable_under_inserts(db: &TestDatabase) {
     }
 }
 
-async fn update_key_writes_and_reports_not_found(db: &TestDatabase) {
+async fn update_key_is_conditional_on_version_and_state(db: &TestDatabase) {
     let store = open(db).await;
-    let mut k = key("0001-update", "acme", "live", "UPDlook1");
+    let k = key("0001-update", "acme", "live", "UPDlook1");
     store.insert_key(&k).await.expect("insert");
     let t = now() + TimeDelta::seconds(5);
-    k.name = "renamed".into();
-    k.scopes = vec![Scope::parse("keys:write").expect("scope")];
-    k.ip_allowlist = vec!["fe80::/10".parse().expect("net")];
-    k.rate_limit_per_hour = Some(60);
-    k.state = KeyState::Revoked;
-    k.expires_at = Some(t + TimeDelta::days(1));
-    k.updated_at = t;
-    k.revoked_at = Some(t);
-    k.revoked_reason = Some("rotated out".into());
-    store.update_key(&k).await.expect("update");
-    assert_eq!(store.get_key(&k.id).await.expect("get"), Some(k.clone()));
 
-    // Non-mutable columns are left alone.
-    let mut changed_owner = k.clone();
-    changed_owner.owner_id = "someone-else".into();
-    store.update_key(&changed_owner).await.expect("update");
+    let disabled = store
+        .update_key(&k.id, 1, &KeyUpdate::SetState(KeyState::Disabled), t)
+        .await
+        .expect("disable at version 1");
     assert_eq!(
-        store
-            .get_key(&k.id)
-            .await
-            .expect("get")
-            .expect("present")
-            .owner_id,
-        "acme"
+        (disabled.state, disabled.version, disabled.updated_at),
+        (KeyState::Disabled, 2, t)
+    );
+    assert_eq!(
+        store.get_key(&k.id).await.expect("get"),
+        Some(disabled.clone())
     );
 
-    let mut missing = k.clone();
-    missing.id = "no-such-key".into();
-    let err = store.update_key(&missing).await.expect_err("not found");
+    // A change conditional on the old version touches nothing.
+    let err = store
+        .update_key(&k.id, 1, &KeyUpdate::SetState(KeyState::Active), t)
+        .await
+        .expect_err("stale version");
+    assert!(
+        matches!(err, StoreError::VersionMismatch { current: 2 }),
+        "{err:?}"
+    );
+    assert_eq!(store.get_key(&k.id).await.expect("get"), Some(disabled));
+
+    let expiry = Some(t + TimeDelta::days(1));
+    let expiring = store
+        .update_key(&k.id, 2, &KeyUpdate::SetExpiry(expiry), t)
+        .await
+        .expect("expiry");
+    assert_eq!((expiring.expires_at, expiring.version), (expiry, 3));
+
+    let revoked = store
+        .update_key(
+            &k.id,
+            3,
+            &KeyUpdate::Revoke {
+                reason: Some("leaked".into()),
+            },
+            t,
+        )
+        .await
+        .expect("revoke");
+    assert_eq!(revoked.state, KeyState::Revoked);
+    assert_eq!(revoked.revoked_at, Some(t));
+    assert_eq!(revoked.revoked_reason.as_deref(), Some("leaked"));
+    assert_eq!(revoked.version, 4);
+
+    // Revoked is terminal: nothing applies, whatever version is named.
+    for update in [
+        KeyUpdate::SetState(KeyState::Active),
+        KeyUpdate::SetState(KeyState::Disabled),
+        KeyUpdate::SetExpiry(None),
+        KeyUpdate::Revoke { reason: None },
+    ] {
+        for version in [3, 4, 5] {
+            let err = store
+                .update_key(&k.id, version, &update, t)
+                .await
+                .expect_err("revoked key changed");
+            assert!(
+                matches!(err, StoreError::KeyRevoked),
+                "{update:?}@{version}: {err:?}"
+            );
+        }
+    }
+    let err = store
+        .rotate_key(&k.id, 4, &credential("UPDlook2", t), t, t)
+        .await
+        .expect_err("revoked key rotated");
+    assert!(matches!(err, StoreError::KeyRevoked), "{err:?}");
+    assert_eq!(store.get_key(&k.id).await.expect("get"), Some(revoked));
+
+    let err = store
+        .update_key("no-such-key", 1, &KeyUpdate::SetExpiry(None), t)
+        .await
+        .expect_err("not found");
     assert!(matches!(err, StoreError::NotFound), "{err:?}");
+}
+
+/// Even SQL that bypasses the store cannot take a key out of REVOKED: the
+/// database refuses it.
+async fn storage_refuses_to_unrevoke(db: &TestDatabase) {
+    let store = open(db).await;
+    let k = key("0001-terminal", "acme", "live", "TERMloo1");
+    store.insert_key(&k).await.expect("insert");
+    store
+        .update_key(&k.id, 1, &KeyUpdate::Revoke { reason: None }, now())
+        .await
+        .expect("revoke");
+    let conn = store.connection();
+    for state in ["active", "disabled"] {
+        let result = conn
+            .execute_raw(Statement::from_sql_and_values(
+                conn.get_database_backend(),
+                "UPDATE api_keys SET state = $1 WHERE id = $2",
+                [state.into(), k.id.clone().into()],
+            ))
+            .await;
+        let err = StoreError::from(result.expect_err("un-revoke accepted"));
+        assert!(matches!(err, StoreError::KeyRevoked), "{err:?}");
+    }
+    // Other columns of a revoked key (usage) still update.
+    store
+        .record_usage(&[Usage {
+            key_id: k.id.clone(),
+            lookup_id: "TERMloo1".into(),
+            last_used_at: now(),
+            requests: 1,
+        }])
+        .await
+        .expect("usage of a revoked key");
+    let stored = store.get_key(&k.id).await.expect("get").expect("present");
+    assert_eq!(stored.state, KeyState::Revoked);
+    assert_eq!(stored.version, 2, "usage is not a change");
+}
+
+/// Many tasks change one key at once, each conditional on the version it
+/// read, retrying on a lost race: every change is applied exactly once (the
+/// version counts them), and after a revocation nothing else applies.
+async fn racing_changes_are_serialized(db: &TestDatabase) {
+    let store = open(db).await;
+    let k = key("0001-race", "acme", "live", "RACEloo1");
+    store.insert_key(&k).await.expect("insert");
+    let tasks = 12;
+    let mut handles = Vec::new();
+    for task in 0..tasks {
+        let store = store.clone();
+        let id = k.id.clone();
+        handles.push(tokio::spawn(async move {
+            let update = match task % 3 {
+                0 => KeyUpdate::SetState(KeyState::Disabled),
+                1 => KeyUpdate::SetState(KeyState::Active),
+                _ => KeyUpdate::SetExpiry(Some(now() + TimeDelta::days(1))),
+            };
+            loop {
+                let current = store.get_key(&id).await.expect("get").expect("present");
+                match store.update_key(&id, current.version, &update, now()).await {
+                    Ok(changed) => return changed.version,
+                    Err(StoreError::VersionMismatch { .. }) => continue,
+                    Err(err) => panic!("task {task}: {err:?}"),
+                }
+            }
+        }));
+    }
+    let mut versions = Vec::new();
+    for handle in handles {
+        versions.push(handle.await.expect("task"));
+    }
+    versions.sort_unstable();
+    let expected: Vec<u64> = (2..2 + tasks).collect();
+    assert_eq!(
+        versions, expected,
+        "each change applied once, in some order"
+    );
+
+    // Revocation racing more changes: whoever comes after it fails.
+    let current = store.get_key(&k.id).await.expect("get").expect("present");
+    let mut handles = Vec::new();
+    for task in 0..8 {
+        let store = store.clone();
+        let id = k.id.clone();
+        let version = current.version;
+        handles.push(tokio::spawn(async move {
+            let update = if task == 0 {
+                KeyUpdate::Revoke { reason: None }
+            } else {
+                KeyUpdate::SetState(KeyState::Active)
+            };
+            store.update_key(&id, version, &update, now()).await
+        }));
+    }
+    let mut applied = 0;
+    let mut revoked = false;
+    for (task, handle) in handles.into_iter().enumerate() {
+        match handle.await.expect("task") {
+            Ok(_) => {
+                applied += 1;
+                revoked |= task == 0;
+            }
+            Err(StoreError::VersionMismatch { .. } | StoreError::KeyRevoked) => {}
+            Err(err) => panic!("{err:?}"),
+        }
+    }
+    assert_eq!(applied, 1, "exactly one change at that version applies");
+    let stored = store.get_key(&k.id).await.expect("get").expect("present");
+    assert_eq!(stored.version, current.version + 1);
+    assert_eq!(stored.state == KeyState::Revoked, revoked);
 }
 
 async fn rotate_expires_old_adds_new_and_cleans_up(db: &TestDatabase) {
@@ -427,7 +590,7 @@ async fn rotate_expires_old_adds_new_and_cleans_up(db: &TestDatabase) {
     let grace_end = t + TimeDelta::hours(1);
     let new = credential("NEWcred1", t);
     let rotated = store
-        .rotate_key(&k.id, &new, grace_end, t)
+        .rotate_key(&k.id, 1, &new, grace_end, t)
         .await
         .expect("rotate");
 
@@ -448,6 +611,7 @@ async fn rotate_expires_old_adds_new_and_cleans_up(db: &TestDatabase) {
         "earlier expiry kept"
     );
     assert_eq!(rotated.updated_at, t);
+    assert_eq!(rotated.version, 2);
     assert_eq!(
         store.get_key(&k.id).await.expect("get"),
         Some(rotated.clone())
@@ -460,7 +624,7 @@ async fn rotate_expires_old_adds_new_and_cleans_up(db: &TestDatabase) {
     // Immediate rotation ends every older credential now.
     let t2 = t + TimeDelta::seconds(1);
     let rotated = store
-        .rotate_key(&k.id, &credential("NEWcred2", t2), t2, t2)
+        .rotate_key(&k.id, 2, &credential("NEWcred2", t2), t2, t2)
         .await
         .expect("rotate again");
     assert!(
@@ -470,12 +634,12 @@ async fn rotate_expires_old_adds_new_and_cleans_up(db: &TestDatabase) {
     );
 
     let err = store
-        .rotate_key("no-such-key", &credential("NEWcred3", t), t, t)
+        .rotate_key("no-such-key", 1, &credential("NEWcred3", t), t, t)
         .await
         .expect_err("not found");
     assert!(matches!(err, StoreError::NotFound), "{err:?}");
     let err = store
-        .rotate_key(&k.id, &credential("NEWcred1", t), t, t)
+        .rotate_key(&k.id, 3, &credential("NEWcred1", t), t, t)
         .await
         .expect_err("lookup id taken");
     assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
@@ -720,7 +884,7 @@ async fn postgres_change_notifications() {
         .expect("listen")
         .expect("postgres listener");
 
-    let mut k = key("0001-notify", "acme", "live", "NOTIFY01");
+    let k = key("0001-notify", "acme", "live", "NOTIFY01");
     replica_b.insert_key(&k).await.expect("insert");
     let change = tokio::time::timeout(Duration::from_secs(1), listener.next())
         .await
@@ -730,12 +894,15 @@ async fn postgres_change_notifications() {
         change,
         Change::Key {
             key_id: k.id.clone(),
+            version: 1,
             lookup_ids: vec!["NOTIFY01".into()]
         }
     );
 
-    k.state = KeyState::Disabled;
-    replica_b.update_key(&k).await.expect("update");
+    replica_b
+        .update_key(&k.id, 1, &KeyUpdate::SetState(KeyState::Disabled), now())
+        .await
+        .expect("update");
     let change = tokio::time::timeout(Duration::from_secs(1), listener.next())
         .await
         .expect("update notification within a second")
@@ -744,13 +911,14 @@ async fn postgres_change_notifications() {
         change,
         Change::Key {
             key_id: k.id.clone(),
+            version: 2,
             lookup_ids: vec!["NOTIFY01".into()]
         }
     );
 
     let t = now();
     replica_b
-        .rotate_key(&k.id, &credential("NOTIFY02", t), t, t)
+        .rotate_key(&k.id, 2, &credential("NOTIFY02", t), t, t)
         .await
         .expect("rotate");
     let change = tokio::time::timeout(Duration::from_secs(1), listener.next())
@@ -761,13 +929,14 @@ async fn postgres_change_notifications() {
         change,
         Change::Key {
             key_id: k.id.clone(),
+            version: 3,
             lookup_ids: vec!["NOTIFY01".into(), "NOTIFY02".into()]
         }
     );
 
     // The notification sent by the mutating methods is held until commit.
     let txn = replica_b.connection().begin().await.expect("begin");
-    crate::notify::notify_in(&txn, &k.id, &["NOTIFY02".to_owned()])
+    crate::notify::notify_in(&txn, &k.id, 4, &["NOTIFY02".to_owned()])
         .await
         .expect("notify");
     let early = tokio::time::timeout(Duration::from_millis(300), listener.next()).await;
