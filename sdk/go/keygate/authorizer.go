@@ -2,12 +2,14 @@ package keygate
 
 import (
 	"context"
+	"errors"
 	"math"
 	"net/http"
 	"strings"
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 
 	keygatev1 "github.com/keygate/keygate/sdk/go/keygate/v1"
 )
@@ -28,13 +30,15 @@ type AuthorizeClient interface {
 //
 // When Keygate cannot be reached, does not answer within the timeout, or
 // answers with an error, the Authorizer fails closed (HTTP 503, gRPC
-// UNAVAILABLE) unless built [WithFailOpen].
+// UNAVAILABLE); [WithFailOpen] lets requests through only in the first two
+// cases.
 type Authorizer struct {
-	client      AuthorizeClient
-	environment string
-	timeout     time.Duration
-	failOpen    bool
-	clientIP    func(*http.Request) string
+	client         AuthorizeClient
+	environment    string
+	timeout        time.Duration
+	failOpen       bool
+	trustedProxies int
+	clientIP       func(*http.Request) string // nil: peer, or X-Forwarded-For per trustedProxies
 }
 
 // AuthorizerOption configures [NewAuthorizer].
@@ -46,16 +50,41 @@ func WithTimeout(d time.Duration) AuthorizerOption {
 }
 
 // WithFailOpen lets requests through, without an [Identity], when Keygate
-// cannot decide. Use it only for routes where availability matters more
-// than access control.
+// is unreachable: the Authorize call failed with UNAVAILABLE (connection
+// refused or lost, no server) or DEADLINE_EXCEEDED (no answer within the
+// timeout). Any other error — INVALID_ARGUMENT from a misconfigured
+// environment, INTERNAL, PERMISSION_DENIED, … — still fails closed, so a
+// broken configuration cannot open every route. Use it only for routes where
+// availability matters more than access control.
 func WithFailOpen() AuthorizerOption {
 	return func(a *Authorizer) { a.failOpen = true }
 }
 
-// WithClientIP sets how the HTTP middleware finds the client's address for
-// the key's IP allowlist. The default, [RemoteAddrIP], uses the connection's
-// peer; [ForwardedForIP] trusts X-Forwarded-For. Return "" when unknown: a
-// key with an allowlist is then denied.
+// WithTrustedProxies tells the Authorizer that n reverse proxies, each of
+// which appends the address it received the request from to
+// X-Forwarded-For, sit in front of this service. The client address sent to
+// Keygate (for the key's IP allowlist) is then the n-th X-Forwarded-For entry
+// from the right: with n = 1 the rightmost, written by the one proxy; the
+// entries further left are whatever the client sent and are ignored. Several
+// X-Forwarded-For headers count as one list, in order. When the header has
+// fewer than n entries, or the n-th from the right is not an IP address
+// (optionally with a port), the connection's peer address is used instead:
+// the request did not come through the configured proxies.
+//
+// The default, 0, ignores X-Forwarded-For and uses the peer address. It
+// applies to the HTTP middleware and to the gRPC interceptor (whose
+// x-forwarded-for metadata proxies such as Envoy set). Configure it only if
+// the service cannot be reached except through those proxies.
+// A negative n counts as 0.
+func WithTrustedProxies(n int) AuthorizerOption {
+	return func(a *Authorizer) { a.trustedProxies = max(n, 0) }
+}
+
+// WithClientIP replaces how the HTTP middleware finds the client's address
+// for the key's IP allowlist (the peer address, or [WithTrustedProxies]'
+// choice), for a proxy set-up of your own, such as a header only your proxy
+// writes. Return "" when unknown: a key with an allowlist is then denied.
+// It does not change the gRPC interceptor.
 func WithClientIP(fn func(*http.Request) string) AuthorizerOption {
 	return func(a *Authorizer) { a.clientIP = fn }
 }
@@ -67,7 +96,6 @@ func NewAuthorizer(client AuthorizeClient, environment string, opts ...Authorize
 		client:      client,
 		environment: environment,
 		timeout:     DefaultTimeout,
-		clientIP:    RemoteAddrIP,
 	}
 	for _, opt := range opts {
 		opt(a)
@@ -145,7 +173,7 @@ func (a *Authorizer) decide(ctx context.Context, key, clientIP string, scopes []
 		ClientIp:       clientIP,
 	})
 	if err != nil {
-		if a.failOpen {
+		if a.failOpen && unreachable(err) {
 			return outcome{}
 		}
 		return outcome{denial: &denial{class: unavailable, reason: reasonUnavailable, message: "authorization service unavailable"}}
@@ -154,6 +182,18 @@ func (a *Authorizer) decide(ctx context.Context, key, clientIP string, scopes []
 		return outcome{resp: resp}
 	}
 	return outcome{resp: resp, denial: denialOf(resp)}
+}
+
+// unreachable reports whether an Authorize error means that Keygate could not
+// be reached or did not answer in time, the only failures [WithFailOpen]
+// lets requests through on.
+func unreachable(err error) bool {
+	switch Code(err) {
+	case codes.Unavailable, codes.DeadlineExceeded:
+		return true
+	}
+	// An AuthorizeClient of its own may return the context's error as is.
+	return errors.Is(err, context.DeadlineExceeded)
 }
 
 // denialOf maps a deny response to its class and body.

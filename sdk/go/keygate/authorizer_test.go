@@ -3,6 +3,8 @@ package keygate_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -256,8 +258,7 @@ func TestRequireSendsRequestFields(t *testing.T) {
 		{name: "bearer", header: "Bearer kg_live_abc", remote: "192.0.2.7:5555", wantKey: "kg_live_abc", wantIP: "192.0.2.7", wantCall: true},
 		{name: "scheme case-insensitive", header: "bearer   kg_live_abc ", remote: "[2001:db8::1]:443", wantKey: "kg_live_abc", wantIP: "2001:db8::1", wantCall: true},
 		{name: "forwarded-for ignored by default", header: "Bearer k", remote: "10.0.0.1:1", xff: "203.0.113.9", wantKey: "k", wantIP: "10.0.0.1", wantCall: true},
-		{name: "forwarded-for trusted", opts: []keygate.AuthorizerOption{keygate.WithClientIP(keygate.ForwardedForIP)}, header: "Bearer k", remote: "10.0.0.1:1", xff: "203.0.113.9, 10.0.0.2", wantKey: "k", wantIP: "203.0.113.9", wantCall: true},
-		{name: "forwarded-for garbage", opts: []keygate.AuthorizerOption{keygate.WithClientIP(keygate.ForwardedForIP)}, header: "Bearer k", remote: "10.0.0.1:1", xff: "nonsense", wantKey: "k", wantIP: "10.0.0.1", wantCall: true},
+		{name: "forwarded-for with a trusted proxy", opts: []keygate.AuthorizerOption{keygate.WithTrustedProxies(1)}, header: "Bearer k", remote: "10.0.0.1:1", xff: "203.0.113.9", wantKey: "k", wantIP: "203.0.113.9", wantCall: true},
 		{name: "missing header", remote: "10.0.0.1:1"},
 		{name: "basic scheme", header: "Basic dXNlcjpwYXNz", remote: "10.0.0.1:1"},
 		{name: "bearer without key", header: "Bearer ", remote: "10.0.0.1:1"},
@@ -296,18 +297,122 @@ func TestRequireSendsRequestFields(t *testing.T) {
 	}
 }
 
-func TestRequireWhenKeygateFails(t *testing.T) {
+// TestClientAddress checks which address the HTTP middleware sends to
+// Keygate: the peer's, unless trusted proxies are configured, and then the
+// X-Forwarded-For entry the outermost trusted proxy wrote.
+func TestClientAddress(t *testing.T) {
+	const peer = "10.0.0.1"
 	tests := []struct {
-		name     string
-		failOpen bool
-		want     wantResponse
+		name    string
+		proxies int
+		xff     []string // one value per X-Forwarded-For header
+		want    string
 	}{
-		{"fail closed", false, wantResponse{status: 503, errorReason: "authorization_unavailable"}},
-		{"fail open", true, wantResponse{status: 200, body: "anonymous"}},
+		{name: "no trusted proxies: peer, X-Forwarded-For ignored", xff: []string{"203.0.113.9"}, want: peer},
+		{name: "no trusted proxies, spoofed chain", xff: []string{"6.6.6.6, 203.0.113.9"}, want: peer},
+		{name: "one proxy: rightmost entry", proxies: 1, xff: []string{"203.0.113.9"}, want: "203.0.113.9"},
+		{name: "one proxy: spoofed leftmost entry ignored", proxies: 1, xff: []string{"6.6.6.6, 203.0.113.9"}, want: "203.0.113.9"},
+		{name: "one proxy: several spoofed entries ignored", proxies: 1, xff: []string{"6.6.6.6,7.7.7.7 ,  203.0.113.9"}, want: "203.0.113.9"},
+		{name: "one proxy: headers joined in order", proxies: 1, xff: []string{"6.6.6.6", "203.0.113.9"}, want: "203.0.113.9"},
+		{name: "two proxies: second from the right", proxies: 2, xff: []string{"6.6.6.6, 203.0.113.9, 192.168.1.5"}, want: "203.0.113.9"},
+		{name: "two proxies: exactly two entries", proxies: 2, xff: []string{"203.0.113.9, 192.168.1.5"}, want: "203.0.113.9"},
+		{name: "two proxies: headers joined in order", proxies: 2, xff: []string{"6.6.6.6, 203.0.113.9", "192.168.1.5"}, want: "203.0.113.9"},
+		{name: "two proxies, one entry: peer", proxies: 2, xff: []string{"203.0.113.9"}, want: peer},
+		{name: "one proxy, no header: peer", proxies: 1, want: peer},
+		{name: "one proxy, empty header: peer", proxies: 1, xff: []string{" , "}, want: peer},
+		{name: "one proxy, not an address: peer", proxies: 1, xff: []string{"203.0.113.9, unknown"}, want: peer},
+		{name: "one proxy, IPv6", proxies: 1, xff: []string{"2001:DB8::9"}, want: "2001:db8::9"},
+		{name: "one proxy, IPv4 with port", proxies: 1, xff: []string{"203.0.113.9:4711"}, want: "203.0.113.9"},
+		{name: "one proxy, IPv6 with port", proxies: 1, xff: []string{"[2001:db8::9]:443"}, want: "2001:db8::9"},
+		{name: "negative count: peer", proxies: -1, xff: []string{"203.0.113.9"}, want: peer},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			fake := &fakeKeygate{err: status.Error(codes.InvalidArgument, "environment is required")}
+			fake := &fakeKeygate{resp: &keygatev1.AuthorizeResponse{Decision: keygatev1.Decision_DECISION_ALLOW}}
+			auth := keygate.NewAuthorizer(startFake(t, fake), "live", keygate.WithTrustedProxies(tt.proxies))
+			req := httptest.NewRequest(http.MethodGet, "/", nil)
+			req.RemoteAddr = peer + ":5555"
+			req.Header.Set("Authorization", "Bearer k")
+			for _, v := range tt.xff {
+				req.Header.Add("X-Forwarded-For", v)
+			}
+			auth.Require()(identityEcho).ServeHTTP(httptest.NewRecorder(), req)
+			seen := fake.seen()
+			if len(seen) != 1 {
+				t.Fatalf("Keygate was called %d times, want once", len(seen))
+			}
+			if got := seen[0].GetClientIp(); got != tt.want {
+				t.Errorf("client_ip = %q, want %q", got, tt.want)
+			}
+		})
+	}
+
+	t.Run("WithClientIP replaces the lookup", func(t *testing.T) {
+		fake := &fakeKeygate{resp: &keygatev1.AuthorizeResponse{Decision: keygatev1.Decision_DECISION_ALLOW}}
+		fromHeader := func(r *http.Request) string { return r.Header.Get("X-Real-IP") }
+		auth := keygate.NewAuthorizer(startFake(t, fake), "live", keygate.WithTrustedProxies(1), keygate.WithClientIP(fromHeader))
+		req := httptest.NewRequest(http.MethodGet, "/", nil)
+		req.Header.Set("Authorization", "Bearer k")
+		req.Header.Set("X-Forwarded-For", "6.6.6.6")
+		req.Header.Set("X-Real-IP", "198.51.100.4")
+		auth.Require()(identityEcho).ServeHTTP(httptest.NewRecorder(), req)
+		if seen := fake.seen(); len(seen) != 1 || seen[0].GetClientIp() != "198.51.100.4" {
+			t.Errorf("requests = %v, want one from 198.51.100.4", seen)
+		}
+	})
+}
+
+// countingHandler counts the requests that reached it and answers as
+// identityEcho does.
+type countingHandler struct {
+	mu    sync.Mutex
+	calls int
+}
+
+func (h *countingHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	h.mu.Lock()
+	h.calls++
+	h.mu.Unlock()
+	identityEcho.ServeHTTP(w, r)
+}
+
+func (h *countingHandler) count() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.calls
+}
+
+// TestRequireWhenKeygateFails checks that an Authorize error fails closed,
+// and that fail-open lets a request through only when Keygate is
+// unreachable (UNAVAILABLE, DEADLINE_EXCEEDED), never on another error.
+func TestRequireWhenKeygateFails(t *testing.T) {
+	refused := wantResponse{status: 503, errorReason: "authorization_unavailable"}
+	passed := wantResponse{status: 200, body: "anonymous"}
+	tests := []struct {
+		code     codes.Code
+		failOpen bool
+		want     wantResponse
+	}{
+		{codes.Unavailable, false, refused},
+		{codes.DeadlineExceeded, false, refused},
+		{codes.InvalidArgument, false, refused},
+		{codes.Unavailable, true, passed},
+		{codes.DeadlineExceeded, true, passed},
+		{codes.InvalidArgument, true, refused},
+		{codes.Internal, true, refused},
+		{codes.PermissionDenied, true, refused},
+		{codes.Unauthenticated, true, refused},
+		{codes.FailedPrecondition, true, refused},
+		{codes.Unimplemented, true, refused},
+		{codes.Unknown, true, refused},
+	}
+	for _, tt := range tests {
+		name := tt.code.String() + ", fail closed"
+		if tt.failOpen {
+			name = tt.code.String() + ", fail open"
+		}
+		t.Run(name, func(t *testing.T) {
+			fake := &fakeKeygate{err: status.Error(tt.code, "fake failure")}
 			var opts []keygate.AuthorizerOption
 			if tt.failOpen {
 				opts = append(opts, keygate.WithFailOpen())
@@ -316,9 +421,129 @@ func TestRequireWhenKeygateFails(t *testing.T) {
 			req := httptest.NewRequest(http.MethodGet, "/", nil)
 			req.Header.Set("Authorization", "Bearer k")
 			rec := httptest.NewRecorder()
-			auth.Require()(identityEcho).ServeHTTP(rec, req)
+			handler := &countingHandler{}
+			auth.Require()(handler).ServeHTTP(rec, req)
 			checkResponse(t, rec, tt.want)
+			if reached, want := handler.count(), tt.want.status == http.StatusOK; (reached == 1) != want || reached > 1 {
+				t.Errorf("handler ran %d times, want it to run: %v", reached, want)
+			}
 		})
+	}
+
+	// A fake that answers after the Authorizer's timeout: DEADLINE_EXCEEDED
+	// raised by the client itself.
+	slow := &slowKeygate{delay: 2 * time.Second}
+	for _, failOpen := range []bool{false, true} {
+		t.Run(fmt.Sprintf("too slow, fail open %v", failOpen), func(t *testing.T) {
+			opts := []keygate.AuthorizerOption{keygate.WithTimeout(100 * time.Millisecond)}
+			want := refused
+			if failOpen {
+				opts, want = append(opts, keygate.WithFailOpen()), passed
+			}
+			auth := keygate.NewAuthorizer(startSlowFake(t, slow), "live", opts...)
+			req := httptest.NewRequest(http.MethodGet, "/", nil)
+			req.Header.Set("Authorization", "Bearer k")
+			rec := httptest.NewRecorder()
+			auth.Require()(identityEcho).ServeHTTP(rec, req)
+			checkResponse(t, rec, want)
+		})
+	}
+
+	t.Run("own client returning the context error", func(t *testing.T) {
+		auth := keygate.NewAuthorizer(contextErrorClient{}, "live", keygate.WithFailOpen())
+		req := httptest.NewRequest(http.MethodGet, "/", nil)
+		req.Header.Set("Authorization", "Bearer k")
+		rec := httptest.NewRecorder()
+		auth.Require()(identityEcho).ServeHTTP(rec, req)
+		checkResponse(t, rec, passed)
+	})
+}
+
+// slowKeygate answers Authorize with ALLOW after delay, or when the call ends.
+type slowKeygate struct {
+	keygatev1.UnimplementedAuthorizationServiceServer
+	delay time.Duration
+}
+
+func (s *slowKeygate) Authorize(ctx context.Context, _ *keygatev1.AuthorizeRequest) (*keygatev1.AuthorizeResponse, error) {
+	select {
+	case <-time.After(s.delay):
+	case <-ctx.Done():
+	}
+	return &keygatev1.AuthorizeResponse{Decision: keygatev1.Decision_DECISION_ALLOW, KeyId: "late"}, nil
+}
+
+func startSlowFake(t *testing.T, slow *slowKeygate) *keygate.Client {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer()
+	keygatev1.RegisterAuthorizationServiceServer(srv, slow)
+	go func() { _ = srv.Serve(lis) }()
+	t.Cleanup(srv.Stop)
+	client, err := keygate.NewClient(lis.Addr().String(), keygate.WithInsecure())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = client.Close() })
+	return client
+}
+
+// contextErrorClient is an AuthorizeClient of one's own that waits for the
+// deadline and returns the bare context error, not a gRPC status.
+type contextErrorClient struct{}
+
+func (contextErrorClient) Authorize(ctx context.Context, _ *keygatev1.AuthorizeRequest, _ ...grpc.CallOption) (*keygatev1.AuthorizeResponse, error) {
+	<-ctx.Done()
+	return nil, ctx.Err()
+}
+
+// TestErrorKeepsDetails checks that a client error exposes the status's
+// ErrorInfo and BadRequest details.
+func TestErrorKeepsDetails(t *testing.T) {
+	st, err := status.New(codes.InvalidArgument, "environment: must name the environment").WithDetails(
+		&errdetails.ErrorInfo{Reason: "INVALID_ARGUMENT", Domain: "keygate.dev", Metadata: map[string]string{"k": "v"}},
+		&errdetails.BadRequest{FieldViolations: []*errdetails.BadRequest_FieldViolation{
+			{Field: "environment", Description: "must name the environment"},
+			{Field: "key", Description: "must not be empty"},
+		}},
+	)
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := startFake(t, &fakeKeygate{err: st.Err()})
+	_, err = client.Authorize(context.Background(), &keygatev1.AuthorizeRequest{})
+	var kerr *keygate.Error
+	if !errors.As(err, &kerr) {
+		t.Fatalf("error %v (%T), want *keygate.Error", err, err)
+	}
+	if kerr.Code != codes.InvalidArgument || kerr.Reason != "INVALID_ARGUMENT" || kerr.Domain != keygate.ErrorDomain || kerr.Metadata["k"] != "v" {
+		t.Errorf("error = %+v, want INVALID_ARGUMENT with reason INVALID_ARGUMENT in keygate.dev and metadata k=v", kerr)
+	}
+	if got := keygate.Reason(err); got != "INVALID_ARGUMENT" {
+		t.Errorf("Reason(err) = %q", got)
+	}
+	want := []keygate.FieldViolation{
+		{Field: "environment", Description: "must name the environment"},
+		{Field: "key", Description: "must not be empty"},
+	}
+	if !slices.Equal(kerr.FieldViolations, want) {
+		t.Errorf("FieldViolations = %v, want %v", kerr.FieldViolations, want)
+	}
+	if len(status.Convert(err).Details()) != 2 {
+		t.Errorf("GRPCStatus lost the details: %v", status.Convert(err).Details())
+	}
+
+	// Without details: no reason, no violations.
+	plain := startFake(t, &fakeKeygate{err: status.Error(codes.Internal, "boom")})
+	_, err = plain.Authorize(context.Background(), &keygatev1.AuthorizeRequest{})
+	if !errors.As(err, &kerr) || kerr.Reason != "" || kerr.Domain != "" || kerr.FieldViolations != nil {
+		t.Errorf("error = %+v, want one without reason or violations", err)
+	}
+	if keygate.Reason(errors.New("other")) != "" {
+		t.Error(`Reason of a plain error is not ""`)
 	}
 }
 
@@ -407,6 +632,72 @@ func TestInterceptorMapsDecisions(t *testing.T) {
 			}
 			if retry != tt.wantRetry {
 				t.Errorf("RetryInfo delay = %v, want %v", retry, tt.wantRetry)
+			}
+		})
+	}
+}
+
+func TestInterceptorFailOpenOnlyWhenUnreachable(t *testing.T) {
+	tests := []struct {
+		code     codes.Code
+		wantCode codes.Code
+	}{
+		{codes.InvalidArgument, codes.Unavailable},
+		{codes.Internal, codes.Unavailable},
+		{codes.PermissionDenied, codes.Unavailable},
+		{codes.Unavailable, codes.OK},
+		{codes.DeadlineExceeded, codes.OK},
+	}
+	for _, tt := range tests {
+		t.Run(tt.code.String(), func(t *testing.T) {
+			fake := &fakeKeygate{err: status.Error(tt.code, "fake failure")}
+			auth := keygate.NewAuthorizer(startFake(t, fake), "live", keygate.WithFailOpen())
+			reached := false
+			handler := func(ctx context.Context, _ any) (any, error) {
+				reached = true
+				if _, ok := keygate.IdentityFromContext(ctx); ok {
+					t.Error("a failed-open call carries an identity")
+				}
+				return "ok", nil
+			}
+			ctx := metadata.NewIncomingContext(context.Background(), metadata.Pairs("authorization", "Bearer k"))
+			_, err := auth.UnaryServerInterceptor(nil)(ctx, nil, &grpc.UnaryServerInfo{FullMethod: healthCheck}, handler)
+			if got := status.Code(err); got != tt.wantCode {
+				t.Errorf("code = %v (%v), want %v", got, err, tt.wantCode)
+			}
+			if reached != (tt.wantCode == codes.OK) {
+				t.Errorf("handler reached = %v, want %v", reached, tt.wantCode == codes.OK)
+			}
+		})
+	}
+}
+
+func TestInterceptorClientAddress(t *testing.T) {
+	tests := []struct {
+		name    string
+		proxies int
+		xff     []string
+		want    string
+	}{
+		{name: "no trusted proxies: peer", xff: []string{"203.0.113.9"}, want: "127.0.0.1"},
+		{name: "one proxy: spoofed leftmost ignored", proxies: 1, xff: []string{"6.6.6.6, 203.0.113.9"}, want: "203.0.113.9"},
+		{name: "two proxies", proxies: 2, xff: []string{"6.6.6.6, 203.0.113.9", "192.168.1.5"}, want: "203.0.113.9"},
+		{name: "two proxies, one entry: peer", proxies: 2, xff: []string{"203.0.113.9"}, want: "127.0.0.1"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			fake := &fakeKeygate{resp: &keygatev1.AuthorizeResponse{Decision: keygatev1.Decision_DECISION_ALLOW}}
+			auth := keygate.NewAuthorizer(startFake(t, fake), "live", keygate.WithTrustedProxies(tt.proxies))
+			client := protectedHealth(t, auth, nil)
+			ctx := metadata.AppendToOutgoingContext(context.Background(), "authorization", "Bearer k")
+			for _, v := range tt.xff {
+				ctx = metadata.AppendToOutgoingContext(ctx, "x-forwarded-for", v)
+			}
+			if _, err := client.Check(ctx, &healthpb.HealthCheckRequest{}); err != nil {
+				t.Fatal(err)
+			}
+			if seen := fake.seen(); len(seen) != 1 || seen[0].GetClientIp() != tt.want {
+				t.Errorf("requests = %v, want one from %s", seen, tt.want)
 			}
 		})
 	}

@@ -25,6 +25,16 @@ import (
 // clients, so every RPC is available; the methods defined on Client itself
 // shadow them with the same signatures and return errors as *[Error].
 //
+// Optimistic concurrency: RotateKey, RevokeKey, UpdateKeyExpiry, DisableKey
+// and EnableKey requests take an optional Etag, the ApiKey.Etag of the key as
+// last read. When it is set and the key has changed since, the call fails
+// with codes.Aborted and [Error.Reason] "ETAG_MISMATCH", and changes nothing:
+//
+//	got, err := client.GetKey(ctx, &keygatev1.GetKeyRequest{KeyId: id})
+//	...
+//	_, err = client.DisableKey(ctx, &keygatev1.DisableKeyRequest{KeyId: id, Etag: got.GetKey().GetEtag()})
+//	if keygate.Reason(err) == "ETAG_MISMATCH" { /* re-read and decide again */ }
+//
 // A Client is safe for concurrent use. Close it when done.
 type Client struct {
 	keygatev1.KeyManagementServiceClient

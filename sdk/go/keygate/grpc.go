@@ -17,29 +17,28 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 )
 
-// errorDomain is the domain of the google.rpc.ErrorInfo the interceptor
-// attaches to its errors.
-const errorDomain = "keygate.dev"
-
 // UnaryServerInterceptor returns a gRPC interceptor that does for gRPC what
 // [Authorizer.Require] does for HTTP. The key comes from "authorization:
-// Bearer <key>" metadata and the client address from the connection's peer.
+// Bearer <key>" metadata and the client address from the connection's peer,
+// or from x-forwarded-for metadata with [WithTrustedProxies].
 // scopes maps full method names ("/pkg.Service/Method") to the scopes they
 // require; a method absent from it needs a valid key and no particular scope.
 //
 // Denials become UNAUTHENTICATED (missing or unusable key), PERMISSION_DENIED
 // (missing scope, address not allowed) or RESOURCE_EXHAUSTED (rate limited,
 // with a google.rpc.RetryInfo detail), each with a google.rpc.ErrorInfo whose
-// reason is the deny reason in upper snake case; UNAVAILABLE when Keygate
-// cannot decide. Rate-limit figures are sent as x-ratelimit-* header
-// metadata.
+// reason is the deny reason in upper snake case; UNAVAILABLE
+// (AUTHORIZATION_UNAVAILABLE) when Keygate cannot decide, unless
+// [WithFailOpen] lets the call through because Keygate is unreachable.
+// Rate-limit figures are sent as x-ratelimit-* header metadata.
 func (a *Authorizer) UnaryServerInterceptor(scopes map[string][]string) grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 		var key string
 		if values := metadata.ValueFromIncomingContext(ctx, "authorization"); len(values) > 0 {
 			key = bearerKey(values[0])
 		}
-		out := a.decide(ctx, key, peerIP(ctx), scopes[info.FullMethod])
+		clientIP := clientAddr(peerIP(ctx), metadata.ValueFromIncomingContext(ctx, "x-forwarded-for"), a.trustedProxies)
+		out := a.decide(ctx, key, clientIP, scopes[info.FullMethod])
 		if rl := out.resp.GetRateLimit(); rl != nil {
 			// An error here means the headers were already sent; the
 			// figures are advisory, so the call goes on.
@@ -72,7 +71,7 @@ func denialStatus(d *denial) *status.Status {
 		code = codes.Unavailable
 	}
 	st := status.New(code, d.message)
-	details := []protoadapt.MessageV1{&errdetails.ErrorInfo{Reason: strings.ToUpper(d.reason), Domain: errorDomain}}
+	details := []protoadapt.MessageV1{&errdetails.ErrorInfo{Reason: strings.ToUpper(d.reason), Domain: ErrorDomain}}
 	if d.class == rateLimited {
 		delay := time.Duration(retryAfterSeconds(d.retryAfter)) * time.Second
 		details = append(details, &errdetails.RetryInfo{RetryDelay: durationpb.New(delay)})

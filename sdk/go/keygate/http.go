@@ -2,7 +2,6 @@ package keygate
 
 import (
 	"encoding/json"
-	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -23,7 +22,7 @@ import (
 func (a *Authorizer) Require(scopes ...string) func(http.Handler) http.Handler {
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			out := a.decide(r.Context(), bearerKey(r.Header.Get("Authorization")), a.clientIP(r), scopes)
+			out := a.decide(r.Context(), bearerKey(r.Header.Get("Authorization")), a.httpClientIP(r), scopes)
 			if rl := out.resp.GetRateLimit(); rl != nil {
 				h := w.Header()
 				h.Set("X-RateLimit-Limit", strconv.FormatUint(uint64(rl.GetLimit()), 10))
@@ -84,25 +83,4 @@ func bearerKey(header string) string {
 		return ""
 	}
 	return strings.TrimSpace(key)
-}
-
-// RemoteAddrIP returns the IP address of the connection's peer, the default
-// client address of an [Authorizer].
-func RemoteAddrIP(r *http.Request) string {
-	host, _, err := net.SplitHostPort(r.RemoteAddr)
-	if err != nil {
-		return r.RemoteAddr
-	}
-	return host
-}
-
-// ForwardedForIP returns the first address in the X-Forwarded-For header,
-// falling back to [RemoteAddrIP]. Use it, through [WithClientIP], only behind
-// a proxy that sets the header itself: clients can send any value.
-func ForwardedForIP(r *http.Request) string {
-	first, _, _ := strings.Cut(r.Header.Get("X-Forwarded-For"), ",")
-	if ip := net.ParseIP(strings.TrimSpace(first)); ip != nil {
-		return ip.String()
-	}
-	return RemoteAddrIP(r)
 }

@@ -105,8 +105,8 @@ func TestLiveKeyLifecycle(t *testing.T) {
 
 	_, err = client.RotateKey(ctx, &keygatev1.RotateKeyRequest{KeyId: keyID})
 	var kerr *keygate.Error
-	if !errors.As(err, &kerr) || kerr.Code != codes.FailedPrecondition {
-		t.Errorf("RotateKey of a revoked key: %v, want a *keygate.Error with FAILED_PRECONDITION", err)
+	if !errors.As(err, &kerr) || kerr.Code != codes.FailedPrecondition || kerr.Reason != "KEY_REVOKED" {
+		t.Errorf("RotateKey of a revoked key: %v, want a *keygate.Error with FAILED_PRECONDITION and reason KEY_REVOKED", err)
 	}
 	if status.Code(err) != codes.FailedPrecondition {
 		t.Errorf("status.Code(%v) = %v, want FAILED_PRECONDITION through GRPCStatus", err, status.Code(err))
@@ -167,27 +167,33 @@ func TestLiveAllKeysPages(t *testing.T) {
 func TestLiveErrors(t *testing.T) {
 	srv := live(t)
 	tests := []struct {
-		name     string
-		key      string
-		call     func(*keygate.Client) error
-		wantCode codes.Code
+		name       string
+		key        string
+		call       func(*keygate.Client) error
+		wantCode   codes.Code
+		wantReason string
+		wantFields []string // the fields of the BadRequest violations
 	}{
 		{"unknown key", srv.adminKey, func(c *keygate.Client) error {
 			_, err := c.GetKey(context.Background(), &keygatev1.GetKeyRequest{KeyId: "00000000-0000-7000-8000-000000000000"})
 			return err
-		}, codes.NotFound},
+		}, codes.NotFound, "KEY_NOT_FOUND", nil},
+		{"malformed key id", srv.adminKey, func(c *keygate.Client) error {
+			_, err := c.GetKey(context.Background(), &keygatev1.GetKeyRequest{KeyId: "not a key id"})
+			return err
+		}, codes.InvalidArgument, "INVALID_ARGUMENT", []string{"key_id"}},
 		{"bad management key", "kg_live_not-a-real-key", func(c *keygate.Client) error {
 			_, err := c.ListKeys(context.Background(), &keygatev1.ListKeysRequest{})
 			return err
-		}, codes.Unauthenticated},
+		}, codes.Unauthenticated, "MANAGEMENT_KEY_INVALID", nil},
 		{"no management key", "", func(c *keygate.Client) error {
 			_, err := c.ListKeys(context.Background(), &keygatev1.ListKeysRequest{})
 			return err
-		}, codes.Unauthenticated},
+		}, codes.Unauthenticated, "MANAGEMENT_KEY_MISSING", nil},
 		{"missing environment", srv.adminKey, func(c *keygate.Client) error {
 			_, err := c.Authorize(context.Background(), &keygatev1.AuthorizeRequest{Key: "kg_live_x"})
 			return err
-		}, codes.InvalidArgument},
+		}, codes.InvalidArgument, "INVALID_ARGUMENT", []string{"environment"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -208,7 +214,66 @@ func TestLiveErrors(t *testing.T) {
 			if kerr.Code != tt.wantCode || keygate.Code(err) != tt.wantCode {
 				t.Errorf("code = %v, want %v (%v)", kerr.Code, tt.wantCode, err)
 			}
+			if kerr.Reason != tt.wantReason || kerr.Domain != keygate.ErrorDomain {
+				t.Errorf("reason = %q in %q, want %q in %q", kerr.Reason, kerr.Domain, tt.wantReason, keygate.ErrorDomain)
+			}
+			var fields []string
+			for _, v := range kerr.FieldViolations {
+				fields = append(fields, v.Field)
+				if v.Description == "" {
+					t.Errorf("violation of %s has no description", v.Field)
+				}
+			}
+			if !slices.Equal(fields, tt.wantFields) {
+				t.Errorf("field violations = %+v, want fields %v", kerr.FieldViolations, tt.wantFields)
+			}
 		})
+	}
+}
+
+// TestLiveEtagMismatch: a change with the key's current etag applies; one
+// with an etag read before that change fails with ABORTED / ETAG_MISMATCH and
+// changes nothing.
+func TestLiveEtagMismatch(t *testing.T) {
+	ctx := context.Background()
+	client := adminClient(t)
+	keyID := createKey(t, client, &keygatev1.CreateKeyRequest{Scopes: []string{"dns:read"}}).GetKey().GetKeyId()
+
+	got, err := client.GetKey(ctx, &keygatev1.GetKeyRequest{KeyId: keyID})
+	if err != nil {
+		t.Fatalf("GetKey: %v", err)
+	}
+	oldEtag := got.GetKey().GetEtag()
+	if oldEtag == "" {
+		t.Fatalf("GetKey returned no etag: %v", got.GetKey())
+	}
+
+	disabled, err := client.DisableKey(ctx, &keygatev1.DisableKeyRequest{KeyId: keyID, Etag: oldEtag})
+	if err != nil {
+		t.Fatalf("DisableKey with the current etag: %v", err)
+	}
+	if disabled.GetKey().GetStatus() != keygatev1.KeyStatus_KEY_STATUS_DISABLED {
+		t.Fatalf("DisableKey = %v, want DISABLED", disabled.GetKey())
+	}
+	if e := disabled.GetKey().GetEtag(); e == "" || e == oldEtag {
+		t.Errorf("etag after DisableKey = %q, want a new one (was %q)", e, oldEtag)
+	}
+
+	_, err = client.EnableKey(ctx, &keygatev1.EnableKeyRequest{KeyId: keyID, Etag: oldEtag})
+	var kerr *keygate.Error
+	if !errors.As(err, &kerr) || kerr.Code != codes.Aborted || kerr.Reason != "ETAG_MISMATCH" || kerr.Domain != keygate.ErrorDomain {
+		t.Fatalf("EnableKey with a stale etag: %v (%+v), want ABORTED with reason ETAG_MISMATCH", err, kerr)
+	}
+
+	after, err := client.GetKey(ctx, &keygatev1.GetKeyRequest{KeyId: keyID})
+	if err != nil {
+		t.Fatalf("GetKey: %v", err)
+	}
+	if after.GetKey().GetStatus() != keygatev1.KeyStatus_KEY_STATUS_DISABLED {
+		t.Errorf("after the refused EnableKey: status %v, want still DISABLED", after.GetKey().GetStatus())
+	}
+	if after.GetKey().GetEtag() != disabled.GetKey().GetEtag() {
+		t.Errorf("etag changed by the refused EnableKey: %q, was %q", after.GetKey().GetEtag(), disabled.GetKey().GetEtag())
 	}
 }
 

@@ -172,27 +172,75 @@ def test_missing_key_is_refused_without_asking_keygate(authorization: str | None
     assert fake.requests == []
 
 
+PEER = "10.0.0.1"
+
+
 @pytest.mark.parametrize(
-    ("xff", "use_forwarded_for", "expected"),
+    ("trusted_proxies", "xff", "expected"),
     [
-        ("203.0.113.9, 10.0.0.2", False, "127.0.0.1"),
-        ("203.0.113.9, 10.0.0.2", True, "203.0.113.9"),
-        ("nonsense", True, "127.0.0.1"),
-        (None, True, "127.0.0.1"),
+        # No trusted proxies: the peer, whatever X-Forwarded-For says.
+        (0, ["203.0.113.9"], PEER),
+        (0, ["6.6.6.6, 203.0.113.9"], PEER),
+        (0, [], PEER),
+        # One proxy: the rightmost entry; spoofed entries to its left ignored.
+        (1, ["203.0.113.9"], "203.0.113.9"),
+        (1, ["6.6.6.6, 203.0.113.9"], "203.0.113.9"),
+        (1, ["6.6.6.6,7.7.7.7 ,  203.0.113.9"], "203.0.113.9"),
+        (1, ["6.6.6.6", "203.0.113.9"], "203.0.113.9"),
+        # Two proxies: the second entry from the right.
+        (2, ["6.6.6.6, 203.0.113.9, 192.168.1.5"], "203.0.113.9"),
+        (2, ["203.0.113.9, 192.168.1.5"], "203.0.113.9"),
+        (2, ["6.6.6.6, 203.0.113.9", "192.168.1.5"], "203.0.113.9"),
+        # Fewer entries than proxies, none, or not an address: the peer.
+        (2, ["203.0.113.9"], PEER),
+        (1, [], PEER),
+        (1, [" , "], PEER),
+        (1, ["203.0.113.9, unknown"], PEER),
+        # Addresses as proxies write them.
+        (1, ["2001:DB8::9"], "2001:db8::9"),
+        (1, ["203.0.113.9:4711"], "203.0.113.9"),
+        (1, ["[2001:db8::9]:443"], "2001:db8::9"),
     ],
 )
-def test_client_ip(xff: str | None, use_forwarded_for: bool, expected: str) -> None:
+def test_client_ip(trusted_proxies: int, xff: list[str], expected: str) -> None:
     fake = FakeKeygate(ALLOW)
 
     async def scenario() -> None:
         async with fake_client(fake) as client:
-            options: dict[str, Any] = {"client_ip": keygate.forwarded_for_ip} if use_forwarded_for else {}
-            app = KeygateMiddleware(echo_identity, client=client, environment="live", **options)
-            headers = [(b"x-forwarded-for", xff.encode())] if xff else []
-            await request(app, authorization="Bearer k", headers=headers)
+            app = KeygateMiddleware(echo_identity, client=client, environment="live", trusted_proxies=trusted_proxies)
+            headers = [(b"x-forwarded-for", value.encode()) for value in xff]
+            await request(app, authorization="Bearer k", headers=headers, client=(PEER, 5555))
 
     asyncio.run(scenario())
     assert [r.client_ip for r in fake.requests] == [expected]
+
+
+def test_client_ip_function_and_its_checks() -> None:
+    fake = FakeKeygate(ALLOW)
+
+    def real_ip(scope: Scope) -> str:
+        headers: dict[bytes, bytes] = dict(scope["headers"])
+        return headers.get(b"x-real-ip", b"").decode()
+
+    async def scenario() -> None:
+        async with fake_client(fake) as client:
+            app = KeygateMiddleware(echo_identity, client=client, environment="live", client_ip=real_ip)
+            headers = [(b"x-forwarded-for", b"6.6.6.6"), (b"x-real-ip", b"198.51.100.4")]
+            await request(app, authorization="Bearer k", headers=headers)
+            with pytest.raises(ValueError, match="not both"):
+                KeygateMiddleware(echo_identity, client=client, environment="live", client_ip=real_ip, trusted_proxies=1)
+            with pytest.raises(ValueError, match="negative"):
+                KeygateMiddleware(echo_identity, client=client, environment="live", trusted_proxies=-1)
+
+    asyncio.run(scenario())
+    assert [r.client_ip for r in fake.requests] == ["198.51.100.4"]
+
+
+def test_forwarded_client_ip_without_client() -> None:
+    scope: Scope = {"type": "http", "headers": [(b"x-forwarded-for", b"203.0.113.9")]}
+    assert keygate.forwarded_client_ip(scope, 0) == ""
+    assert keygate.forwarded_client_ip(scope, 1) == "203.0.113.9"
+    assert keygate.forwarded_client_ip(scope, 2) == ""
 
 
 def test_scopes_from_a_function() -> None:
@@ -205,9 +253,77 @@ def test_scopes_from_a_function() -> None:
     assert [list(r.required_scopes) for r in fake.requests] == [["dns:read"]]
 
 
-@pytest.mark.parametrize(("fail_open", "status"), [(False, 503), (True, 200)])
-def test_fake_error_fails_closed_unless_told(fail_open: bool, status: int) -> None:
-    response = through_fake(FakeKeygate(None, grpc.StatusCode.INTERNAL), fail_open=fail_open)
+class CountingApp:
+    """echo_identity, counting the requests that reach it."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        self.calls += 1
+        await echo_identity(scope, receive, send)
+
+
+@pytest.mark.parametrize("fail_open", [False, True], ids=["fail-closed", "fail-open"])
+@pytest.mark.parametrize(
+    "code",
+    [
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.UNIMPLEMENTED,
+        grpc.StatusCode.UNKNOWN,
+    ],
+    ids=lambda code: code.name,
+)
+def test_fake_error_fails_closed_unless_unreachable(code: grpc.StatusCode, fail_open: bool) -> None:
+    """fail_open lets a request through only when Keygate is unreachable."""
+    app = CountingApp()
+
+    async def scenario() -> Response:
+        async with fake_client(FakeKeygate(None, code)) as client:
+            middleware = KeygateMiddleware(app, client=client, environment="live", fail_open=fail_open)
+            return await request(middleware, authorization="Bearer kg_live_presented")
+
+    response = asyncio.run(scenario())
+    if fail_open and code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        assert (response.status, response.body) == (200, b"anonymous")
+        assert app.calls == 1
+    else:
+        assert_refused(response, 503, "authorization_unavailable")
+        assert app.calls == 0
+
+
+class SlowKeygate(authorization_pb2_grpc.AuthorizationServiceServicer):
+    """Answers ALLOW, but only after the middleware's timeout."""
+
+    async def Authorize(  # noqa: N802 (generated name)
+        self, request: D.AuthorizeRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> D.AuthorizeResponse:
+        await asyncio.sleep(2)
+        return ALLOW
+
+
+@pytest.mark.parametrize("fail_open", [False, True], ids=["fail-closed", "fail-open"])
+def test_fake_too_slow(fail_open: bool) -> None:
+    """The client's own deadline (DEADLINE_EXCEEDED) counts as unreachable."""
+    async def scenario() -> Response:
+        server = grpc.aio.server()
+        authorization_pb2_grpc.add_AuthorizationServiceServicer_to_server(SlowKeygate(), server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        try:
+            async with keygate.AsyncClient(f"127.0.0.1:{port}", insecure=True) as client:
+                app = KeygateMiddleware(echo_identity, client=client, environment="live", timeout=0.1, fail_open=fail_open)
+                return await request(app, authorization="Bearer kg_live_presented")
+        finally:
+            await server.stop(None)
+
+    response = asyncio.run(scenario())
     if fail_open:
         assert (response.status, response.body) == (200, b"anonymous")
     else:

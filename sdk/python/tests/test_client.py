@@ -45,6 +45,7 @@ def test_key_lifecycle(admin: keygate.Client) -> None:
     with pytest.raises(keygate.FailedPreconditionError) as raised:
         admin.rotate_key(key_id)
     assert raised.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert (raised.value.reason, raised.value.domain) == ("KEY_REVOKED", keygate.ERROR_DOMAIN)
 
 
 def test_disable_enable_and_expiry(admin: keygate.Client) -> None:
@@ -72,22 +73,29 @@ def test_list_keys_iterates_over_pages(admin: keygate.Client) -> None:
 
 
 @pytest.mark.parametrize(
-    ("management_key", "call", "error", "code"),
+    ("management_key", "call", "error", "code", "reason", "fields"),
     [
-        ("admin", lambda c: c.get_key(MISSING_KEY_ID), keygate.NotFoundError, grpc.StatusCode.NOT_FOUND),
-        ("admin", lambda c: c.get_key("not a key id"), keygate.InvalidArgumentError, grpc.StatusCode.INVALID_ARGUMENT),
-        ("admin", lambda c: c.authorize("kg_live_x", environment=""), keygate.InvalidArgumentError, grpc.StatusCode.INVALID_ARGUMENT),
-        ("kg_live_forged", lambda c: list(c.list_keys()), keygate.UnauthenticatedError, grpc.StatusCode.UNAUTHENTICATED),
-        (None, lambda c: list(c.list_keys()), keygate.UnauthenticatedError, grpc.StatusCode.UNAUTHENTICATED),
+        ("admin", lambda c: c.get_key(MISSING_KEY_ID), keygate.NotFoundError, grpc.StatusCode.NOT_FOUND,
+         "KEY_NOT_FOUND", []),
+        ("admin", lambda c: c.get_key("not a key id"), keygate.InvalidArgumentError,
+         grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT", ["key_id"]),
+        ("admin", lambda c: c.authorize("kg_live_x", environment=""), keygate.InvalidArgumentError,
+         grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT", ["environment"]),
+        ("kg_live_forged", lambda c: list(c.list_keys()), keygate.UnauthenticatedError,
+         grpc.StatusCode.UNAUTHENTICATED, "MANAGEMENT_KEY_INVALID", []),
+        (None, lambda c: list(c.list_keys()), keygate.UnauthenticatedError, grpc.StatusCode.UNAUTHENTICATED,
+         "MANAGEMENT_KEY_MISSING", []),
     ],
     ids=["not-found", "bad-key-id", "no-environment", "forged-management-key", "no-management-key"],
 )
-def test_errors_keep_the_status_code(
+def test_errors_keep_the_status_code_and_reason(
     keygate_server: KeygateServer,
     management_key: str | None,
     call: Callable[[keygate.Client], object],
     error: type[keygate.KeygateError],
     code: grpc.StatusCode,
+    reason: str,
+    fields: list[str],
 ) -> None:
     key = keygate_server.admin_key if management_key == "admin" else management_key
     with keygate.Client(keygate_server.address, management_key=key, insecure=True) as client:
@@ -95,6 +103,46 @@ def test_errors_keep_the_status_code(
             call(client)
     assert raised.value.code == code
     assert isinstance(raised.value, keygate.KeygateError) and raised.value.message
+    assert (raised.value.reason, raised.value.domain) == (reason, keygate.ERROR_DOMAIN)
+    assert [v.field for v in raised.value.field_violations] == fields
+    assert all(v.description for v in raised.value.field_violations)
+
+
+def test_async_errors_keep_the_reason(keygate_server: KeygateServer) -> None:
+    async def scenario() -> None:
+        async with keygate.AsyncClient(
+            keygate_server.address, management_key=keygate_server.admin_key, insecure=True
+        ) as client:
+            with pytest.raises(keygate.NotFoundError) as not_found:
+                await client.get_key(MISSING_KEY_ID)
+            assert not_found.value.reason == "KEY_NOT_FOUND"
+            with pytest.raises(keygate.InvalidArgumentError) as invalid:
+                await client.get_key("not a key id")
+            assert invalid.value.reason == "INVALID_ARGUMENT"
+            assert [v.field for v in invalid.value.field_violations] == ["key_id"]
+
+    asyncio.run(scenario())
+
+
+def test_etag_mismatch_is_aborted(admin: keygate.Client) -> None:
+    """A change with the key's current etag applies; one with an etag read
+    before that change is ABORTED (ETAG_MISMATCH) and changes nothing."""
+    key_id = admin.create_key(owner_id="acme", name="etag", environment="live", scopes=["dns:read"]).key.key_id
+    old_etag = admin.get_key(key_id).etag
+    assert old_etag, "GetKey returned no etag"
+
+    disabled = admin.disable_key(key_id, etag=old_etag)
+    assert disabled.status == keys_pb2.KEY_STATUS_DISABLED
+    assert disabled.etag and disabled.etag != old_etag
+
+    with pytest.raises(keygate.AbortedError) as raised:
+        admin.enable_key(key_id, etag=old_etag)
+    assert raised.value.code == grpc.StatusCode.ABORTED
+    assert (raised.value.reason, raised.value.domain) == ("ETAG_MISMATCH", keygate.ERROR_DOMAIN)
+
+    after = admin.get_key(key_id)
+    assert after.status == keys_pb2.KEY_STATUS_DISABLED
+    assert after.etag == disabled.etag
 
 
 def test_least_privilege_management_key(admin: keygate.Client, keygate_server: KeygateServer) -> None:

@@ -120,7 +120,11 @@ type ApiKey struct {
 	// Why the key was revoked, as given to RevokeKey.
 	RevokedReason string `protobuf:"bytes,16,opt,name=revoked_reason,json=revokedReason,proto3" json:"revoked_reason,omitempty"`
 	// The key's secrets that still work or worked last, newest first.
-	Credentials   []*Credential `protobuf:"bytes,17,rep,name=credentials,proto3" json:"credentials,omitempty"`
+	Credentials []*Credential `protobuf:"bytes,17,rep,name=credentials,proto3" json:"credentials,omitempty"`
+	// An opaque token that changes on every change to the key. Send it back in
+	// a mutating request's `etag` to apply the change only if the key has not
+	// changed since it was read (optimistic concurrency, AIP-154).
+	Etag          string `protobuf:"bytes,18,opt,name=etag,proto3" json:"etag,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -272,6 +276,13 @@ func (x *ApiKey) GetCredentials() []*Credential {
 		return x.Credentials
 	}
 	return nil
+}
+
+func (x *ApiKey) GetEtag() string {
+	if x != nil {
+		return x.Etag
+	}
+	return ""
 }
 
 // Credential describes one secret of a key, never the secret itself.
@@ -787,7 +798,10 @@ type RotateKeyRequest struct {
 	// The key's id.
 	KeyId string `protobuf:"bytes,1,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
 	// How long the old secret keeps working; unset or zero means it stops at once.
-	GracePeriod   *durationpb.Duration `protobuf:"bytes,2,opt,name=grace_period,json=gracePeriod,proto3" json:"grace_period,omitempty"`
+	GracePeriod *durationpb.Duration `protobuf:"bytes,2,opt,name=grace_period,json=gracePeriod,proto3" json:"grace_period,omitempty"`
+	// If set, the change applies only while the key's etag still equals this
+	// one; a stale etag fails with ABORTED and changes nothing.
+	Etag          string `protobuf:"bytes,3,opt,name=etag,proto3" json:"etag,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -834,6 +848,13 @@ func (x *RotateKeyRequest) GetGracePeriod() *durationpb.Duration {
 		return x.GracePeriod
 	}
 	return nil
+}
+
+func (x *RotateKeyRequest) GetEtag() string {
+	if x != nil {
+		return x.Etag
+	}
+	return ""
 }
 
 // RotateKeyResponse carries the new secret.
@@ -906,7 +927,10 @@ type RevokeKeyRequest struct {
 	// The key's id.
 	KeyId string `protobuf:"bytes,1,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
 	// Why, for the record (at most 500 characters).
-	Reason        string `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	Reason string `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	// If set, the change applies only while the key's etag still equals this
+	// one; a stale etag fails with ABORTED and changes nothing.
+	Etag          string `protobuf:"bytes,3,opt,name=etag,proto3" json:"etag,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -951,6 +975,13 @@ func (x *RevokeKeyRequest) GetKeyId() string {
 func (x *RevokeKeyRequest) GetReason() string {
 	if x != nil {
 		return x.Reason
+	}
+	return ""
+}
+
+func (x *RevokeKeyRequest) GetEtag() string {
+	if x != nil {
+		return x.Etag
 	}
 	return ""
 }
@@ -1007,7 +1038,10 @@ type UpdateKeyExpiryRequest struct {
 	// The key's id.
 	KeyId string `protobuf:"bytes,1,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
 	// The new expiry, in the future; unset means never expires.
-	ExpiresAt     *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	ExpiresAt *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	// If set, the change applies only while the key's etag still equals this
+	// one; a stale etag fails with ABORTED and changes nothing.
+	Etag          string `protobuf:"bytes,3,opt,name=etag,proto3" json:"etag,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1054,6 +1088,13 @@ func (x *UpdateKeyExpiryRequest) GetExpiresAt() *timestamppb.Timestamp {
 		return x.ExpiresAt
 	}
 	return nil
+}
+
+func (x *UpdateKeyExpiryRequest) GetEtag() string {
+	if x != nil {
+		return x.Etag
+	}
+	return ""
 }
 
 // UpdateKeyExpiryResponse carries the updated key.
@@ -1106,7 +1147,10 @@ func (x *UpdateKeyExpiryResponse) GetKey() *ApiKey {
 type DisableKeyRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The key's id.
-	KeyId         string `protobuf:"bytes,1,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
+	KeyId string `protobuf:"bytes,1,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
+	// If set, the change applies only while the key's etag still equals this
+	// one; a stale etag fails with ABORTED and changes nothing.
+	Etag          string `protobuf:"bytes,2,opt,name=etag,proto3" json:"etag,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1144,6 +1188,13 @@ func (*DisableKeyRequest) Descriptor() ([]byte, []int) {
 func (x *DisableKeyRequest) GetKeyId() string {
 	if x != nil {
 		return x.KeyId
+	}
+	return ""
+}
+
+func (x *DisableKeyRequest) GetEtag() string {
+	if x != nil {
+		return x.Etag
 	}
 	return ""
 }
@@ -1198,7 +1249,10 @@ func (x *DisableKeyResponse) GetKey() *ApiKey {
 type EnableKeyRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The key's id.
-	KeyId         string `protobuf:"bytes,1,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
+	KeyId string `protobuf:"bytes,1,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
+	// If set, the change applies only while the key's etag still equals this
+	// one; a stale etag fails with ABORTED and changes nothing.
+	Etag          string `protobuf:"bytes,2,opt,name=etag,proto3" json:"etag,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1236,6 +1290,13 @@ func (*EnableKeyRequest) Descriptor() ([]byte, []int) {
 func (x *EnableKeyRequest) GetKeyId() string {
 	if x != nil {
 		return x.KeyId
+	}
+	return ""
+}
+
+func (x *EnableKeyRequest) GetEtag() string {
+	if x != nil {
+		return x.Etag
 	}
 	return ""
 }
@@ -1291,7 +1352,7 @@ var File_keygate_v1_keys_proto protoreflect.FileDescriptor
 const file_keygate_v1_keys_proto_rawDesc = "" +
 	"\n" +
 	"\x15keygate/v1/keys.proto\x12\n" +
-	"keygate.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xdd\x05\n" +
+	"keygate.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf1\x05\n" +
 	"\x06ApiKey\x12\x15\n" +
 	"\x06key_id\x18\x01 \x01(\tR\x05keyId\x12\x19\n" +
 	"\bowner_id\x18\x02 \x01(\tR\aownerId\x12\x12\n" +
@@ -1315,7 +1376,8 @@ const file_keygate_v1_keys_proto_rawDesc = "" +
 	"\n" +
 	"revoked_at\x18\x0f \x01(\v2\x1a.google.protobuf.TimestampR\trevokedAt\x12%\n" +
 	"\x0erevoked_reason\x18\x10 \x01(\tR\rrevokedReason\x128\n" +
-	"\vcredentials\x18\x11 \x03(\v2\x16.keygate.v1.CredentialR\vcredentialsB\x16\n" +
+	"\vcredentials\x18\x11 \x03(\v2\x16.keygate.v1.CredentialR\vcredentials\x12\x12\n" +
+	"\x04etag\x18\x12 \x01(\tR\x04etagB\x16\n" +
 	"\x14_rate_limit_per_hour\"\xf1\x01\n" +
 	"\n" +
 	"Credential\x12\x1b\n" +
@@ -1355,31 +1417,36 @@ const file_keygate_v1_keys_proto_rawDesc = "" +
 	"page_token\x18\x05 \x01(\tR\tpageToken\"b\n" +
 	"\x10ListKeysResponse\x12&\n" +
 	"\x04keys\x18\x01 \x03(\v2\x12.keygate.v1.ApiKeyR\x04keys\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"g\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"{\n" +
 	"\x10RotateKeyRequest\x12\x15\n" +
 	"\x06key_id\x18\x01 \x01(\tR\x05keyId\x12<\n" +
-	"\fgrace_period\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\vgracePeriod\"\xaa\x01\n" +
+	"\fgrace_period\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\vgracePeriod\x12\x12\n" +
+	"\x04etag\x18\x03 \x01(\tR\x04etag\"\xaa\x01\n" +
 	"\x11RotateKeyResponse\x12$\n" +
 	"\x03key\x18\x01 \x01(\v2\x12.keygate.v1.ApiKeyR\x03key\x12\x16\n" +
 	"\x06secret\x18\x02 \x01(\tR\x06secret\x12W\n" +
-	"\x1aprevious_secret_expires_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x17previousSecretExpiresAt\"A\n" +
+	"\x1aprevious_secret_expires_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x17previousSecretExpiresAt\"U\n" +
 	"\x10RevokeKeyRequest\x12\x15\n" +
 	"\x06key_id\x18\x01 \x01(\tR\x05keyId\x12\x16\n" +
-	"\x06reason\x18\x02 \x01(\tR\x06reason\"9\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\x12\x12\n" +
+	"\x04etag\x18\x03 \x01(\tR\x04etag\"9\n" +
 	"\x11RevokeKeyResponse\x12$\n" +
-	"\x03key\x18\x01 \x01(\v2\x12.keygate.v1.ApiKeyR\x03key\"j\n" +
+	"\x03key\x18\x01 \x01(\v2\x12.keygate.v1.ApiKeyR\x03key\"~\n" +
 	"\x16UpdateKeyExpiryRequest\x12\x15\n" +
 	"\x06key_id\x18\x01 \x01(\tR\x05keyId\x129\n" +
 	"\n" +
-	"expires_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\"?\n" +
+	"expires_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\x12\x12\n" +
+	"\x04etag\x18\x03 \x01(\tR\x04etag\"?\n" +
 	"\x17UpdateKeyExpiryResponse\x12$\n" +
-	"\x03key\x18\x01 \x01(\v2\x12.keygate.v1.ApiKeyR\x03key\"*\n" +
+	"\x03key\x18\x01 \x01(\v2\x12.keygate.v1.ApiKeyR\x03key\">\n" +
 	"\x11DisableKeyRequest\x12\x15\n" +
-	"\x06key_id\x18\x01 \x01(\tR\x05keyId\":\n" +
+	"\x06key_id\x18\x01 \x01(\tR\x05keyId\x12\x12\n" +
+	"\x04etag\x18\x02 \x01(\tR\x04etag\":\n" +
 	"\x12DisableKeyResponse\x12$\n" +
-	"\x03key\x18\x01 \x01(\v2\x12.keygate.v1.ApiKeyR\x03key\")\n" +
+	"\x03key\x18\x01 \x01(\v2\x12.keygate.v1.ApiKeyR\x03key\"=\n" +
 	"\x10EnableKeyRequest\x12\x15\n" +
-	"\x06key_id\x18\x01 \x01(\tR\x05keyId\"9\n" +
+	"\x06key_id\x18\x01 \x01(\tR\x05keyId\x12\x12\n" +
+	"\x04etag\x18\x02 \x01(\tR\x04etag\"9\n" +
 	"\x11EnableKeyResponse\x12$\n" +
 	"\x03key\x18\x01 \x01(\v2\x12.keygate.v1.ApiKeyR\x03key*\x87\x01\n" +
 	"\tKeyStatus\x12\x1a\n" +

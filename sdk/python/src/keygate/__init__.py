@@ -1,17 +1,21 @@
 """Python client of Keygate, the API key service.
 
 * :class:`Client` and :class:`AsyncClient` manage keys and authorize them over
-  gRPC; errors are :class:`KeygateError` subclasses that keep the status code.
+  gRPC; errors are :class:`KeygateError` subclasses that keep the status code
+  and Keygate's error reason (``err.reason``, e.g. ``"ETAG_MISMATCH"``).
 * :class:`KeygateMiddleware` protects any ASGI application.
 * ``keygate.v1`` holds the generated messages and stubs.
 """
 
 from keygate._common import CreatedKey, RotatedKey
 from keygate.aio import AsyncClient
-from keygate.asgi import Identity, KeygateMiddleware, forwarded_for_ip, identity
+from keygate.asgi import Identity, KeygateMiddleware, forwarded_client_ip, identity
 from keygate.client import Client
 from keygate.errors import (
+    ERROR_DOMAIN,
+    AbortedError,
     FailedPreconditionError,
+    FieldViolation,
     InvalidArgumentError,
     KeygateError,
     NotFoundError,
@@ -21,10 +25,13 @@ from keygate.errors import (
 )
 
 __all__ = [
+    "ERROR_DOMAIN",
+    "AbortedError",
     "AsyncClient",
     "Client",
     "CreatedKey",
     "FailedPreconditionError",
+    "FieldViolation",
     "Identity",
     "InvalidArgumentError",
     "KeygateError",
@@ -34,6 +41,6 @@ __all__ = [
     "RotatedKey",
     "UnauthenticatedError",
     "UnavailableError",
-    "forwarded_for_ip",
+    "forwarded_client_ip",
     "identity",
 ]

@@ -1,4 +1,9 @@
-"""What the sync and async clients share: channel set-up and request building."""
+"""What the sync and async clients share: channel set-up and request building.
+
+The mutating requests take an optional ``etag`` (``ApiKey.etag`` as last
+read): ``None`` or ``""`` leaves it unset, and the change applies whatever the
+key's current state.
+"""
 
 from __future__ import annotations
 
@@ -90,8 +95,14 @@ def create_key_request(
     return request
 
 
-def rotate_key_request(key_id: str, grace_period: timedelta | None) -> keys_pb2.RotateKeyRequest:
-    request = keys_pb2.RotateKeyRequest(key_id=key_id)
+def get_key_request(key_id: str) -> keys_pb2.GetKeyRequest:
+    return keys_pb2.GetKeyRequest(key_id=key_id)
+
+
+def rotate_key_request(
+    key_id: str, *, grace_period: timedelta | None, etag: str | None
+) -> keys_pb2.RotateKeyRequest:
+    request = keys_pb2.RotateKeyRequest(key_id=key_id, etag=etag or "")
     if grace_period is not None:
         request.grace_period.CopyFrom(duration(grace_period))
     return request
@@ -106,10 +117,22 @@ def rotated_key(response: keys_pb2.RotateKeyResponse) -> RotatedKey:
     return RotatedKey(key=response.key, secret=response.secret, previous_secret_expires_at=previous)
 
 
+def revoke_key_request(key_id: str, *, reason: str, etag: str | None) -> keys_pb2.RevokeKeyRequest:
+    return keys_pb2.RevokeKeyRequest(key_id=key_id, reason=reason, etag=etag or "")
+
+
+def disable_key_request(key_id: str, *, etag: str | None) -> keys_pb2.DisableKeyRequest:
+    return keys_pb2.DisableKeyRequest(key_id=key_id, etag=etag or "")
+
+
+def enable_key_request(key_id: str, *, etag: str | None) -> keys_pb2.EnableKeyRequest:
+    return keys_pb2.EnableKeyRequest(key_id=key_id, etag=etag or "")
+
+
 def update_key_expiry_request(
-    key_id: str, expires_at: datetime | None
+    key_id: str, expires_at: datetime | None, *, etag: str | None
 ) -> keys_pb2.UpdateKeyExpiryRequest:
-    request = keys_pb2.UpdateKeyExpiryRequest(key_id=key_id)
+    request = keys_pb2.UpdateKeyExpiryRequest(key_id=key_id, etag=etag or "")
     if expires_at is not None:
         request.expires_at.CopyFrom(timestamp(expires_at))
     return request

@@ -14,8 +14,17 @@ SDK's middleware:
   ``key_expired``, ``key_revoked``, ``key_disabled``, ``environment_mismatch``;
 * 403: ``scope_missing`` (the body lists ``missing_scopes``), ``ip_not_allowed``;
 * 429 with ``Retry-After``: ``rate_limited``;
-* 503 ``authorization_unavailable`` when Keygate cannot decide within the
-  timeout, unless ``fail_open=True`` lets the request through without identity.
+* 503 ``authorization_unavailable`` when Keygate cannot decide: it is
+  unreachable, too slow, or answers with an error. ``fail_open=True`` lets
+  the request through, without identity, only when Keygate is unreachable
+  (the call failed with UNAVAILABLE or DEADLINE_EXCEEDED); any other error
+  (INVALID_ARGUMENT from a misconfigured environment, INTERNAL, …) still
+  answers 503.
+
+The client address sent to Keygate (for keys with an IP allowlist) is the
+connection's peer, ``scope["client"]``. Behind reverse proxies, set
+``trusted_proxies`` to their number to use the address they recorded in
+``X-Forwarded-For`` instead (see :func:`forwarded_client_ip`).
 
 Bodies are JSON: ``{"error": "<reason>", "message": "..."}``.
 ``X-RateLimit-Limit``, ``-Remaining`` and ``-Reset`` (unix seconds) are set
@@ -33,6 +42,8 @@ import math
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import grpc
 
 from keygate.aio import AsyncClient
 from keygate.errors import KeygateError
@@ -70,20 +81,54 @@ def remote_addr_ip(scope: Scope) -> str:
     return str(client[0]) if client else ""
 
 
-def forwarded_for_ip(scope: Scope) -> str:
-    """The first address of ``X-Forwarded-For``, else the peer's address.
+def forwarded_client_ip(scope: Scope, trusted_proxies: int) -> str:
+    """The client's address behind ``trusted_proxies`` reverse proxies.
 
-    Pass it as ``client_ip=`` only behind a proxy that sets the header
-    itself: clients can send any value.
+    Each proxy appends the address it received the request from to
+    ``X-Forwarded-For``, so the client is the ``trusted_proxies``-th entry
+    from the right (with 1, the rightmost); the entries further left are
+    whatever the client sent and are ignored. Several ``X-Forwarded-For``
+    headers count as one list, in order. The peer's address
+    (:func:`remote_addr_ip`) is returned instead when ``trusted_proxies`` is
+    0, when the header has fewer entries than that, or when that entry is not
+    an IP address (optionally with a port): the request did not come through
+    the configured proxies.
     """
-    for name, value in scope.get("headers", ()):
-        if name.lower() == b"x-forwarded-for":
-            first = value.decode("latin-1").split(",")[0].strip()
-            try:
-                return str(ipaddress.ip_address(first))
-            except ValueError:
-                break
-    return remote_addr_ip(scope)
+    if trusted_proxies <= 0:
+        return remote_addr_ip(scope)
+    entries = [
+        entry.strip()
+        for name, value in scope.get("headers", ())
+        if name.lower() == b"x-forwarded-for"
+        for entry in value.decode("latin-1").split(",")
+        # Empty entries are dropped: proxies never write one, so this cannot
+        # move a proxy-written entry.
+        if entry.strip()
+    ]
+    if len(entries) < trusted_proxies:
+        return remote_addr_ip(scope)
+    return _parse_forwarded_ip(entries[-trusted_proxies]) or remote_addr_ip(scope)
+
+
+def _parse_forwarded_ip(entry: str) -> str:
+    """An X-Forwarded-For entry's address ("192.0.2.1", "192.0.2.1:4711",
+    "[2001:db8::1]:443", "2001:db8::1"), canonical, or "" if it is none."""
+    candidates = [entry]
+    if entry.startswith("["):
+        candidates.append(entry[1:].partition("]")[0])
+    elif entry.count(":") == 1:
+        candidates.append(entry.partition(":")[0])
+    for candidate in candidates:
+        try:
+            address = ipaddress.ip_address(candidate)
+        except ValueError:
+            continue
+        return str(address)
+    return ""
+
+
+_UNREACHABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+"""The Authorize failures ``fail_open=True`` lets requests through on."""
 
 
 _UNAUTHENTICATED = 401
@@ -118,7 +163,8 @@ class KeygateMiddleware:
         scopes: Sequence[str] | Callable[[Scope], Sequence[str]] = (),
         timeout: float = DEFAULT_TIMEOUT,
         fail_open: bool = False,
-        client_ip: Callable[[Scope], str] = remote_addr_ip,
+        trusted_proxies: int = 0,
+        client_ip: Callable[[Scope], str] | None = None,
     ) -> None:
         """
         Args:
@@ -129,17 +175,30 @@ class KeygateMiddleware:
                 scope returning them (for per-route or per-method scopes).
             timeout: seconds each Authorize call may take.
             fail_open: let requests through, without identity, when Keygate
-                cannot decide (default: answer 503).
-            client_ip: how to find the client's address for the key's IP
-                allowlist (default: the connection's peer; see
-                :func:`forwarded_for_ip`).
+                is unreachable (UNAVAILABLE or DEADLINE_EXCEEDED); every other
+                failure still answers 503 (the default for all failures).
+            trusted_proxies: how many reverse proxies, each appending to
+                ``X-Forwarded-For``, sit in front of this application. 0 (the
+                default) ignores the header and uses the connection's peer;
+                n uses the n-th entry from the right, falling back to the peer
+                when there are fewer (see :func:`forwarded_client_ip`). Set it
+                only if the application cannot be reached but through them.
+            client_ip: a function of the ASGI scope returning the client's
+                address, replacing the above for a set-up of your own (such
+                as a header only your proxy writes); return ``""`` when
+                unknown: a key with an allowlist is then denied.
         """
+        if trusted_proxies < 0:
+            raise ValueError("trusted_proxies must not be negative")
+        if client_ip is not None and trusted_proxies:
+            raise ValueError("give trusted_proxies or client_ip, not both")
         self.app = app
         self._client = client
         self._environment = environment
         self._scopes = scopes
         self._timeout = timeout
         self._fail_open = fail_open
+        self._trusted_proxies = trusted_proxies
         self._client_ip = client_ip
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -157,11 +216,11 @@ class KeygateMiddleware:
                 key,
                 environment=self._environment,
                 required_scopes=scopes,
-                client_ip=self._client_ip(scope),
+                client_ip=self._address(scope),
                 timeout=self._timeout,
             )
-        except KeygateError:
-            if self._fail_open:
+        except KeygateError as error:
+            if self._fail_open and error.code in _UNREACHABLE:
                 await self.app(scope, receive, send)
                 return
             refusal = _refusal(503, "authorization_unavailable", "authorization service unavailable")
@@ -191,6 +250,11 @@ class KeygateMiddleware:
             await send(message)
 
         await self.app(allowed, receive, send_with_headers)
+
+    def _address(self, scope: Scope) -> str:
+        if self._client_ip is not None:
+            return self._client_ip(scope)
+        return forwarded_client_ip(scope, self._trusted_proxies)
 
 
 def _bearer_key(scope: Scope) -> str:

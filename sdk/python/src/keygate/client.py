@@ -113,7 +113,7 @@ class Client:
 
     def get_key(self, key_id: str, *, timeout: float | None = None) -> keys_pb2.ApiKey:
         """Returns a key's metadata."""
-        return _call(self.keys.GetKey, keys_pb2.GetKeyRequest(key_id=key_id), timeout).key
+        return _call(self.keys.GetKey, _common.get_key_request(key_id), timeout).key
 
     def list_keys(
         self,
@@ -143,30 +143,50 @@ class Client:
         key_id: str,
         *,
         grace_period: timedelta | None = None,
+        etag: str | None = None,
         timeout: float | None = None,
     ) -> RotatedKey:
-        """Gives a key a new secret; the old one works for ``grace_period`` more."""
-        request = _common.rotate_key_request(key_id, grace_period)
+        """Gives a key a new secret; the old one works for ``grace_period`` more.
+
+        With ``etag`` (the key's ``etag`` as last read), the change applies
+        only if the key has not changed since; otherwise
+        :class:`keygate.AbortedError` (reason ``ETAG_MISMATCH``) is raised and
+        nothing changes. The same holds for every method taking ``etag``.
+        """
+        request = _common.rotate_key_request(key_id, grace_period=grace_period, etag=etag)
         return _common.rotated_key(_call(self.keys.RotateKey, request, timeout))
 
-    def revoke_key(self, key_id: str, *, reason: str = "", timeout: float | None = None) -> keys_pb2.ApiKey:
+    def revoke_key(
+        self, key_id: str, *, reason: str = "", etag: str | None = None, timeout: float | None = None
+    ) -> keys_pb2.ApiKey:
         """Ends a key for good."""
-        request = keys_pb2.RevokeKeyRequest(key_id=key_id, reason=reason)
+        request = _common.revoke_key_request(key_id, reason=reason, etag=etag)
         return _call(self.keys.RevokeKey, request, timeout).key
 
-    def disable_key(self, key_id: str, *, timeout: float | None = None) -> keys_pb2.ApiKey:
+    def disable_key(
+        self, key_id: str, *, etag: str | None = None, timeout: float | None = None
+    ) -> keys_pb2.ApiKey:
         """Switches a key off until :meth:`enable_key`."""
-        return _call(self.keys.DisableKey, keys_pb2.DisableKeyRequest(key_id=key_id), timeout).key
+        request = _common.disable_key_request(key_id, etag=etag)
+        return _call(self.keys.DisableKey, request, timeout).key
 
-    def enable_key(self, key_id: str, *, timeout: float | None = None) -> keys_pb2.ApiKey:
+    def enable_key(
+        self, key_id: str, *, etag: str | None = None, timeout: float | None = None
+    ) -> keys_pb2.ApiKey:
         """Switches a disabled key back on."""
-        return _call(self.keys.EnableKey, keys_pb2.EnableKeyRequest(key_id=key_id), timeout).key
+        request = _common.enable_key_request(key_id, etag=etag)
+        return _call(self.keys.EnableKey, request, timeout).key
 
     def update_key_expiry(
-        self, key_id: str, expires_at: datetime | None, *, timeout: float | None = None
+        self,
+        key_id: str,
+        expires_at: datetime | None,
+        *,
+        etag: str | None = None,
+        timeout: float | None = None,
     ) -> keys_pb2.ApiKey:
         """Sets a key's expiry (a timezone-aware datetime), or clears it with None."""
-        request = _common.update_key_expiry_request(key_id, expires_at)
+        request = _common.update_key_expiry_request(key_id, expires_at, etag=etag)
         return _call(self.keys.UpdateKeyExpiry, request, timeout).key
 
     def authorize(

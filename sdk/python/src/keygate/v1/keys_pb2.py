@@ -26,7 +26,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15keygate/v1/keys.proto\x12\nkeygate.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xdd\x05\n\x06\x41piKey\x12\x15\n\x06key_id\x18\x01 \x01(\tR\x05keyId\x12\x19\n\x08owner_id\x18\x02 \x01(\tR\x07ownerId\x12\x12\n\x04name\x18\x03 \x01(\tR\x04name\x12 \n\x0b\x65nvironment\x18\x04 \x01(\tR\x0b\x65nvironment\x12\x16\n\x06scopes\x18\x05 \x03(\tR\x06scopes\x12!\n\x0cip_allowlist\x18\x06 \x03(\tR\x0bipAllowlist\x12\x32\n\x13rate_limit_per_hour\x18\x07 \x01(\rH\x00R\x10rateLimitPerHour\x88\x01\x01\x12-\n\x06status\x18\x08 \x01(\x0e\x32\x15.keygate.v1.KeyStatusR\x06status\x12\x16\n\x06prefix\x18\t \x01(\tR\x06prefix\x12\x12\n\x04hint\x18\n \x01(\tR\x04hint\x12\x39\n\ncreated_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tcreatedAt\x12\x39\n\nupdated_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tupdatedAt\x12\x39\n\nexpires_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.TimestampR\texpiresAt\x12<\n\x0clast_used_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.TimestampR\nlastUsedAt\x12\x39\n\nrevoked_at\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.TimestampR\trevokedAt\x12%\n\x0erevoked_reason\x18\x10 \x01(\tR\rrevokedReason\x12\x38\n\x0b\x63redentials\x18\x11 \x03(\x0b\x32\x16.keygate.v1.CredentialR\x0b\x63redentialsB\x16\n\x14_rate_limit_per_hour\"\xf1\x01\n\nCredential\x12\x1b\n\tlookup_id\x18\x01 \x01(\tR\x08lookupId\x12\x12\n\x04hint\x18\x02 \x01(\tR\x04hint\x12\x39\n\ncreated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tcreatedAt\x12\x39\n\nexpires_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\texpiresAt\x12<\n\x0clast_used_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\nlastUsedAt\"\xe0\x02\n\x10\x43reateKeyRequest\x12\x19\n\x08owner_id\x18\x01 \x01(\tR\x07ownerId\x12\x12\n\x04name\x18\x02 \x01(\tR\x04name\x12 \n\x0b\x65nvironment\x18\x03 \x01(\tR\x0b\x65nvironment\x12\x16\n\x06scopes\x18\x04 \x03(\tR\x06scopes\x12!\n\x0cip_allowlist\x18\x05 \x03(\tR\x0bipAllowlist\x12\x32\n\x13rate_limit_per_hour\x18\x06 \x01(\rH\x01R\x10rateLimitPerHour\x88\x01\x01\x12;\n\nexpires_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampH\x00R\texpiresAt\x12-\n\x03ttl\x18\x08 \x01(\x0b\x32\x19.google.protobuf.DurationH\x00R\x03ttlB\x08\n\x06\x65xpiryB\x16\n\x14_rate_limit_per_hour\"Q\n\x11\x43reateKeyResponse\x12$\n\x03key\x18\x01 \x01(\x0b\x32\x12.keygate.v1.ApiKeyR\x03key\x12\x16\n\x06secret\x18\x02 \x01(\tR\x06secret\"&\n\rGetKeyRequest\x12\x15\n\x06key_id\x18\x01 \x01(\tR\x05keyId\"6\n\x0eGetKeyResponse\x12$\n\x03key\x18\x01 \x01(\x0b\x32\x12.keygate.v1.ApiKeyR\x03key\"\xb9\x01\n\x0fListKeysRequest\x12\x19\n\x08owner_id\x18\x01 \x01(\tR\x07ownerId\x12 \n\x0b\x65nvironment\x18\x02 \x01(\tR\x0b\x65nvironment\x12-\n\x06status\x18\x03 \x01(\x0e\x32\x15.keygate.v1.KeyStatusR\x06status\x12\x1b\n\tpage_size\x18\x04 \x01(\x05R\x08pageSize\x12\x1d\n\npage_token\x18\x05 \x01(\tR\tpageToken\"b\n\x10ListKeysResponse\x12&\n\x04keys\x18\x01 \x03(\x0b\x32\x12.keygate.v1.ApiKeyR\x04keys\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"g\n\x10RotateKeyRequest\x12\x15\n\x06key_id\x18\x01 \x01(\tR\x05keyId\x12<\n\x0cgrace_period\x18\x02 \x01(\x0b\x32\x19.google.protobuf.DurationR\x0bgracePeriod\"\xaa\x01\n\x11RotateKeyResponse\x12$\n\x03key\x18\x01 \x01(\x0b\x32\x12.keygate.v1.ApiKeyR\x03key\x12\x16\n\x06secret\x18\x02 \x01(\tR\x06secret\x12W\n\x1aprevious_secret_expires_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x17previousSecretExpiresAt\"A\n\x10RevokeKeyRequest\x12\x15\n\x06key_id\x18\x01 \x01(\tR\x05keyId\x12\x16\n\x06reason\x18\x02 \x01(\tR\x06reason\"9\n\x11RevokeKeyResponse\x12$\n\x03key\x18\x01 \x01(\x0b\x32\x12.keygate.v1.ApiKeyR\x03key\"j\n\x16UpdateKeyExpiryRequest\x12\x15\n\x06key_id\x18\x01 \x01(\tR\x05keyId\x12\x39\n\nexpires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\texpiresAt\"?\n\x17UpdateKeyExpiryResponse\x12$\n\x03key\x18\x01 \x01(\x0b\x32\x12.keygate.v1.ApiKeyR\x03key\"*\n\x11\x44isableKeyRequest\x12\x15\n\x06key_id\x18\x01 \x01(\tR\x05keyId\":\n\x12\x44isableKeyResponse\x12$\n\x03key\x18\x01 \x01(\x0b\x32\x12.keygate.v1.ApiKeyR\x03key\")\n\x10\x45nableKeyRequest\x12\x15\n\x06key_id\x18\x01 \x01(\tR\x05keyId\"9\n\x11\x45nableKeyResponse\x12$\n\x03key\x18\x01 \x01(\x0b\x32\x12.keygate.v1.ApiKeyR\x03key*\x87\x01\n\tKeyStatus\x12\x1a\n\x16KEY_STATUS_UNSPECIFIED\x10\x00\x12\x15\n\x11KEY_STATUS_ACTIVE\x10\x01\x12\x17\n\x13KEY_STATUS_DISABLED\x10\x02\x12\x16\n\x12KEY_STATUS_EXPIRED\x10\x03\x12\x16\n\x12KEY_STATUS_REVOKED\x10\x04\x32\xef\x04\n\x14KeyManagementService\x12H\n\tCreateKey\x12\x1c.keygate.v1.CreateKeyRequest\x1a\x1d.keygate.v1.CreateKeyResponse\x12?\n\x06GetKey\x12\x19.keygate.v1.GetKeyRequest\x1a\x1a.keygate.v1.GetKeyResponse\x12\x45\n\x08ListKeys\x12\x1b.keygate.v1.ListKeysRequest\x1a\x1c.keygate.v1.ListKeysResponse\x12H\n\tRotateKey\x12\x1c.keygate.v1.RotateKeyRequest\x1a\x1d.keygate.v1.RotateKeyResponse\x12H\n\tRevokeKey\x12\x1c.keygate.v1.RevokeKeyRequest\x1a\x1d.keygate.v1.RevokeKeyResponse\x12Z\n\x0fUpdateKeyExpiry\x12\".keygate.v1.UpdateKeyExpiryRequest\x1a#.keygate.v1.UpdateKeyExpiryResponse\x12K\n\nDisableKey\x12\x1d.keygate.v1.DisableKeyRequest\x1a\x1e.keygate.v1.DisableKeyResponse\x12H\n\tEnableKey\x12\x1c.keygate.v1.EnableKeyRequest\x1a\x1d.keygate.v1.EnableKeyResponseB8Z6github.com/keygate/keygate/sdk/go/keygate/v1;keygatev1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15keygate/v1/keys.proto\x12\nkeygate.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf1\x05\n\x06\x41piKey\x12\x15\n\x06key_id\x18\x01 \x01(\tR\x05keyId\x12\x19\n\x08owner_id\x18\x02 \x01(\tR\x07ownerId\x12\x12\n\x04name\x18\x03 \x01(\tR\x04name\x12 \n\x0b\x65nvironment\x18\x04 \x01(\tR\x0b\x65nvironment\x12\x16\n\x06scopes\x18\x05 \x03(\tR\x06scopes\x12!\n\x0cip_allowlist\x18\x06 \x03(\tR\x0bipAllowlist\x12\x32\n\x13rate_limit_per_hour\x18\x07 \x01(\rH\x00R\x10rateLimitPerHour\x88\x01\x01\x12-\n\x06status\x18\x08 \x01(\x0e\x32\x15.keygate.v1.KeyStatusR\x06status\x12\x16\n\x06prefix\x18\t \x01(\tR\x06prefix\x12\x12\n\x04hint\x18\n \x01(\tR\x04hint\x12\x39\n\ncreated_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tcreatedAt\x12\x39\n\nupdated_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tupdatedAt\x12\x39\n\nexpires_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.TimestampR\texpiresAt\x12<\n\x0clast_used_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.TimestampR\nlastUsedAt\x12\x39\n\nrevoked_at\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.TimestampR\trevokedAt\x12%\n\x0erevoked_reason\x18\x10 \x01(\tR\rrevokedReason\x12\x38\n\x0b\x63redentials\x18\x11 \x03(\x0b\x32\x16.keygate.v1.CredentialR\x0b\x63redentials\x12\x12\n\x04\x65tag\x18\x12 \x01(\tR\x04\x65tagB\x16\n\x14_rate_limit_per_hour\"\xf1\x01\n\nCredential\x12\x1b\n\tlookup_id\x18\x01 \x01(\tR\x08lookupId\x12\x12\n\x04hint\x18\x02 \x01(\tR\x04hint\x12\x39\n\ncreated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tcreatedAt\x12\x39\n\nexpires_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\texpiresAt\x12<\n\x0clast_used_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\nlastUsedAt\"\xe0\x02\n\x10\x43reateKeyRequest\x12\x19\n\x08owner_id\x18\x01 \x01(\tR\x07ownerId\x12\x12\n\x04name\x18\x02 \x01(\tR\x04name\x12 \n\x0b\x65nvironment\x18\x03 \x01(\tR\x0b\x65nvironment\x12\x16\n\x06scopes\x18\x04 \x03(\tR\x06scopes\x12!\n\x0cip_allowlist\x18\x05 \x03(\tR\x0bipAllowlist\x12\x32\n\x13rate_limit_per_hour\x18\x06 \x01(\rH\x01R\x10rateLimitPerHour\x88\x01\x01\x12;\n\nexpires_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampH\x00R\texpiresAt\x12-\n\x03ttl\x18\x08 \x01(\x0b\x32\x19.google.protobuf.DurationH\x00R\x03ttlB\x08\n\x06\x65xpiryB\x16\n\x14_rate_limit_per_hour\"Q\n\x11\x43reateKeyResponse\x12$\n\x03key\x18\x01 \x01(\x0b\x32\x12.keygate.v1.ApiKeyR\x03key\x12\x16\n\x06secret\x18\x02 \x01(\tR\x06secret\"&\n\rGetKeyRequest\x12\x15\n\x06key_id\x18\x01 \x01(\tR\x05keyId\"6\n\x0eGetKeyResponse\x12$\n\x03key\x18\x01 \x01(\x0b\x32\x12.keygate.v1.ApiKeyR\x03key\"\xb9\x01\n\x0fListKeysRequest\x12\x19\n\x08owner_id\x18\x01 \x01(\tR\x07ownerId\x12 \n\x0b\x65nvironment\x18\x02 \x01(\tR\x0b\x65nvironment\x12-\n\x06status\x18\x03 \x01(\x0e\x32\x15.keygate.v1.KeyStatusR\x06status\x12\x1b\n\tpage_size\x18\x04 \x01(\x05R\x08pageSize\x12\x1d\n\npage_token\x18\x05 \x01(\tR\tpageToken\"b\n\x10ListKeysResponse\x12&\n\x04keys\x18\x01 \x03(\x0b\x32\x12.keygate.v1.ApiKeyR\x04keys\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"{\n\x10RotateKeyRequest\x12\x15\n\x06key_id\x18\x01 \x01(\tR\x05keyId\x12<\n\x0cgrace_period\x18\x02 \x01(\x0b\x32\x19.google.protobuf.DurationR\x0bgracePeriod\x12\x12\n\x04\x65tag\x18\x03 \x01(\tR\x04\x65tag\"\xaa\x01\n\x11RotateKeyResponse\x12$\n\x03key\x18\x01 \x01(\x0b\x32\x12.keygate.v1.ApiKeyR\x03key\x12\x16\n\x06secret\x18\x02 \x01(\tR\x06secret\x12W\n\x1aprevious_secret_expires_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x17previousSecretExpiresAt\"U\n\x10RevokeKeyRequest\x12\x15\n\x06key_id\x18\x01 \x01(\tR\x05keyId\x12\x16\n\x06reason\x18\x02 \x01(\tR\x06reason\x12\x12\n\x04\x65tag\x18\x03 \x01(\tR\x04\x65tag\"9\n\x11RevokeKeyResponse\x12$\n\x03key\x18\x01 \x01(\x0b\x32\x12.keygate.v1.ApiKeyR\x03key\"~\n\x16UpdateKeyExpiryRequest\x12\x15\n\x06key_id\x18\x01 \x01(\tR\x05keyId\x12\x39\n\nexpires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\texpiresAt\x12\x12\n\x04\x65tag\x18\x03 \x01(\tR\x04\x65tag\"?\n\x17UpdateKeyExpiryResponse\x12$\n\x03key\x18\x01 \x01(\x0b\x32\x12.keygate.v1.ApiKeyR\x03key\">\n\x11\x44isableKeyRequest\x12\x15\n\x06key_id\x18\x01 \x01(\tR\x05keyId\x12\x12\n\x04\x65tag\x18\x02 \x01(\tR\x04\x65tag\":\n\x12\x44isableKeyResponse\x12$\n\x03key\x18\x01 \x01(\x0b\x32\x12.keygate.v1.ApiKeyR\x03key\"=\n\x10\x45nableKeyRequest\x12\x15\n\x06key_id\x18\x01 \x01(\tR\x05keyId\x12\x12\n\x04\x65tag\x18\x02 \x01(\tR\x04\x65tag\"9\n\x11\x45nableKeyResponse\x12$\n\x03key\x18\x01 \x01(\x0b\x32\x12.keygate.v1.ApiKeyR\x03key*\x87\x01\n\tKeyStatus\x12\x1a\n\x16KEY_STATUS_UNSPECIFIED\x10\x00\x12\x15\n\x11KEY_STATUS_ACTIVE\x10\x01\x12\x17\n\x13KEY_STATUS_DISABLED\x10\x02\x12\x16\n\x12KEY_STATUS_EXPIRED\x10\x03\x12\x16\n\x12KEY_STATUS_REVOKED\x10\x04\x32\xef\x04\n\x14KeyManagementService\x12H\n\tCreateKey\x12\x1c.keygate.v1.CreateKeyRequest\x1a\x1d.keygate.v1.CreateKeyResponse\x12?\n\x06GetKey\x12\x19.keygate.v1.GetKeyRequest\x1a\x1a.keygate.v1.GetKeyResponse\x12\x45\n\x08ListKeys\x12\x1b.keygate.v1.ListKeysRequest\x1a\x1c.keygate.v1.ListKeysResponse\x12H\n\tRotateKey\x12\x1c.keygate.v1.RotateKeyRequest\x1a\x1d.keygate.v1.RotateKeyResponse\x12H\n\tRevokeKey\x12\x1c.keygate.v1.RevokeKeyRequest\x1a\x1d.keygate.v1.RevokeKeyResponse\x12Z\n\x0fUpdateKeyExpiry\x12\".keygate.v1.UpdateKeyExpiryRequest\x1a#.keygate.v1.UpdateKeyExpiryResponse\x12K\n\nDisableKey\x12\x1d.keygate.v1.DisableKeyRequest\x1a\x1e.keygate.v1.DisableKeyResponse\x12H\n\tEnableKey\x12\x1c.keygate.v1.EnableKeyRequest\x1a\x1d.keygate.v1.EnableKeyResponseB8Z6github.com/keygate/keygate/sdk/go/keygate/v1;keygatev1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,44 +34,44 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'keygate.v1.keys_pb2', _glob
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'Z6github.com/keygate/keygate/sdk/go/keygate/v1;keygatev1'
-  _globals['_KEYSTATUS']._serialized_start=2688
-  _globals['_KEYSTATUS']._serialized_end=2823
+  _globals['_KEYSTATUS']._serialized_start=2808
+  _globals['_KEYSTATUS']._serialized_end=2943
   _globals['_APIKEY']._serialized_start=103
-  _globals['_APIKEY']._serialized_end=836
-  _globals['_CREDENTIAL']._serialized_start=839
-  _globals['_CREDENTIAL']._serialized_end=1080
-  _globals['_CREATEKEYREQUEST']._serialized_start=1083
-  _globals['_CREATEKEYREQUEST']._serialized_end=1435
-  _globals['_CREATEKEYRESPONSE']._serialized_start=1437
-  _globals['_CREATEKEYRESPONSE']._serialized_end=1518
-  _globals['_GETKEYREQUEST']._serialized_start=1520
-  _globals['_GETKEYREQUEST']._serialized_end=1558
-  _globals['_GETKEYRESPONSE']._serialized_start=1560
-  _globals['_GETKEYRESPONSE']._serialized_end=1614
-  _globals['_LISTKEYSREQUEST']._serialized_start=1617
-  _globals['_LISTKEYSREQUEST']._serialized_end=1802
-  _globals['_LISTKEYSRESPONSE']._serialized_start=1804
-  _globals['_LISTKEYSRESPONSE']._serialized_end=1902
-  _globals['_ROTATEKEYREQUEST']._serialized_start=1904
-  _globals['_ROTATEKEYREQUEST']._serialized_end=2007
-  _globals['_ROTATEKEYRESPONSE']._serialized_start=2010
-  _globals['_ROTATEKEYRESPONSE']._serialized_end=2180
-  _globals['_REVOKEKEYREQUEST']._serialized_start=2182
-  _globals['_REVOKEKEYREQUEST']._serialized_end=2247
-  _globals['_REVOKEKEYRESPONSE']._serialized_start=2249
-  _globals['_REVOKEKEYRESPONSE']._serialized_end=2306
-  _globals['_UPDATEKEYEXPIRYREQUEST']._serialized_start=2308
-  _globals['_UPDATEKEYEXPIRYREQUEST']._serialized_end=2414
-  _globals['_UPDATEKEYEXPIRYRESPONSE']._serialized_start=2416
-  _globals['_UPDATEKEYEXPIRYRESPONSE']._serialized_end=2479
-  _globals['_DISABLEKEYREQUEST']._serialized_start=2481
-  _globals['_DISABLEKEYREQUEST']._serialized_end=2523
-  _globals['_DISABLEKEYRESPONSE']._serialized_start=2525
-  _globals['_DISABLEKEYRESPONSE']._serialized_end=2583
-  _globals['_ENABLEKEYREQUEST']._serialized_start=2585
-  _globals['_ENABLEKEYREQUEST']._serialized_end=2626
-  _globals['_ENABLEKEYRESPONSE']._serialized_start=2628
-  _globals['_ENABLEKEYRESPONSE']._serialized_end=2685
-  _globals['_KEYMANAGEMENTSERVICE']._serialized_start=2826
-  _globals['_KEYMANAGEMENTSERVICE']._serialized_end=3449
+  _globals['_APIKEY']._serialized_end=856
+  _globals['_CREDENTIAL']._serialized_start=859
+  _globals['_CREDENTIAL']._serialized_end=1100
+  _globals['_CREATEKEYREQUEST']._serialized_start=1103
+  _globals['_CREATEKEYREQUEST']._serialized_end=1455
+  _globals['_CREATEKEYRESPONSE']._serialized_start=1457
+  _globals['_CREATEKEYRESPONSE']._serialized_end=1538
+  _globals['_GETKEYREQUEST']._serialized_start=1540
+  _globals['_GETKEYREQUEST']._serialized_end=1578
+  _globals['_GETKEYRESPONSE']._serialized_start=1580
+  _globals['_GETKEYRESPONSE']._serialized_end=1634
+  _globals['_LISTKEYSREQUEST']._serialized_start=1637
+  _globals['_LISTKEYSREQUEST']._serialized_end=1822
+  _globals['_LISTKEYSRESPONSE']._serialized_start=1824
+  _globals['_LISTKEYSRESPONSE']._serialized_end=1922
+  _globals['_ROTATEKEYREQUEST']._serialized_start=1924
+  _globals['_ROTATEKEYREQUEST']._serialized_end=2047
+  _globals['_ROTATEKEYRESPONSE']._serialized_start=2050
+  _globals['_ROTATEKEYRESPONSE']._serialized_end=2220
+  _globals['_REVOKEKEYREQUEST']._serialized_start=2222
+  _globals['_REVOKEKEYREQUEST']._serialized_end=2307
+  _globals['_REVOKEKEYRESPONSE']._serialized_start=2309
+  _globals['_REVOKEKEYRESPONSE']._serialized_end=2366
+  _globals['_UPDATEKEYEXPIRYREQUEST']._serialized_start=2368
+  _globals['_UPDATEKEYEXPIRYREQUEST']._serialized_end=2494
+  _globals['_UPDATEKEYEXPIRYRESPONSE']._serialized_start=2496
+  _globals['_UPDATEKEYEXPIRYRESPONSE']._serialized_end=2559
+  _globals['_DISABLEKEYREQUEST']._serialized_start=2561
+  _globals['_DISABLEKEYREQUEST']._serialized_end=2623
+  _globals['_DISABLEKEYRESPONSE']._serialized_start=2625
+  _globals['_DISABLEKEYRESPONSE']._serialized_end=2683
+  _globals['_ENABLEKEYREQUEST']._serialized_start=2685
+  _globals['_ENABLEKEYREQUEST']._serialized_end=2746
+  _globals['_ENABLEKEYRESPONSE']._serialized_start=2748
+  _globals['_ENABLEKEYRESPONSE']._serialized_end=2805
+  _globals['_KEYMANAGEMENTSERVICE']._serialized_start=2946
+  _globals['_KEYMANAGEMENTSERVICE']._serialized_end=3569
 # @@protoc_insertion_point(module_scope)

@@ -76,6 +76,7 @@ class ApiKey(_message.Message):
     REVOKED_AT_FIELD_NUMBER: _builtins.int
     REVOKED_REASON_FIELD_NUMBER: _builtins.int
     CREDENTIALS_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
     key_id: _builtins.str
     """Stable id of the key, the same across rotations."""
     owner_id: _builtins.str
@@ -94,6 +95,11 @@ class ApiKey(_message.Message):
     """The last 4 characters of the current secret."""
     revoked_reason: _builtins.str
     """Why the key was revoked, as given to RevokeKey."""
+    etag: _builtins.str
+    """An opaque token that changes on every change to the key. Send it back in
+    a mutating request's `etag` to apply the change only if the key has not
+    changed since it was read (optimistic concurrency, AIP-154).
+    """
     @_builtins.property
     def scopes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Scopes granted, such as "dns:read", "dns:*" or "*"."""
@@ -146,10 +152,11 @@ class ApiKey(_message.Message):
         revoked_at: _timestamp_pb2.Timestamp | None = ...,
         revoked_reason: _builtins.str = ...,
         credentials: _abc.Iterable[Global___Credential] | None = ...,
+        etag: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_rate_limit_per_hour", b"_rate_limit_per_hour", "created_at", b"created_at", "expires_at", b"expires_at", "last_used_at", b"last_used_at", "rate_limit_per_hour", b"rate_limit_per_hour", "revoked_at", b"revoked_at", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_rate_limit_per_hour", b"_rate_limit_per_hour", "created_at", b"created_at", "credentials", b"credentials", "environment", b"environment", "expires_at", b"expires_at", "hint", b"hint", "ip_allowlist", b"ip_allowlist", "key_id", b"key_id", "last_used_at", b"last_used_at", "name", b"name", "owner_id", b"owner_id", "prefix", b"prefix", "rate_limit_per_hour", b"rate_limit_per_hour", "revoked_at", b"revoked_at", "revoked_reason", b"revoked_reason", "scopes", b"scopes", "status", b"status", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_rate_limit_per_hour", b"_rate_limit_per_hour", "created_at", b"created_at", "credentials", b"credentials", "environment", b"environment", "etag", b"etag", "expires_at", b"expires_at", "hint", b"hint", "ip_allowlist", b"ip_allowlist", "key_id", b"key_id", "last_used_at", b"last_used_at", "name", b"name", "owner_id", b"owner_id", "prefix", b"prefix", "rate_limit_per_hour", b"rate_limit_per_hour", "revoked_at", b"revoked_at", "revoked_reason", b"revoked_reason", "scopes", b"scopes", "status", b"status", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__rate_limit_per_hour: _TypeAlias = _typing.Literal["rate_limit_per_hour"]  # noqa: Y015
     _WhichOneofArgType__rate_limit_per_hour: _TypeAlias = _typing.Literal["_rate_limit_per_hour", b"_rate_limit_per_hour"]  # noqa: Y015
@@ -414,8 +421,13 @@ class RotateKeyRequest(_message.Message):
 
     KEY_ID_FIELD_NUMBER: _builtins.int
     GRACE_PERIOD_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
     key_id: _builtins.str
     """The key's id."""
+    etag: _builtins.str
+    """If set, the change applies only while the key's etag still equals this
+    one; a stale etag fails with ABORTED and changes nothing.
+    """
     @_builtins.property
     def grace_period(self) -> _duration_pb2.Duration:
         """How long the old secret keeps working; unset or zero means it stops at once."""
@@ -425,10 +437,11 @@ class RotateKeyRequest(_message.Message):
         *,
         key_id: _builtins.str = ...,
         grace_period: _duration_pb2.Duration | None = ...,
+        etag: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["grace_period", b"grace_period"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["grace_period", b"grace_period", "key_id", b"key_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["etag", b"etag", "grace_period", b"grace_period", "key_id", b"key_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -476,19 +489,25 @@ class RevokeKeyRequest(_message.Message):
 
     KEY_ID_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
     key_id: _builtins.str
     """The key's id."""
     reason: _builtins.str
     """Why, for the record (at most 500 characters)."""
+    etag: _builtins.str
+    """If set, the change applies only while the key's etag still equals this
+    one; a stale etag fails with ABORTED and changes nothing.
+    """
     def __init__(
         self,
         *,
         key_id: _builtins.str = ...,
         reason: _builtins.str = ...,
+        etag: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_id", b"key_id", "reason", b"reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["etag", b"etag", "key_id", b"key_id", "reason", b"reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -526,8 +545,13 @@ class UpdateKeyExpiryRequest(_message.Message):
 
     KEY_ID_FIELD_NUMBER: _builtins.int
     EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
     key_id: _builtins.str
     """The key's id."""
+    etag: _builtins.str
+    """If set, the change applies only while the key's etag still equals this
+    one; a stale etag fails with ABORTED and changes nothing.
+    """
     @_builtins.property
     def expires_at(self) -> _timestamp_pb2.Timestamp:
         """The new expiry, in the future; unset means never expires."""
@@ -537,10 +561,11 @@ class UpdateKeyExpiryRequest(_message.Message):
         *,
         key_id: _builtins.str = ...,
         expires_at: _timestamp_pb2.Timestamp | None = ...,
+        etag: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "key_id", b"key_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["etag", b"etag", "expires_at", b"expires_at", "key_id", b"key_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -577,16 +602,22 @@ class DisableKeyRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     KEY_ID_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
     key_id: _builtins.str
     """The key's id."""
+    etag: _builtins.str
+    """If set, the change applies only while the key's etag still equals this
+    one; a stale etag fails with ABORTED and changes nothing.
+    """
     def __init__(
         self,
         *,
         key_id: _builtins.str = ...,
+        etag: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_id", b"key_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["etag", b"etag", "key_id", b"key_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -623,16 +654,22 @@ class EnableKeyRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     KEY_ID_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
     key_id: _builtins.str
     """The key's id."""
+    etag: _builtins.str
+    """If set, the change applies only while the key's etag still equals this
+    one; a stale etag fails with ABORTED and changes nothing.
+    """
     def __init__(
         self,
         *,
         key_id: _builtins.str = ...,
+        etag: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_id", b"key_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["etag", b"etag", "key_id", b"key_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

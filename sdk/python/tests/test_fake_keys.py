@@ -1,0 +1,239 @@
+"""Client and AsyncClient against an in-process fake KeyManagementService:
+the requests they build (etag included) and the error details they decode."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from concurrent import futures
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2, status_pb2
+
+import keygate
+from keygate.errors import from_rpc_error
+from keygate.v1 import keys_pb2, keys_pb2_grpc
+
+KEY_ID = "0190f6c2-0000-7000-8000-000000000001"
+EXPIRY = datetime(2030, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+
+
+def status_details(
+    code: grpc.StatusCode,
+    message: str,
+    *,
+    reason: str = "",
+    violations: tuple[tuple[str, str], ...] = (),
+    metadata: dict[str, str] | None = None,
+) -> bytes:
+    """A serialized google.rpc.Status as Keygate attaches to its errors."""
+    status = status_pb2.Status(code=code.value[0], message=message)
+    if reason:
+        status.details.add().Pack(error_details_pb2.ErrorInfo(reason=reason, domain="keygate.dev", metadata=metadata))
+    if violations:
+        status.details.add().Pack(
+            error_details_pb2.BadRequest(
+                field_violations=[
+                    error_details_pb2.BadRequest.FieldViolation(field=f, description=d) for f, d in violations
+                ]
+            )
+        )
+    return status.SerializeToString()
+
+
+class FakeKeys(keys_pb2_grpc.KeyManagementServiceServicer):
+    """Records every request; GetKey fails as told by the key id asked for."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.requests: list[Any] = []
+
+    def _record(self, request: Any) -> None:
+        with self.lock:
+            self.requests.append(request)
+
+    def CreateKey(  # noqa: N802 (generated name)
+        self, request: keys_pb2.CreateKeyRequest, context: grpc.ServicerContext
+    ) -> keys_pb2.CreateKeyResponse:
+        context.abort(grpc.StatusCode.UNIMPLEMENTED, "not faked")
+
+    def ListKeys(  # noqa: N802
+        self, request: keys_pb2.ListKeysRequest, context: grpc.ServicerContext
+    ) -> keys_pb2.ListKeysResponse:
+        context.abort(grpc.StatusCode.UNIMPLEMENTED, "not faked")
+
+    def GetKey(  # noqa: N802
+        self, request: keys_pb2.GetKeyRequest, context: grpc.ServicerContext
+    ) -> keys_pb2.GetKeyResponse:
+        self._record(request)
+        failures: dict[str, tuple[grpc.StatusCode, str, bytes | None]] = {
+            "invalid": (
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "2 fields are invalid",
+                status_details(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    "2 fields are invalid",
+                    reason="INVALID_ARGUMENT",
+                    violations=(("key_id", "must not be empty"), ("etag", "must be short")),
+                    metadata={"hint": "x"},
+                ),
+            ),
+            "stale": (
+                grpc.StatusCode.ABORTED,
+                "etag mismatch",
+                status_details(grpc.StatusCode.ABORTED, "etag mismatch", reason="ETAG_MISMATCH"),
+            ),
+            "plain": (grpc.StatusCode.INTERNAL, "boom", None),
+            "garbage": (grpc.StatusCode.INTERNAL, "boom", b"\xff\xff not a status"),
+        }
+        if request.key_id in failures:
+            code, message, details = failures[request.key_id]
+            if details is not None:
+                context.set_trailing_metadata((("grpc-status-details-bin", details),))
+            context.abort(code, message)
+        return keys_pb2.GetKeyResponse(key=keys_pb2.ApiKey(key_id=request.key_id, etag="e2"))
+
+    def RotateKey(  # noqa: N802
+        self, request: keys_pb2.RotateKeyRequest, context: grpc.ServicerContext
+    ) -> keys_pb2.RotateKeyResponse:
+        self._record(request)
+        return keys_pb2.RotateKeyResponse(key=keys_pb2.ApiKey(key_id=request.key_id), secret="kg_live_new")
+
+    def RevokeKey(  # noqa: N802
+        self, request: keys_pb2.RevokeKeyRequest, context: grpc.ServicerContext
+    ) -> keys_pb2.RevokeKeyResponse:
+        self._record(request)
+        return keys_pb2.RevokeKeyResponse(key=keys_pb2.ApiKey(key_id=request.key_id))
+
+    def DisableKey(  # noqa: N802
+        self, request: keys_pb2.DisableKeyRequest, context: grpc.ServicerContext
+    ) -> keys_pb2.DisableKeyResponse:
+        self._record(request)
+        return keys_pb2.DisableKeyResponse(key=keys_pb2.ApiKey(key_id=request.key_id))
+
+    def EnableKey(  # noqa: N802
+        self, request: keys_pb2.EnableKeyRequest, context: grpc.ServicerContext
+    ) -> keys_pb2.EnableKeyResponse:
+        self._record(request)
+        return keys_pb2.EnableKeyResponse(key=keys_pb2.ApiKey(key_id=request.key_id))
+
+    def UpdateKeyExpiry(  # noqa: N802
+        self, request: keys_pb2.UpdateKeyExpiryRequest, context: grpc.ServicerContext
+    ) -> keys_pb2.UpdateKeyExpiryResponse:
+        self._record(request)
+        return keys_pb2.UpdateKeyExpiryResponse(key=keys_pb2.ApiKey(key_id=request.key_id))
+
+
+@pytest.fixture
+def fake_keys() -> Iterator[tuple[FakeKeys, str]]:
+    fake = FakeKeys()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    keys_pb2_grpc.add_KeyManagementServiceServicer_to_server(fake, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield fake, f"127.0.0.1:{port}"
+    finally:
+        server.stop(None)
+
+
+def expected_requests(etag: str) -> list[Any]:
+    expires_at = keys_pb2.UpdateKeyExpiryRequest(key_id=KEY_ID, etag=etag)
+    expires_at.expires_at.FromDatetime(EXPIRY)
+    rotate = keys_pb2.RotateKeyRequest(key_id=KEY_ID, etag=etag)
+    rotate.grace_period.FromTimedelta(timedelta(minutes=5))
+    return [
+        rotate,
+        keys_pb2.RevokeKeyRequest(key_id=KEY_ID, reason="leaked", etag=etag),
+        keys_pb2.DisableKeyRequest(key_id=KEY_ID, etag=etag),
+        keys_pb2.EnableKeyRequest(key_id=KEY_ID, etag=etag),
+        expires_at,
+        keys_pb2.UpdateKeyExpiryRequest(key_id=KEY_ID, etag=etag),
+    ]
+
+
+@pytest.mark.parametrize(("etag", "sent"), [("e1", "e1"), (None, ""), ("", "")], ids=["etag", "none", "empty"])
+def test_sync_client_sends_etag(fake_keys: tuple[FakeKeys, str], etag: str | None, sent: str) -> None:
+    fake, address = fake_keys
+    with keygate.Client(address, insecure=True) as client:
+        assert client.rotate_key(KEY_ID, grace_period=timedelta(minutes=5), etag=etag).secret == "kg_live_new"
+        assert client.revoke_key(KEY_ID, reason="leaked", etag=etag).key_id == KEY_ID
+        client.disable_key(KEY_ID, etag=etag)
+        client.enable_key(KEY_ID, etag=etag)
+        client.update_key_expiry(KEY_ID, EXPIRY, etag=etag)
+        client.update_key_expiry(KEY_ID, None, etag=etag)
+    assert fake.requests == expected_requests(sent)
+
+
+@pytest.mark.parametrize(("etag", "sent"), [("e1", "e1"), (None, "")], ids=["etag", "none"])
+def test_async_client_sends_etag(fake_keys: tuple[FakeKeys, str], etag: str | None, sent: str) -> None:
+    fake, address = fake_keys
+
+    async def scenario() -> None:
+        async with keygate.AsyncClient(address, insecure=True) as client:
+            await client.rotate_key(KEY_ID, grace_period=timedelta(minutes=5), etag=etag)
+            await client.revoke_key(KEY_ID, reason="leaked", etag=etag)
+            await client.disable_key(KEY_ID, etag=etag)
+            await client.enable_key(KEY_ID, etag=etag)
+            await client.update_key_expiry(KEY_ID, EXPIRY, etag=etag)
+            await client.update_key_expiry(KEY_ID, None, etag=etag)
+
+    asyncio.run(scenario())
+    assert fake.requests == expected_requests(sent)
+
+
+def check_invalid(error: keygate.KeygateError) -> None:
+    assert isinstance(error, keygate.InvalidArgumentError)
+    assert (error.code, error.message) == (grpc.StatusCode.INVALID_ARGUMENT, "2 fields are invalid")
+    assert (error.reason, error.domain) == ("INVALID_ARGUMENT", keygate.ERROR_DOMAIN)
+    assert error.metadata == {"hint": "x"}
+    assert error.field_violations == (
+        keygate.FieldViolation(field="key_id", description="must not be empty"),
+        keygate.FieldViolation(field="etag", description="must be short"),
+    )
+
+
+def check_stale(error: keygate.KeygateError) -> None:
+    assert isinstance(error, keygate.AbortedError)
+    assert (error.code, error.reason, error.domain) == (grpc.StatusCode.ABORTED, "ETAG_MISMATCH", "keygate.dev")
+    assert error.field_violations == ()
+
+
+def check_plain(error: keygate.KeygateError) -> None:
+    assert type(error) is keygate.KeygateError
+    assert (error.code, error.message) == (grpc.StatusCode.INTERNAL, "boom")
+    assert (error.reason, error.domain, error.metadata, error.field_violations) == ("", "", {}, ())
+
+
+CHECKS = {"invalid": check_invalid, "stale": check_stale, "plain": check_plain, "garbage": check_plain}
+
+
+@pytest.mark.parametrize("case", list(CHECKS))
+def test_sync_error_details(fake_keys: tuple[FakeKeys, str], case: str) -> None:
+    _, address = fake_keys
+    with keygate.Client(address, insecure=True) as client:
+        with pytest.raises(keygate.KeygateError) as raised:
+            client.get_key(case)
+    CHECKS[case](raised.value)
+
+
+@pytest.mark.parametrize("case", list(CHECKS))
+def test_async_error_details(fake_keys: tuple[FakeKeys, str], case: str) -> None:
+    _, address = fake_keys
+
+    async def scenario() -> keygate.KeygateError:
+        async with keygate.AsyncClient(address, insecure=True) as client:
+            with pytest.raises(keygate.KeygateError) as raised:
+                await client.get_key(case)
+            return raised.value
+
+    CHECKS[case](asyncio.run(scenario()))
+
+
+def test_error_without_a_call() -> None:
+    error = from_rpc_error(grpc.RpcError("no call"))
+    assert (error.code, error.reason, error.field_violations) == (grpc.StatusCode.UNKNOWN, "", ())
