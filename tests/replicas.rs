@@ -173,6 +173,86 @@ async fn changes_reach_the_other_replica_at_once() {
     assert_allowed(&authorize(&mut on_b, authz(&rotated.secret, &["dns:read"])).await);
 }
 
+/// Replica B keeps loading a key (a 5 ms cache lifetime: background
+/// refreshes and misses all the time, half of the keys cached beforehand)
+/// while replica A revokes it. Once B denies the key, no later Authorize on
+/// B allows it again: no load that read the key before the revocation puts
+/// it back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_revocation_on_one_replica_racing_loads_on_another_is_final() {
+    let Some(db) = TestDatabase::postgres().await else {
+        return;
+    };
+    let a = TestServer::start(replica_config(&db.url)).await;
+    let b_config = Config {
+        cache_ttl: Duration::from_millis(5),
+        ..replica_config(&db.url)
+    };
+    let b = TestServer::restart(b_config, a.admin_key.clone()).await;
+    let mut admin_a = a.admin().await;
+    let on_b = b.client().await;
+    let mut resurrections = Vec::new();
+    let mut calls = 0usize;
+    for i in 0..40 {
+        let (key, secret) = create(&mut admin_a, new_key(&format!("x{i}"), &["dns:read"])).await;
+        if i % 2 == 0 {
+            let mut b_client = on_b.clone();
+            assert_allowed(&authorize(&mut b_client, authz(&secret, &["dns:read"])).await);
+        }
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut loops = Vec::new();
+        for _ in 0..3 {
+            let (mut client, secret, stop) = (on_b.clone(), secret.clone(), stop.clone());
+            loops.push(tokio::spawn(async move {
+                let mut decisions = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::Acquire) {
+                    decisions.push(
+                        authorize(&mut client, authz(&secret, &["dns:read"]))
+                            .await
+                            .decision(),
+                    );
+                }
+                decisions
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        admin_a
+            .keys
+            .revoke_key(pb::RevokeKeyRequest {
+                key_id: key.key_id.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        // Let B hear of it while the loops keep loading, then some more.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        stop.store(true, std::sync::atomic::Ordering::Release);
+        for task in loops {
+            let decisions = task.await.unwrap();
+            calls += decisions.len();
+            // Allows, then denies; never an allow after the first deny.
+            if let Some(first_deny) = decisions.iter().position(|d| *d == pb::Decision::Deny) {
+                if decisions[first_deny..].contains(&pb::Decision::Allow) {
+                    resurrections.push(key.key_id.clone());
+                }
+            } else {
+                panic!(
+                    "B never denied {} within 100 ms of the revocation",
+                    key.key_id
+                );
+            }
+        }
+        let mut b_client = on_b.clone();
+        let resp = authorize(&mut b_client, authz(&secret, &["dns:read"])).await;
+        assert_denied(&resp, pb::DenyReason::KeyRevoked);
+    }
+    assert!(
+        resurrections.is_empty(),
+        "allowed again after a deny on B: {resurrections:?}"
+    );
+    println!("40 revocations on A raced by {calls} Authorize calls on B: none allowed again");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_rate_limit_holds_across_replicas() {
     let Some(db) = TestDatabase::postgres().await else {
