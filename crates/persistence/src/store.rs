@@ -81,6 +81,10 @@ pub struct KeyFilter {
     pub environment: Option<String>,
     /// Only keys with this status (`Expired` is derived from `expires_at`).
     pub status: Option<KeyStatus>,
+    /// Only keys last used before this time; never used counts as before.
+    pub last_used_before: Option<DateTime<Utc>>,
+    /// Only keys with an expiry before this time.
+    pub expires_before: Option<DateTime<Utc>>,
 }
 
 /// Usage of one credential accumulated in memory since the last flush.
@@ -277,6 +281,16 @@ impl Store {
         }
         if let Some(status) = filter.status {
             query = query.filter(status_condition(status, now));
+        }
+        if let Some(before) = filter.last_used_before {
+            query = query.filter(
+                Condition::any()
+                    .add(api_key::Column::LastUsedAt.is_null())
+                    .add(api_key::Column::LastUsedAt.lt(before)),
+            );
+        }
+        if let Some(before) = filter.expires_before {
+            query = query.filter(api_key::Column::ExpiresAt.lt(before));
         }
         if let Some(after) = after {
             query = query.filter(api_key::Column::Id.gt(after));

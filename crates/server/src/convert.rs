@@ -22,6 +22,16 @@ pub fn timestamp(at: DateTime<Utc>) -> prost_types::Timestamp {
 
 /// A wire timestamp as UTC time; `field` names it in the error.
 pub fn from_timestamp(field: &str, ts: &prost_types::Timestamp) -> Result<DateTime<Utc>, ApiError> {
+    // google.protobuf.Timestamp's documented range: 0001-01-01T00:00:00Z to
+    // 9999-12-31T23:59:59.999999999Z (both backends store all of it).
+    const MIN_SECONDS: i64 = -62_135_596_800;
+    const MAX_SECONDS: i64 = 253_402_300_799;
+    if !(MIN_SECONDS..=MAX_SECONDS).contains(&ts.seconds) {
+        return Err(ApiError::invalid(
+            field,
+            "outside 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z",
+        ));
+    }
     u32::try_from(ts.nanos)
         .ok()
         .filter(|n| *n < 1_000_000_000)

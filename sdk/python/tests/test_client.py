@@ -72,6 +72,23 @@ def test_list_keys_iterates_over_pages(admin: keygate.Client) -> None:
     assert list(admin.list_keys(owner_id=owner, status=keys_pb2.KEY_STATUS_REVOKED)) == []
 
 
+def test_list_keys_finds_unused_and_expiring_keys(admin: keygate.Client) -> None:
+    owner = f"orphans-{uuid.uuid4().hex[:8]}"
+    used = admin.create_key(owner_id=owner, name="used", environment="test", scopes=["dns:read"])
+    idle = admin.create_key(owner_id=owner, name="idle", environment="test", scopes=["dns:read"])
+    expiring = admin.create_key(
+        owner_id=owner, name="expiring", environment="test", scopes=["dns:read"], ttl=timedelta(days=3)
+    )
+    assert admin.authorize(used.secret, environment="test").decision == authorization_pb2.DECISION_ALLOW
+    now = datetime.now(timezone.utc)
+    unused = {k.name for k in admin.list_keys(owner_id=owner, last_used_before=now - timedelta(minutes=1))}
+    assert unused == {idle.key.name, expiring.key.name}
+    soon = [k.name for k in admin.list_keys(owner_id=owner, expires_before=now + timedelta(days=7))]
+    assert soon == [expiring.key.name]
+    with pytest.raises(ValueError):
+        list(admin.list_keys(owner_id=owner, expires_before=datetime(2030, 1, 1)))
+
+
 @pytest.mark.parametrize(
     ("management_key", "call", "error", "code", "reason", "fields"),
     [

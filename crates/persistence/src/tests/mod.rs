@@ -47,6 +47,7 @@ both_backends!(
     find_by_lookup_id_current_and_old,
     duplicate_lookup_id_is_conflict,
     list_filters_and_statuses,
+    list_filters_by_last_use_and_expiry,
     keyset_pagination_is_stable_under_inserts,
     update_key_is_conditional_on_version_and_state,
     storage_refuses_to_unrevoke,
@@ -298,6 +299,7 @@ async fn list_filters_and_statuses(db: &TestDatabase) {
             owner_id: Some("globex".into()),
             environment: Some("live".into()),
             status: Some(KeyStatus::Revoked),
+            ..KeyFilter::default()
         })
         .await,
         ["k5-revoked"]
@@ -324,6 +326,106 @@ async fn list_filters_and_statuses(db: &TestDatabase) {
     for (listed, original) in all.iter().zip(&keys) {
         assert_eq!(listed, original);
     }
+}
+
+/// Orphaned keys (`last_used_before`, never used counting as before any
+/// time) and expiring keys (`expires_before`), alone, combined with other
+/// filters, and across pages.
+async fn list_filters_by_last_use_and_expiry(db: &TestDatabase) {
+    let store = open(db).await;
+    let t = now();
+    let mut keys = vec![
+        key("u1-never-used", "acme", "live", "UNUSED01"),
+        key("u2-used-long-ago", "acme", "live", "UNUSED02"),
+        key("u3-used-just-now", "acme", "live", "UNUSED03"),
+        key("u4-expires-soon", "acme", "live", "UNUSED04"),
+        key("u5-expires-later", "acme", "live", "UNUSED05"),
+        key("u6-expired-unused", "globex", "live", "UNUSED06"),
+    ];
+    keys[1].last_used_at = Some(t - TimeDelta::days(100));
+    keys[2].last_used_at = Some(t);
+    keys[3].last_used_at = Some(t - TimeDelta::days(1));
+    keys[3].expires_at = Some(t + TimeDelta::days(3));
+    keys[4].last_used_at = Some(t);
+    keys[4].expires_at = Some(t + TimeDelta::days(60));
+    keys[5].expires_at = Some(t - TimeDelta::days(1));
+    for k in &keys {
+        store.insert_key(k).await.expect("insert");
+    }
+    let ids = |filter: KeyFilter, after: Option<&'static str>, limit: u64| {
+        let store = store.clone();
+        async move {
+            store
+                .list_keys(&filter, after, limit, t)
+                .await
+                .expect("list")
+                .into_iter()
+                .map(|k| k.id)
+                .collect::<Vec<_>>()
+        }
+    };
+    let unused_since = |d: TimeDelta| KeyFilter {
+        last_used_before: Some(t - d),
+        ..KeyFilter::default()
+    };
+    let expiring_by = |d: TimeDelta| KeyFilter {
+        expires_before: Some(t + d),
+        ..KeyFilter::default()
+    };
+    assert_eq!(
+        ids(unused_since(TimeDelta::days(30)), None, 100).await,
+        ["u1-never-used", "u2-used-long-ago", "u6-expired-unused"]
+    );
+    assert_eq!(
+        ids(unused_since(TimeDelta::hours(1)), None, 100).await,
+        [
+            "u1-never-used",
+            "u2-used-long-ago",
+            "u4-expires-soon",
+            "u6-expired-unused"
+        ]
+    );
+    // The bound is exclusive: used exactly at it is not "before".
+    assert!(
+        !ids(unused_since(TimeDelta::zero()), None, 100)
+            .await
+            .contains(&"u3-used-just-now".to_owned())
+    );
+    assert_eq!(
+        ids(expiring_by(TimeDelta::days(7)), None, 100).await,
+        ["u4-expires-soon", "u6-expired-unused"]
+    );
+    assert_eq!(
+        ids(expiring_by(TimeDelta::days(90)), None, 100).await,
+        ["u4-expires-soon", "u5-expires-later", "u6-expired-unused"]
+    );
+    // Combined with each other and with status and owner.
+    assert_eq!(
+        ids(
+            KeyFilter {
+                last_used_before: Some(t - TimeDelta::hours(1)),
+                expires_before: Some(t + TimeDelta::days(7)),
+                status: Some(KeyStatus::Active),
+                owner_id: Some("acme".into()),
+                ..KeyFilter::default()
+            },
+            None,
+            100
+        )
+        .await,
+        ["u4-expires-soon"]
+    );
+    // Paged one at a time, the filter still holds.
+    let filter = unused_since(TimeDelta::days(30));
+    assert_eq!(ids(filter.clone(), None, 1).await, ["u1-never-used"]);
+    assert_eq!(
+        ids(filter.clone(), Some("u1-never-used"), 1).await,
+        ["u2-used-long-ago"]
+    );
+    assert_eq!(
+        ids(filter, Some("u2-used-long-ago"), 5).await,
+        ["u6-expired-unused"]
+    );
 }
 
 async fn keyset_pagination_is_stable_under_inserts(db: &TestDatabase) {

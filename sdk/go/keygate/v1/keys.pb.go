@@ -667,7 +667,14 @@ type ListKeysRequest struct {
 	// Keys per page: 0 means 50, at most 1000.
 	PageSize int32 `protobuf:"varint,4,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
 	// The next_page_token of the previous page; empty for the first page.
-	PageToken     string `protobuf:"bytes,5,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	PageToken string `protobuf:"bytes,5,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	// Only keys last used before this time, to find keys nobody uses any more;
+	// a key never used counts as used before any time. Uses another replica
+	// saw within its last usage-flush interval may not be counted yet.
+	LastUsedBefore *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=last_used_before,json=lastUsedBefore,proto3" json:"last_used_before,omitempty"`
+	// Only keys that expire before this time ("expiring soon"); keys without
+	// an expiry never match. Already expired keys match too.
+	ExpiresBefore *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=expires_before,json=expiresBefore,proto3" json:"expires_before,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -735,6 +742,20 @@ func (x *ListKeysRequest) GetPageToken() string {
 		return x.PageToken
 	}
 	return ""
+}
+
+func (x *ListKeysRequest) GetLastUsedBefore() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LastUsedBefore
+	}
+	return nil
+}
+
+func (x *ListKeysRequest) GetExpiresBefore() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ExpiresBefore
+	}
+	return nil
 }
 
 // ListKeysResponse is one page of keys.
@@ -1407,14 +1428,16 @@ const file_keygate_v1_keys_proto_rawDesc = "" +
 	"\rGetKeyRequest\x12\x15\n" +
 	"\x06key_id\x18\x01 \x01(\tR\x05keyId\"6\n" +
 	"\x0eGetKeyResponse\x12$\n" +
-	"\x03key\x18\x01 \x01(\v2\x12.keygate.v1.ApiKeyR\x03key\"\xb9\x01\n" +
+	"\x03key\x18\x01 \x01(\v2\x12.keygate.v1.ApiKeyR\x03key\"\xc2\x02\n" +
 	"\x0fListKeysRequest\x12\x19\n" +
 	"\bowner_id\x18\x01 \x01(\tR\aownerId\x12 \n" +
 	"\venvironment\x18\x02 \x01(\tR\venvironment\x12-\n" +
 	"\x06status\x18\x03 \x01(\x0e2\x15.keygate.v1.KeyStatusR\x06status\x12\x1b\n" +
 	"\tpage_size\x18\x04 \x01(\x05R\bpageSize\x12\x1d\n" +
 	"\n" +
-	"page_token\x18\x05 \x01(\tR\tpageToken\"b\n" +
+	"page_token\x18\x05 \x01(\tR\tpageToken\x12D\n" +
+	"\x10last_used_before\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\x0elastUsedBefore\x12A\n" +
+	"\x0eexpires_before\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\rexpiresBefore\"b\n" +
 	"\x10ListKeysResponse\x12&\n" +
 	"\x04keys\x18\x01 \x03(\v2\x12.keygate.v1.ApiKeyR\x04keys\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"{\n" +
@@ -1519,36 +1542,38 @@ var file_keygate_v1_keys_proto_depIdxs = []int32{
 	1,  // 12: keygate.v1.CreateKeyResponse.key:type_name -> keygate.v1.ApiKey
 	1,  // 13: keygate.v1.GetKeyResponse.key:type_name -> keygate.v1.ApiKey
 	0,  // 14: keygate.v1.ListKeysRequest.status:type_name -> keygate.v1.KeyStatus
-	1,  // 15: keygate.v1.ListKeysResponse.keys:type_name -> keygate.v1.ApiKey
-	20, // 16: keygate.v1.RotateKeyRequest.grace_period:type_name -> google.protobuf.Duration
-	1,  // 17: keygate.v1.RotateKeyResponse.key:type_name -> keygate.v1.ApiKey
-	19, // 18: keygate.v1.RotateKeyResponse.previous_secret_expires_at:type_name -> google.protobuf.Timestamp
-	1,  // 19: keygate.v1.RevokeKeyResponse.key:type_name -> keygate.v1.ApiKey
-	19, // 20: keygate.v1.UpdateKeyExpiryRequest.expires_at:type_name -> google.protobuf.Timestamp
-	1,  // 21: keygate.v1.UpdateKeyExpiryResponse.key:type_name -> keygate.v1.ApiKey
-	1,  // 22: keygate.v1.DisableKeyResponse.key:type_name -> keygate.v1.ApiKey
-	1,  // 23: keygate.v1.EnableKeyResponse.key:type_name -> keygate.v1.ApiKey
-	3,  // 24: keygate.v1.KeyManagementService.CreateKey:input_type -> keygate.v1.CreateKeyRequest
-	5,  // 25: keygate.v1.KeyManagementService.GetKey:input_type -> keygate.v1.GetKeyRequest
-	7,  // 26: keygate.v1.KeyManagementService.ListKeys:input_type -> keygate.v1.ListKeysRequest
-	9,  // 27: keygate.v1.KeyManagementService.RotateKey:input_type -> keygate.v1.RotateKeyRequest
-	11, // 28: keygate.v1.KeyManagementService.RevokeKey:input_type -> keygate.v1.RevokeKeyRequest
-	13, // 29: keygate.v1.KeyManagementService.UpdateKeyExpiry:input_type -> keygate.v1.UpdateKeyExpiryRequest
-	15, // 30: keygate.v1.KeyManagementService.DisableKey:input_type -> keygate.v1.DisableKeyRequest
-	17, // 31: keygate.v1.KeyManagementService.EnableKey:input_type -> keygate.v1.EnableKeyRequest
-	4,  // 32: keygate.v1.KeyManagementService.CreateKey:output_type -> keygate.v1.CreateKeyResponse
-	6,  // 33: keygate.v1.KeyManagementService.GetKey:output_type -> keygate.v1.GetKeyResponse
-	8,  // 34: keygate.v1.KeyManagementService.ListKeys:output_type -> keygate.v1.ListKeysResponse
-	10, // 35: keygate.v1.KeyManagementService.RotateKey:output_type -> keygate.v1.RotateKeyResponse
-	12, // 36: keygate.v1.KeyManagementService.RevokeKey:output_type -> keygate.v1.RevokeKeyResponse
-	14, // 37: keygate.v1.KeyManagementService.UpdateKeyExpiry:output_type -> keygate.v1.UpdateKeyExpiryResponse
-	16, // 38: keygate.v1.KeyManagementService.DisableKey:output_type -> keygate.v1.DisableKeyResponse
-	18, // 39: keygate.v1.KeyManagementService.EnableKey:output_type -> keygate.v1.EnableKeyResponse
-	32, // [32:40] is the sub-list for method output_type
-	24, // [24:32] is the sub-list for method input_type
-	24, // [24:24] is the sub-list for extension type_name
-	24, // [24:24] is the sub-list for extension extendee
-	0,  // [0:24] is the sub-list for field type_name
+	19, // 15: keygate.v1.ListKeysRequest.last_used_before:type_name -> google.protobuf.Timestamp
+	19, // 16: keygate.v1.ListKeysRequest.expires_before:type_name -> google.protobuf.Timestamp
+	1,  // 17: keygate.v1.ListKeysResponse.keys:type_name -> keygate.v1.ApiKey
+	20, // 18: keygate.v1.RotateKeyRequest.grace_period:type_name -> google.protobuf.Duration
+	1,  // 19: keygate.v1.RotateKeyResponse.key:type_name -> keygate.v1.ApiKey
+	19, // 20: keygate.v1.RotateKeyResponse.previous_secret_expires_at:type_name -> google.protobuf.Timestamp
+	1,  // 21: keygate.v1.RevokeKeyResponse.key:type_name -> keygate.v1.ApiKey
+	19, // 22: keygate.v1.UpdateKeyExpiryRequest.expires_at:type_name -> google.protobuf.Timestamp
+	1,  // 23: keygate.v1.UpdateKeyExpiryResponse.key:type_name -> keygate.v1.ApiKey
+	1,  // 24: keygate.v1.DisableKeyResponse.key:type_name -> keygate.v1.ApiKey
+	1,  // 25: keygate.v1.EnableKeyResponse.key:type_name -> keygate.v1.ApiKey
+	3,  // 26: keygate.v1.KeyManagementService.CreateKey:input_type -> keygate.v1.CreateKeyRequest
+	5,  // 27: keygate.v1.KeyManagementService.GetKey:input_type -> keygate.v1.GetKeyRequest
+	7,  // 28: keygate.v1.KeyManagementService.ListKeys:input_type -> keygate.v1.ListKeysRequest
+	9,  // 29: keygate.v1.KeyManagementService.RotateKey:input_type -> keygate.v1.RotateKeyRequest
+	11, // 30: keygate.v1.KeyManagementService.RevokeKey:input_type -> keygate.v1.RevokeKeyRequest
+	13, // 31: keygate.v1.KeyManagementService.UpdateKeyExpiry:input_type -> keygate.v1.UpdateKeyExpiryRequest
+	15, // 32: keygate.v1.KeyManagementService.DisableKey:input_type -> keygate.v1.DisableKeyRequest
+	17, // 33: keygate.v1.KeyManagementService.EnableKey:input_type -> keygate.v1.EnableKeyRequest
+	4,  // 34: keygate.v1.KeyManagementService.CreateKey:output_type -> keygate.v1.CreateKeyResponse
+	6,  // 35: keygate.v1.KeyManagementService.GetKey:output_type -> keygate.v1.GetKeyResponse
+	8,  // 36: keygate.v1.KeyManagementService.ListKeys:output_type -> keygate.v1.ListKeysResponse
+	10, // 37: keygate.v1.KeyManagementService.RotateKey:output_type -> keygate.v1.RotateKeyResponse
+	12, // 38: keygate.v1.KeyManagementService.RevokeKey:output_type -> keygate.v1.RevokeKeyResponse
+	14, // 39: keygate.v1.KeyManagementService.UpdateKeyExpiry:output_type -> keygate.v1.UpdateKeyExpiryResponse
+	16, // 40: keygate.v1.KeyManagementService.DisableKey:output_type -> keygate.v1.DisableKeyResponse
+	18, // 41: keygate.v1.KeyManagementService.EnableKey:output_type -> keygate.v1.EnableKeyResponse
+	34, // [34:42] is the sub-list for method output_type
+	26, // [26:34] is the sub-list for method input_type
+	26, // [26:26] is the sub-list for extension type_name
+	26, // [26:26] is the sub-list for extension extendee
+	0,  // [0:26] is the sub-list for field type_name
 }
 
 func init() { file_keygate_v1_keys_proto_init() }

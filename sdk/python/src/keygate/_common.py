@@ -139,11 +139,22 @@ def update_key_expiry_request(
 
 
 def list_keys_request(
-    *, owner_id: str, environment: str, status: keys_pb2.KeyStatus.ValueType, page_size: int
+    *,
+    owner_id: str,
+    environment: str,
+    status: keys_pb2.KeyStatus.ValueType,
+    page_size: int,
+    last_used_before: datetime | None = None,
+    expires_before: datetime | None = None,
 ) -> keys_pb2.ListKeysRequest:
-    return keys_pb2.ListKeysRequest(
+    request = keys_pb2.ListKeysRequest(
         owner_id=owner_id, environment=environment, status=status, page_size=page_size
     )
+    if last_used_before is not None:
+        request.last_used_before.CopyFrom(timestamp(last_used_before))
+    if expires_before is not None:
+        request.expires_before.CopyFrom(timestamp(expires_before))
+    return request
 
 
 def authorize_request(

@@ -110,11 +110,23 @@ class AsyncClient:
         environment: str = "",
         status: keys_pb2.KeyStatus.ValueType = keys_pb2.KEY_STATUS_UNSPECIFIED,
         page_size: int = 0,
+        last_used_before: datetime | None = None,
+        expires_before: datetime | None = None,
         timeout: float | None = None,
     ) -> AsyncIterator[keys_pb2.ApiKey]:
-        """Iterates over the matching keys, fetching pages as it goes."""
+        """Iterates over the matching keys, fetching pages as it goes.
+
+        ``last_used_before`` finds keys nobody used since (never used counts
+        as before); ``expires_before`` finds keys expiring before a time.
+        Both take timezone-aware datetimes.
+        """
         request = _common.list_keys_request(
-            owner_id=owner_id, environment=environment, status=status, page_size=page_size
+            owner_id=owner_id,
+            environment=environment,
+            status=status,
+            page_size=page_size,
+            last_used_before=last_used_before,
+            expires_before=expires_before,
         )
         while True:
             page = await _call(self.keys.ListKeys, request, timeout)

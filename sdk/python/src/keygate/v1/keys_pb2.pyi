@@ -358,6 +358,8 @@ class ListKeysRequest(_message.Message):
     STATUS_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    LAST_USED_BEFORE_FIELD_NUMBER: _builtins.int
+    EXPIRES_BEFORE_FIELD_NUMBER: _builtins.int
     owner_id: _builtins.str
     """Only keys of this owner; empty means every owner the caller may see."""
     environment: _builtins.str
@@ -368,6 +370,19 @@ class ListKeysRequest(_message.Message):
     """Keys per page: 0 means 50, at most 1000."""
     page_token: _builtins.str
     """The next_page_token of the previous page; empty for the first page."""
+    @_builtins.property
+    def last_used_before(self) -> _timestamp_pb2.Timestamp:
+        """Only keys last used before this time, to find keys nobody uses any more;
+        a key never used counts as used before any time. Uses another replica
+        saw within its last usage-flush interval may not be counted yet.
+        """
+
+    @_builtins.property
+    def expires_before(self) -> _timestamp_pb2.Timestamp:
+        """Only keys that expire before this time ("expiring soon"); keys without
+        an expiry never match. Already expired keys match too.
+        """
+
     def __init__(
         self,
         *,
@@ -376,10 +391,12 @@ class ListKeysRequest(_message.Message):
         status: Global___KeyStatus.ValueType = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        last_used_before: _timestamp_pb2.Timestamp | None = ...,
+        expires_before: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expires_before", b"expires_before", "last_used_before", b"last_used_before"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["environment", b"environment", "owner_id", b"owner_id", "page_size", b"page_size", "page_token", b"page_token", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["environment", b"environment", "expires_before", b"expires_before", "last_used_before", b"last_used_before", "owner_id", b"owner_id", "page_size", b"page_size", "page_token", b"page_token", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
