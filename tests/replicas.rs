@@ -472,6 +472,7 @@ async fn a_graceful_stop_flushes_usage() {
     };
     let config = Config {
         usage_flush_interval: Duration::from_secs(3600),
+        usage_count_flush_interval: Duration::from_secs(3600),
         ..replica_config(&db.url)
     };
     let a = TestServer::start(config.clone()).await;
@@ -482,14 +483,77 @@ async fn a_graceful_stop_flushes_usage() {
         assert_allowed(&authorize(&mut client, authz(&secret, &["dns:read"])).await);
     }
     let store = keygate_persistence::Store::connect(&db.url).await.unwrap();
+    let allowed = |buckets: Vec<keygate_domain::usage::UsageBucket>| {
+        buckets.iter().map(|b| b.counts.allowed).sum::<u64>()
+    };
     assert_eq!(
-        store.request_count(&key.key_id).await.unwrap(),
-        Some(0),
+        allowed(store.usage_buckets(&key.key_id, 0, i64::MAX).await.unwrap()),
+        0,
         "written before the stop"
     );
     a.stop().await;
     let stored = store.get_key(&key.key_id).await.unwrap().unwrap();
     assert!(stored.last_used_at.is_some());
     assert!(stored.credentials[0].last_used_at.is_some());
-    assert_eq!(store.request_count(&key.key_id).await.unwrap(), Some(3));
+    assert_eq!(
+        allowed(store.usage_buckets(&key.key_id, 0, i64::MAX).await.unwrap()),
+        3
+    );
+}
+
+/// Both replicas count requests of the same key in the same hour: their
+/// counts add up in storage, and GetKeyUsage on either shows the sum.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn usage_counts_of_every_replica_add_up() {
+    let Some(db) = TestDatabase::postgres().await else {
+        return;
+    };
+    let config = Config {
+        usage_count_flush_interval: Duration::from_millis(100),
+        ..replica_config(&db.url)
+    };
+    let a = TestServer::start(config.clone()).await;
+    let b = TestServer::restart(config, a.admin_key.clone()).await;
+    let mut admin_a = a.admin().await;
+    let (key, secret) = create(&mut admin_a, new_key("shared", &["dns:read"])).await;
+    let (mut on_a, mut on_b) = (a.client().await, b.client().await);
+    for _ in 0..4 {
+        assert_allowed(&authorize(&mut on_a, authz(&secret, &["dns:read"])).await);
+    }
+    for _ in 0..3 {
+        assert_allowed(&authorize(&mut on_b, authz(&secret, &["dns:read"])).await);
+    }
+    assert_denied(
+        &authorize(&mut on_b, authz(&secret, &["dns:write"])).await,
+        pb::DenyReason::ScopeMissing,
+    );
+    let mut admin_b = b.admin().await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for admin in [&mut admin_a, &mut admin_b] {
+        loop {
+            let buckets = admin
+                .keys
+                .get_key_usage(pb::GetKeyUsageRequest {
+                    key_id: key.key_id.clone(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .buckets;
+            let allowed: u64 = buckets.iter().map(|b| b.allowed).sum();
+            let denied: u64 = buckets.iter().map(|b| b.denied_other).sum();
+            // Each replica adds its own unwritten counts to what both wrote,
+            // so a replica may see its own share early, never more than 7.
+            assert!(allowed <= 7, "counted twice: {allowed}");
+            if allowed == 7 && denied == 1 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "counts never added up: {allowed} allowed, {denied} denied"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
 }

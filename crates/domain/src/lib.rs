@@ -19,6 +19,7 @@ pub mod ratelimit;
 pub mod rights;
 pub mod scope;
 pub mod snapshot;
+pub mod usage;
 pub mod validation;
 
 pub use model::{ApiKey, Credential, KeyState, KeyStatus};

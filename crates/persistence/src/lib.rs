@@ -13,6 +13,7 @@ pub mod migration;
 mod notify;
 mod store;
 mod update;
+mod usage;
 
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
@@ -23,5 +24,6 @@ mod tests;
 pub use error::StoreError;
 pub use migration::Migrator;
 pub use notify::{CHANGE_CHANNEL, Change, ChangeListener};
-pub use store::{Backend, KeyFilter, Store, Usage};
+pub use store::{Backend, KeyFilter, Store};
 pub use update::KeyUpdate;
+pub use usage::{HourlyUsage, LastUsed};

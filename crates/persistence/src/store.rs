@@ -42,10 +42,10 @@ const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// 32766) and PostgreSQL's 65535. Larger chunks were measured to be slower
 /// on both backends (1,000 rows: about 5x on PostgreSQL, 2x on SQLite, for a
 /// 100k-key flush), so keep this modest.
-const BATCH_ROWS: usize = 300;
+pub(crate) const BATCH_ROWS: usize = 300;
 
 /// `($1, $2, $3), ($4, $5, $6), …` for `rows` rows of `columns` values.
-fn placeholders(rows: usize, columns: usize) -> String {
+pub(crate) fn placeholders(rows: usize, columns: usize) -> String {
     let mut sql = String::with_capacity(rows * columns * 5);
     for row in 0..rows {
         if row > 0 {
@@ -85,19 +85,6 @@ pub struct KeyFilter {
     pub last_used_before: Option<DateTime<Utc>>,
     /// Only keys with an expiry before this time.
     pub expires_before: Option<DateTime<Utc>>,
-}
-
-/// Usage of one credential accumulated in memory since the last flush.
-#[derive(Clone, Debug)]
-pub struct Usage {
-    /// The key used.
-    pub key_id: String,
-    /// The credential used.
-    pub lookup_id: String,
-    /// The latest use.
-    pub last_used_at: DateTime<Utc>,
-    /// Requests since the last flush.
-    pub requests: u64,
 }
 
 /// Keygate's storage: keys, credentials, usage and shared rate-limit windows.
@@ -320,83 +307,6 @@ impl Store {
                 key_from_rows(row, creds)
             })
             .collect()
-    }
-
-    /// Flushes usage counted in memory, in one transaction: per key,
-    /// `last_used_at` becomes the later of stored and given and
-    /// `request_count` grows; per credential, `last_used_at` likewise.
-    /// Entries are merged first (requests summed, latest time kept, per key
-    /// and per credential), then applied with one `UPDATE … FROM` a VALUES
-    /// CTE per [`BATCH_ROWS`] keys and per [`BATCH_ROWS`] credentials, in id
-    /// order so concurrent flushes of several replicas cannot deadlock.
-    /// Unknown keys are ignored.
-    pub async fn record_usage(&self, usage: &[Usage]) -> Result<(), StoreError> {
-        if usage.is_empty() {
-            return Ok(());
-        }
-        let mut keys: BTreeMap<&str, (i64, DateTime<Utc>)> = BTreeMap::new();
-        let mut creds: BTreeMap<(&str, &str), DateTime<Utc>> = BTreeMap::new();
-        for u in usage {
-            let requests = i64::try_from(u.requests).unwrap_or(i64::MAX);
-            let entry = keys.entry(u.key_id.as_str()).or_insert((0, u.last_used_at));
-            entry.0 = entry.0.saturating_add(requests);
-            entry.1 = entry.1.max(u.last_used_at);
-            let at = creds
-                .entry((u.key_id.as_str(), u.lookup_id.as_str()))
-                .or_insert(u.last_used_at);
-            *at = (*at).max(u.last_used_at);
-        }
-        let backend = self.db.get_database_backend();
-        let keys: Vec<_> = keys.into_iter().collect();
-        let creds: Vec<_> = creds.into_iter().collect();
-        // Set-based: one UPDATE … FROM (VALUES …) per chunk, in key order so
-        // two replicas flushing at once lock rows in the same order.
-        let txn = self.db.begin().await?;
-        for chunk in keys.chunks(BATCH_ROWS) {
-            let mut values = Vec::with_capacity(chunk.len() * 3);
-            for (key_id, (requests, at)) in chunk {
-                values.extend([(*key_id).into(), (*requests).into(), (*at).into()]);
-            }
-            let sql = format!(
-                "WITH v(id, n, t) AS (VALUES {}) \
-                 UPDATE api_keys SET request_count = api_keys.request_count + v.n, \
-                 last_used_at = CASE WHEN api_keys.last_used_at IS NULL \
-                 OR api_keys.last_used_at < v.t THEN v.t ELSE api_keys.last_used_at END \
-                 FROM v WHERE api_keys.id = v.id",
-                placeholders(chunk.len(), 3)
-            );
-            txn.execute_raw(Statement::from_sql_and_values(backend, sql, values))
-                .await?;
-        }
-        for chunk in creds.chunks(BATCH_ROWS) {
-            let mut values = Vec::with_capacity(chunk.len() * 3);
-            for ((key_id, lookup_id), at) in chunk {
-                values.extend([(*lookup_id).into(), (*key_id).into(), (*at).into()]);
-            }
-            let sql = format!(
-                "WITH v(lookup_id, key_id, t) AS (VALUES {}) \
-                 UPDATE credentials SET last_used_at = CASE WHEN credentials.last_used_at IS NULL \
-                 OR credentials.last_used_at < v.t THEN v.t ELSE credentials.last_used_at END \
-                 FROM v WHERE credentials.lookup_id = v.lookup_id AND credentials.key_id = v.key_id",
-                placeholders(chunk.len(), 3)
-            );
-            txn.execute_raw(Statement::from_sql_and_values(backend, sql, values))
-                .await?;
-        }
-        txn.commit().await?;
-        Ok(())
-    }
-
-    /// The number of requests recorded for a key by [`Store::record_usage`];
-    /// `None` if there is no such key.
-    pub async fn request_count(&self, key_id: &str) -> Result<Option<u64>, StoreError> {
-        let row = api_key::Entity::find_by_id(key_id.to_owned())
-            .select_only()
-            .column(api_key::Column::RequestCount)
-            .into_tuple::<i64>()
-            .one(&self.db)
-            .await?;
-        Ok(row.map(|n| u64::try_from(n).unwrap_or(0)))
     }
 
     /// Adds request counts to shared rate-limit windows (`window_start` in

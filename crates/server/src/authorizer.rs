@@ -31,6 +31,7 @@ use keygate_domain::{
     rights::Principal,
     scope::Scope,
     snapshot::KeySnapshot,
+    usage::{UsageBucket, UseOutcome},
 };
 use keygate_persistence::{Backend, Store, StoreError};
 use tokio::sync::Semaphore;
@@ -146,7 +147,7 @@ impl Authorizer {
             ),
             runtimes: Arc::new(Runtimes::default()),
             limiter: RateLimiter::new(store.backend() == Backend::Postgres),
-            usage: Arc::new(UsageRecorder::default()),
+            usage: Arc::new(UsageRecorder::new(config.last_used_precision)),
             metrics: Arc::new(Metrics::default()),
             origin: Instant::now(),
             unavailable_until: AtomicU64::new(0),
@@ -219,6 +220,11 @@ impl Authorizer {
                 .is_some_and(|runtime| runtime.latest_version() >= version)
     }
 
+    /// Request counts of a key not yet written to storage, per hour.
+    pub fn pending_counts(&self, key_id: &str) -> Vec<UsageBucket> {
+        self.usage.pending_counts(&self.runtimes, key_id)
+    }
+
     /// The newest use of a credential not yet written to storage.
     pub fn pending_last_used(&self, key_id: &str, lookup_id: &str) -> Option<DateTime<Utc>> {
         self.usage
@@ -267,6 +273,7 @@ impl Authorizer {
             Some(key) => {
                 let runtime = self.runtimes.get_or_create(&key.id);
                 runtime.note_version(key.version);
+                UsageRecorder::note_stored(&runtime, key.last_used_at);
                 let mut snapshot = KeySnapshot::from(&key);
                 // One copy of the id for the snapshot and the runtime, and
                 // shared copies of what many keys have in common.
@@ -356,7 +363,13 @@ impl Authorizer {
         let Some(secret) = key.snapshot.find_secret(parsed.lookup_id, parsed.key) else {
             return Ok(invalid());
         };
+        // From here the key is recognised: every outcome counts as its usage.
+        let record = |outcome| {
+            self.usage
+                .record(&key.runtime, secret.lookup_id, now, outcome);
+        };
         if let Err(denial) = policy::check(&key.snapshot, secret, request, now) {
+            record(UseOutcome::Denied);
             return Ok(Outcome::Deny {
                 reason: denial.reason,
                 key: Some(key.clone()),
@@ -371,6 +384,7 @@ impl Authorizer {
             .unwrap_or(self.default_quota);
         let rate = self.limiter.check(&key.runtime, quota);
         if !rate.allowed {
+            record(UseOutcome::RateLimited);
             return Ok(Outcome::Deny {
                 reason: DenyReason::RateLimited,
                 key: Some(key.clone()),
@@ -378,7 +392,7 @@ impl Authorizer {
                 rate: Some(rate),
             });
         }
-        self.usage.record(&key.runtime, secret.lookup_id, now);
+        record(UseOutcome::Allowed);
         Ok(Outcome::Allow {
             key: key.clone(),
             rate,
@@ -426,7 +440,8 @@ impl Authorizer {
                 message: format!("management key refused: {}", denial.reason.message()),
             });
         }
-        self.usage.record(&key.runtime, secret.lookup_id, now);
+        self.usage
+            .record(&key.runtime, secret.lookup_id, now, UseOutcome::Allowed);
         Ok(Principal::from_snapshot(&key.snapshot))
     }
 }

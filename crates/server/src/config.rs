@@ -32,8 +32,15 @@ pub struct Config {
     pub cache_ttl: Duration,
     /// How long an unknown lookup id is remembered as unknown.
     pub negative_cache_ttl: Duration,
-    /// How often usage (last used, request counts) is written to storage.
+    /// How often last-used times are written to storage.
     pub usage_flush_interval: Duration,
+    /// How far a stored `last_used_at` may lag behind the last use: a key's
+    /// stored value is rewritten only when unset or older than this.
+    pub last_used_precision: Duration,
+    /// How often hourly request counts are added to storage.
+    pub usage_count_flush_interval: Duration,
+    /// How long hourly request counts are kept.
+    pub usage_retention: Duration,
     /// How often rate-limit consumption is exchanged with the other replicas.
     pub rate_limit_sync_interval: Duration,
     /// Largest request message accepted, in bytes.
@@ -54,6 +61,9 @@ impl Default for Config {
             cache_ttl: Duration::from_secs(300),
             negative_cache_ttl: Duration::from_secs(5),
             usage_flush_interval: Duration::from_secs(5),
+            last_used_precision: Duration::from_secs(60),
+            usage_count_flush_interval: Duration::from_secs(60),
+            usage_retention: Duration::from_secs(31 * 24 * 3600),
             rate_limit_sync_interval: Duration::from_secs(1),
             max_message_bytes: 256 * 1024,
             request_timeout: Duration::from_secs(10),
@@ -63,6 +73,10 @@ impl Default for Config {
 
 /// Longest interval or timeout accepted: one day.
 pub const MAX_INTERVAL: Duration = Duration::from_secs(24 * 3600);
+/// Shortest usage retention accepted: one hour (the size of a bucket).
+pub const MIN_USAGE_RETENTION: Duration = Duration::from_secs(3600);
+/// Longest usage retention accepted: ten years.
+pub const MAX_USAGE_RETENTION: Duration = Duration::from_secs(3650 * 24 * 3600);
 /// Longest time an unknown lookup id may be remembered: one hour.
 pub const MAX_NEGATIVE_CACHE_TTL: Duration = Duration::from_secs(3600);
 /// Smallest request size limit accepted: 1 KiB.
@@ -115,6 +129,28 @@ impl Config {
             self.usage_flush_interval,
             MAX_INTERVAL,
         )?;
+        duration_within(
+            "--last-used-precision",
+            self.last_used_precision,
+            MAX_INTERVAL,
+        )?;
+        duration_within(
+            "--usage-count-flush-interval",
+            self.usage_count_flush_interval,
+            MAX_INTERVAL,
+        )?;
+        duration_within(
+            "--usage-retention",
+            self.usage_retention,
+            MAX_USAGE_RETENTION,
+        )?;
+        if self.usage_retention < MIN_USAGE_RETENTION {
+            return Err(ConfigError::TooSmall {
+                flag: "--usage-retention",
+                min: format_duration(MIN_USAGE_RETENTION),
+                got: format_duration(self.usage_retention),
+            });
+        }
         duration_within(
             "--rate-limit-sync-interval",
             self.rate_limit_sync_interval,
@@ -209,8 +245,12 @@ mod tests {
     #[test]
     fn zero_durations_are_refused_by_flag() {
         type Set = fn(&mut Config, Duration);
-        let cases: [(&str, Set); 5] = [
+        let cases: [(&str, Set); 7] = [
             ("--usage-flush-interval", |c, d| c.usage_flush_interval = d),
+            ("--last-used-precision", |c, d| c.last_used_precision = d),
+            ("--usage-count-flush-interval", |c, d| {
+                c.usage_count_flush_interval = d
+            }),
             ("--rate-limit-sync-interval", |c, d| {
                 c.rate_limit_sync_interval = d
             }),
@@ -266,6 +306,26 @@ mod tests {
             refused(&config),
             "--negative-cache-ttl must be at most 1h, got 3601s"
         );
+    }
+
+    #[test]
+    fn usage_retention_is_an_hour_to_ten_years() {
+        let mut config = Config {
+            usage_retention: Duration::ZERO,
+            ..Config::default()
+        };
+        assert_eq!(refused(&config), "--usage-retention must be greater than 0");
+        config.usage_retention = Duration::from_secs(3599);
+        assert_eq!(
+            refused(&config),
+            "--usage-retention must be at least 1h, got 3599s"
+        );
+        config.usage_retention = MIN_USAGE_RETENTION;
+        assert_eq!(config.validate(), Ok(()));
+        config.usage_retention = MAX_USAGE_RETENTION;
+        assert_eq!(config.validate(), Ok(()));
+        config.usage_retention = MAX_USAGE_RETENTION + Duration::from_secs(1);
+        assert!(refused(&config).starts_with("--usage-retention must be at most 87600h"));
     }
 
     #[test]

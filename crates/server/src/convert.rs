@@ -7,6 +7,7 @@ use keygate_domain::{
     ApiKey, Credential, KeyStatus,
     policy::DenyReason,
     ratelimit::RateDecision,
+    usage::{self, UsageBucket},
     validation::{Expiry, NewKeyInput},
 };
 
@@ -48,6 +49,16 @@ pub fn from_duration(field: &str, d: &prost_types::Duration) -> Result<chrono::D
     chrono::Duration::try_seconds(d.seconds)
         .and_then(|s| s.checked_add(&chrono::Duration::nanoseconds(i64::from(d.nanos))))
         .ok_or_else(|| ApiError::invalid(field, "duration out of range"))
+}
+
+/// An hour of a key's usage on the wire.
+pub fn usage_bucket(bucket: &UsageBucket) -> pb::UsageBucket {
+    pb::UsageBucket {
+        start_time: Some(timestamp(usage::bucket_time(bucket.hour_start))),
+        allowed: bucket.counts.allowed,
+        denied_rate_limited: bucket.counts.denied_rate_limited,
+        denied_other: bucket.counts.denied_other,
+    }
 }
 
 /// A duration in nanoseconds on the wire.

@@ -11,6 +11,7 @@ pub mod authorizer;
 pub mod cache;
 pub mod config;
 pub mod convert;
+mod dirty;
 pub mod error;
 #[cfg(test)]
 mod fixtures;

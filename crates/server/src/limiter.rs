@@ -12,14 +12,17 @@
 //! ARCHITECTURE.md).
 
 use std::{
-    sync::{Arc, Mutex, atomic::Ordering},
+    sync::{Arc, atomic::Ordering},
     time::Instant,
 };
 
 use keygate_domain::ratelimit::{PERIOD_NANOS, Quota, RateDecision, gcra};
 use keygate_persistence::{Store, StoreError};
 
-use crate::runtime::{KeyRuntime, Ledger};
+use crate::{
+    dirty::DirtyList,
+    runtime::{KeyRuntime, Ledger},
+};
 
 /// Length of the shared counting window, in seconds.
 const WINDOW_SECS: i64 = 3600;
@@ -28,7 +31,7 @@ const WINDOW_SECS: i64 = 3600;
 #[derive(Debug)]
 pub struct RateLimiter {
     /// Keys with requests not yet reported to the other replicas.
-    dirty: Mutex<Vec<Arc<KeyRuntime>>>,
+    dirty: DirtyList,
     shared: bool,
     origin: Instant,
 }
@@ -38,7 +41,7 @@ impl RateLimiter {
     /// [`RateLimiter::sync`].
     pub fn new(shared: bool) -> Self {
         Self {
-            dirty: Mutex::new(Vec::new()),
+            dirty: DirtyList::new(|r| &r.rate_dirty),
             shared,
             origin: Instant::now(),
         }
@@ -66,12 +69,7 @@ impl RateLimiter {
                 .interval
                 .store(quota.emission_interval_nanos(), Ordering::Relaxed);
             runtime.unsynced.fetch_add(1, Ordering::AcqRel);
-            if !runtime.rate_dirty.swap(true, Ordering::AcqRel) {
-                self.dirty
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push(runtime.clone());
-            }
+            self.dirty.mark(runtime);
         }
         decision
     }
@@ -104,14 +102,13 @@ impl RateLimiter {
     /// the others reported. Returns how many keys were exchanged. On failure
     /// nothing is lost: the requests are reported at the next sync.
     pub async fn sync(&self, store: &Store, unix_now: i64) -> Result<usize, StoreError> {
-        let runtimes = std::mem::take(&mut *self.dirty.lock().unwrap_or_else(|e| e.into_inner()));
+        let runtimes = self.dirty.take();
         if runtimes.is_empty() {
             return Ok(0);
         }
         let window_start = window_start(unix_now);
         let mut batch = Vec::with_capacity(runtimes.len());
         for runtime in runtimes {
-            runtime.rate_dirty.store(false, Ordering::Release);
             let delta = runtime.unsynced.swap(0, Ordering::AcqRel);
             batch.push((runtime, delta));
         }
@@ -124,12 +121,7 @@ impl RateLimiter {
             Err(err) => {
                 for (runtime, delta) in batch {
                     runtime.unsynced.fetch_add(delta, Ordering::AcqRel);
-                    if !runtime.rate_dirty.swap(true, Ordering::AcqRel) {
-                        self.dirty
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .push(runtime);
-                    }
+                    self.dirty.mark(&runtime);
                 }
                 return Err(err);
             }

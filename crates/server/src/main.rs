@@ -87,9 +87,21 @@ struct ServeArgs {
     /// How long an unknown lookup id is remembered as unknown (at most 1h).
     #[arg(long, env = "KEYGATE_NEGATIVE_CACHE_TTL", default_value = "5s", value_parser = parse_duration)]
     negative_cache_ttl: Duration,
-    /// How often usage (last used, request counts) is written (at most 24h).
+    /// How often last-used times are written (at most 24h); a key's first
+    /// use shows within this.
     #[arg(long, env = "KEYGATE_USAGE_FLUSH_INTERVAL", default_value = "5s", value_parser = parse_duration)]
     usage_flush_interval: Duration,
+    /// How far a stored last-used time may lag the last use: it is
+    /// rewritten only when unset or older than this (at most 24h).
+    #[arg(long, env = "KEYGATE_LAST_USED_PRECISION", default_value = "60s", value_parser = parse_duration)]
+    last_used_precision: Duration,
+    /// How often hourly request counts are added to storage (at most 24h);
+    /// also at a graceful stop.
+    #[arg(long, env = "KEYGATE_USAGE_COUNT_FLUSH_INTERVAL", default_value = "60s", value_parser = parse_duration)]
+    usage_count_flush_interval: Duration,
+    /// How long hourly request counts are kept (1h to 3650d).
+    #[arg(long, env = "KEYGATE_USAGE_RETENTION", default_value = "31d", value_parser = parse_duration)]
+    usage_retention: Duration,
     /// How often rate-limit consumption is exchanged with the other
     /// replicas (PostgreSQL; at most 24h).
     #[arg(long, env = "KEYGATE_RATE_LIMIT_SYNC_INTERVAL", default_value = "1s", value_parser = parse_duration)]
@@ -102,12 +114,12 @@ struct ServeArgs {
     max_message_bytes: usize,
 }
 
-/// Parses `250ms`, `5s`, `2m` or `1h` (a bare number is seconds). Zero
+/// Parses `250ms`, `5s`, `2m`, `1h` or `31d` (a bare number is seconds). Zero
 /// parses (and is refused by [`Config::validate`], naming the flag); a
 /// negative, fractional, unitless-garbage or overflowing value is an error
 /// saying what is wrong. clap adds the flag's name.
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    const EXPECTED: &str = "expected a whole number and a unit, like 250ms, 5s, 2m or 1h";
+    const EXPECTED: &str = "expected a whole number and a unit, like 250ms, 5s, 2m, 1h or 31d";
     let s = s.trim();
     if s.is_empty() {
         return Err(format!("empty duration; {EXPECTED}"));
@@ -129,8 +141,9 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         "s" | "" => Ok(Duration::from_secs(n)),
         "m" => secs(60).ok_or_else(too_large),
         "h" => secs(3600).ok_or_else(too_large),
+        "d" => secs(86_400).ok_or_else(too_large),
         other => Err(format!(
-            "unknown unit {} in {quoted}; use ms, s, m or h",
+            "unknown unit {} in {quoted}; use ms, s, m, h or d",
             quote(other)
         )),
     }
@@ -167,6 +180,9 @@ async fn main() -> Result<()> {
             config.cache_ttl = args.cache_ttl;
             config.negative_cache_ttl = args.negative_cache_ttl;
             config.usage_flush_interval = args.usage_flush_interval;
+            config.last_used_precision = args.last_used_precision;
+            config.usage_count_flush_interval = args.usage_count_flush_interval;
+            config.usage_retention = args.usage_retention;
             config.max_message_bytes = args.max_message_bytes;
             config.rate_limit_sync_interval = args.rate_limit_sync_interval;
             config.request_timeout = args.request_timeout;
@@ -240,10 +256,11 @@ mod tests {
         assert_eq!(parse_duration(" 2m "), Ok(Duration::from_secs(120)));
         assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
         assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration("31d"), Ok(Duration::from_secs(31 * 86_400)));
         assert!(
-            parse_duration("5d")
+            parse_duration("5w")
                 .unwrap_err()
-                .contains("unknown unit \"d\"")
+                .contains("unknown unit \"w\"")
         );
         assert!(
             parse_duration("fast")
@@ -275,6 +292,7 @@ mod tests {
         for s in [
             format!("{max}h"),
             format!("{max}m"),
+            format!("{max}d"),
             "5124095576030432h".into(),
         ] {
             assert_eq!(parse_duration(&s), Err(format!("{s:?} is too large")));
@@ -328,6 +346,7 @@ mod tests {
                         "" | "s" => Duration::from_secs(n),
                         "m" => Duration::from_secs(n * 60),
                         "h" => Duration::from_secs(n * 3600),
+                        "d" => Duration::from_secs(n * 86_400),
                         other => panic!("accepted unit {other:?}"),
                     };
                     prop_assert_eq!(d, want);

@@ -22,6 +22,7 @@ use keygate_domain::{
     keyformat::KeyFormat,
     page_token,
     rights::{Access, Principal, RightsError},
+    usage::UsageRange,
     validation::{self, NewKey},
 };
 use keygate_persistence::{KeyFilter, KeyUpdate, Store, StoreError};
@@ -188,6 +189,40 @@ impl ManagementService {
             reason: "KEY_REVOKED",
             message: format!("key {} is revoked and cannot be {action}", key.id),
         }
+    }
+
+    async fn usage(
+        &self,
+        request: Request<pb::GetKeyUsageRequest>,
+    ) -> Result<pb::GetKeyUsageResponse, ApiError> {
+        let now = Utc::now();
+        let principal = self.principal(&request, Access::Read, now).await?;
+        let req = request.into_inner();
+        validation::validate_key_id(&req.key_id)?;
+        let start = req
+            .start_time
+            .as_ref()
+            .map(|ts| convert::from_timestamp("start_time", ts))
+            .transpose()?;
+        let end = req
+            .end_time
+            .as_ref()
+            .map(|ts| convert::from_timestamp("end_time", ts))
+            .transpose()?;
+        let range = UsageRange::from_request(start, end, now)?;
+        let key = self.visible_key(&principal, &req.key_id).await?;
+        // Stored counts first, then this replica's unwritten ones: a flush
+        // in between can hide its batch from this answer, never count it
+        // twice.
+        let stored = self
+            .store
+            .usage_buckets(&key.id, range.start, range.end)
+            .await?;
+        let pending = self.authorizer.pending_counts(&key.id);
+        let buckets = range.buckets(stored.into_iter().chain(pending));
+        Ok(pb::GetKeyUsageResponse {
+            buckets: buckets.iter().map(convert::usage_bucket).collect(),
+        })
     }
 
     async fn create(
@@ -554,5 +589,12 @@ impl KeyManagementService for ManagementService {
             .set_state(request, &key_id, &etag, KeyState::Active)
             .await?;
         Ok(Response::new(pb::EnableKeyResponse { key: Some(key) }))
+    }
+
+    async fn get_key_usage(
+        &self,
+        request: Request<pb::GetKeyUsageRequest>,
+    ) -> RpcResult<pb::GetKeyUsageResponse> {
+        Ok(Response::new(self.usage(request).await?))
     }
 }

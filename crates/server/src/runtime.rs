@@ -1,5 +1,6 @@
 //! Per-key mutable state of the hot path, in one [`KeyRuntime`] per key id:
-//! the rate-limit state, the usage not yet written, and the newest version
+//! the rate-limit state, the usage not yet written (last uses and hourly
+//! request counts), and the newest version
 //! of the key this replica has heard of.
 //!
 //! Runtimes live in [`Runtimes`], not in the cache: a key's cache entries
@@ -19,12 +20,13 @@ use std::{
     hash::{BuildHasher, RandomState},
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
 
 use chrono::{DateTime, Utc};
+use keygate_domain::usage::{BUCKET_SECS, UsageBucket, UsageCounts, UseOutcome};
 
 /// What a replica knows of one key's consumption in the current shared window.
 #[derive(Debug, Default)]
@@ -36,66 +38,211 @@ pub(crate) struct Ledger {
     pub(crate) others_charged: u64,
 }
 
-/// Uses of one credential not yet written.
+/// The newest use of one credential not yet written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct PendingUse {
+pub(crate) struct LastUse {
     pub(crate) lookup_id: [u8; 8],
-    pub(crate) last_used_at: DateTime<Utc>,
-    pub(crate) requests: u64,
+    pub(crate) at: DateTime<Utc>,
 }
 
-/// A key's unwritten uses, per credential. The first credential is stored
-/// inline: almost every key has one secret in use, and a heap allocation
-/// per key would be most of its cost.
+/// Requests of one key in one hour not yet written. Compact (16 bytes):
+/// hours since the epoch and 32-bit counts, which one flush interval
+/// cannot fill (they saturate rather than wrap).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct HourTally {
+    /// Hours since the unix epoch; with no requests counted, unused.
+    hour: u32,
+    allowed: u32,
+    rate_limited: u32,
+    denied: u32,
+}
+
+impl HourTally {
+    fn is_empty(&self) -> bool {
+        self.allowed == 0 && self.rate_limited == 0 && self.denied == 0
+    }
+
+    fn add(&mut self, outcome: UseOutcome, n: u64) {
+        let counter = match outcome {
+            UseOutcome::Allowed => &mut self.allowed,
+            UseOutcome::RateLimited => &mut self.rate_limited,
+            UseOutcome::Denied => &mut self.denied,
+        };
+        *counter = counter.saturating_add(u32::try_from(n).unwrap_or(u32::MAX));
+    }
+
+    fn add_counts(&mut self, counts: &UsageCounts) {
+        self.add(UseOutcome::Allowed, counts.allowed);
+        self.add(UseOutcome::RateLimited, counts.denied_rate_limited);
+        self.add(UseOutcome::Denied, counts.denied_other);
+    }
+
+    /// This tally as a bucket of the domain's usage model.
+    pub(crate) fn bucket(&self) -> UsageBucket {
+        UsageBucket {
+            hour_start: i64::from(self.hour) * BUCKET_SECS,
+            counts: UsageCounts {
+                allowed: u64::from(self.allowed),
+                denied_rate_limited: u64::from(self.rate_limited),
+                denied_other: u64::from(self.denied),
+            },
+        }
+    }
+}
+
+/// The hour (since the epoch) holding `unix_secs`, as [`HourTally`] keeps it.
+fn hour_of(unix_secs: i64) -> u32 {
+    u32::try_from(unix_secs.div_euclid(BUCKET_SECS)).unwrap_or(0)
+}
+
+/// What is rare: a second credential in use (a rotation's grace period) or
+/// a second hour pending (a flush across the hour, or storage down).
 #[derive(Debug, Default)]
-pub(crate) struct PendingUses {
-    first: Option<PendingUse>,
-    more: Vec<PendingUse>,
+struct Overflow {
+    last_uses: Vec<LastUse>,
+    tallies: Vec<HourTally>,
 }
 
-impl PendingUses {
-    /// Adds `requests` uses of `lookup_id`, the newest at `at`.
-    pub(crate) fn add(&mut self, lookup_id: [u8; 8], at: DateTime<Utc>, requests: u64) {
-        let slot = match &mut self.first {
-            Some(first) if first.lookup_id == lookup_id => Some(first),
-            Some(_) => self.more.iter_mut().find(|u| u.lookup_id == lookup_id),
+/// A key's usage not yet written: per credential its newest use (only when
+/// it is due for writing, see `UsageRecorder`), and request counts per hour.
+/// The common case (one credential, one hour) is stored inline: a heap
+/// allocation per key would be most of its cost.
+#[derive(Debug, Default)]
+pub(crate) struct PendingUsage {
+    last_use: Option<LastUse>,
+    tally: HourTally,
+    overflow: Option<Box<Overflow>>,
+}
+
+impl PendingUsage {
+    /// Notes a use of `lookup_id` at `at`, keeping the newest per credential.
+    pub(crate) fn note_use(&mut self, lookup_id: [u8; 8], at: DateTime<Utc>) {
+        let slot = match &mut self.last_use {
             None => {
-                self.first = Some(PendingUse {
-                    lookup_id,
-                    last_used_at: at,
-                    requests,
-                });
+                self.last_use = Some(LastUse { lookup_id, at });
                 return;
             }
+            Some(first) if first.lookup_id == lookup_id => Some(first),
+            Some(_) => self
+                .overflow
+                .as_mut()
+                .and_then(|o| o.last_uses.iter_mut().find(|u| u.lookup_id == lookup_id)),
         };
         match slot {
-            Some(pending) => {
-                pending.requests += requests;
-                pending.last_used_at = pending.last_used_at.max(at);
+            Some(pending) => pending.at = pending.at.max(at),
+            None => self
+                .overflow
+                .get_or_insert_with(Box::default)
+                .last_uses
+                .push(LastUse { lookup_id, at }),
+        }
+    }
+
+    /// Counts `n` requests with `outcome` in the hour holding `unix_secs`.
+    pub(crate) fn count(&mut self, unix_secs: i64, outcome: UseOutcome, n: u64) {
+        let hour = hour_of(unix_secs);
+        if self.tally.is_empty() {
+            self.tally.hour = hour;
+        }
+        if self.tally.hour == hour {
+            self.tally.add(outcome, n);
+            return;
+        }
+        let overflow = self.overflow.get_or_insert_with(Box::default);
+        if self.tally.hour < hour {
+            // A new hour: the current one moves aside until the next flush.
+            overflow.tallies.push(std::mem::replace(
+                &mut self.tally,
+                HourTally {
+                    hour,
+                    ..HourTally::default()
+                },
+            ));
+            self.tally.add(outcome, n);
+            return;
+        }
+        // An earlier hour (a request stamped before the hour turned).
+        match overflow.tallies.iter_mut().find(|t| t.hour == hour) {
+            Some(tally) => tally.add(outcome, n),
+            None => {
+                let mut tally = HourTally {
+                    hour,
+                    ..HourTally::default()
+                };
+                tally.add(outcome, n);
+                overflow.tallies.push(tally);
             }
-            None => self.more.push(PendingUse {
-                lookup_id,
-                last_used_at: at,
-                requests,
-            }),
+        }
+    }
+
+    /// Adds counts taken earlier (a flush that failed) back.
+    pub(crate) fn count_bucket(&mut self, bucket: &UsageBucket) {
+        let mut tally = HourTally {
+            hour: hour_of(bucket.hour_start),
+            ..HourTally::default()
+        };
+        tally.add_counts(&bucket.counts);
+        if tally.is_empty() {
+            return;
+        }
+        if self.tally.is_empty() || self.tally.hour == tally.hour {
+            self.tally.hour = tally.hour;
+            self.tally.add_counts(&bucket.counts);
+            return;
+        }
+        let overflow = self.overflow.get_or_insert_with(Box::default);
+        match overflow.tallies.iter_mut().find(|t| t.hour == tally.hour) {
+            Some(existing) => existing.add_counts(&bucket.counts),
+            None => overflow.tallies.push(tally),
         }
     }
 
     /// The pending use of a credential.
-    pub(crate) fn get(&self, lookup_id: &[u8]) -> Option<&PendingUse> {
-        self.first
+    pub(crate) fn last_use(&self, lookup_id: &[u8]) -> Option<&LastUse> {
+        self.last_use
             .iter()
-            .chain(&self.more)
+            .chain(self.overflow.iter().flat_map(|o| o.last_uses.iter()))
             .find(|u| u.lookup_id.as_slice() == lookup_id)
     }
 
-    /// Takes every pending use, leaving none.
-    pub(crate) fn take(&mut self) -> Vec<PendingUse> {
-        let first = self.first.take();
-        first
-            .into_iter()
-            .chain(std::mem::take(&mut self.more))
-            .collect()
+    /// The pending counts, one bucket per hour.
+    pub(crate) fn buckets(&self) -> impl Iterator<Item = UsageBucket> + '_ {
+        std::iter::once(&self.tally)
+            .chain(self.overflow.iter().flat_map(|o| o.tallies.iter()))
+            .filter(|t| !t.is_empty())
+            .map(HourTally::bucket)
+    }
+
+    /// Takes every pending last use, leaving none.
+    pub(crate) fn take_last_uses(&mut self) -> Vec<LastUse> {
+        let mut taken: Vec<LastUse> = self.last_use.take().into_iter().collect();
+        if let Some(overflow) = &mut self.overflow {
+            taken.append(&mut overflow.last_uses);
+        }
+        self.shrink();
+        taken
+    }
+
+    /// Takes every pending count, leaving none.
+    pub(crate) fn take_buckets(&mut self) -> Vec<UsageBucket> {
+        let taken = self.buckets().collect();
+        self.tally = HourTally::default();
+        if let Some(overflow) = &mut self.overflow {
+            overflow.tallies.clear();
+        }
+        self.shrink();
+        taken
+    }
+
+    /// Frees the overflow once it holds nothing.
+    fn shrink(&mut self) {
+        if self
+            .overflow
+            .as_ref()
+            .is_some_and(|o| o.last_uses.is_empty() && o.tallies.is_empty())
+        {
+            self.overflow = None;
+        }
     }
 }
 
@@ -118,8 +265,14 @@ pub struct KeyRuntime {
     pub(crate) unsynced: AtomicU64,
     pub(crate) rate_dirty: AtomicBool,
     pub(crate) ledger: Mutex<Ledger>,
-    pub(crate) usage: Mutex<PendingUses>,
-    pub(crate) usage_dirty: AtomicBool,
+    pub(crate) usage: Mutex<PendingUsage>,
+    /// Unix seconds of the newest `last_used_at` known to be stored for the
+    /// key (loaded, or written by this replica); 0 if none.
+    pub(crate) last_used_stored: AtomicI64,
+    /// Listed for the last-used flush.
+    pub(crate) last_used_dirty: AtomicBool,
+    /// Listed for the request-count flush.
+    pub(crate) counts_dirty: AtomicBool,
 }
 
 impl KeyRuntime {
@@ -133,8 +286,10 @@ impl KeyRuntime {
             unsynced: AtomicU64::new(0),
             rate_dirty: AtomicBool::new(false),
             ledger: Mutex::new(Ledger::default()),
-            usage: Mutex::new(PendingUses::default()),
-            usage_dirty: AtomicBool::new(false),
+            usage: Mutex::new(PendingUsage::default()),
+            last_used_stored: AtomicI64::new(0),
+            last_used_dirty: AtomicBool::new(false),
+            counts_dirty: AtomicBool::new(false),
         }
     }
 
@@ -260,7 +415,8 @@ impl Runtimes {
                 let idle_since = runtime.touched.load(Ordering::Relaxed);
                 let removable = Arc::strong_count(runtime) == 1
                     && now.saturating_sub(idle_since) >= idle.as_secs()
-                    && !runtime.usage_dirty.load(Ordering::Acquire)
+                    && !runtime.last_used_dirty.load(Ordering::Acquire)
+                    && !runtime.counts_dirty.load(Ordering::Acquire)
                     && !runtime.rate_dirty.load(Ordering::Acquire)
                     && at_rest(runtime);
                 !removable
@@ -276,25 +432,67 @@ mod tests {
     use super::*;
 
     #[test]
-    fn pending_uses_merge_per_credential() {
-        let mut uses = PendingUses::default();
+    fn pending_last_uses_keep_the_newest_per_credential() {
+        let mut usage = PendingUsage::default();
         let t0 = Utc::now();
         let t1 = t0 + chrono::Duration::seconds(1);
-        uses.add(*b"aaaaaaaa", t1, 1);
-        uses.add(*b"aaaaaaaa", t0, 2);
-        uses.add(*b"bbbbbbbb", t0, 1);
-        uses.add(*b"bbbbbbbb", t1, 1);
+        usage.note_use(*b"aaaaaaaa", t1);
+        usage.note_use(*b"aaaaaaaa", t0);
+        usage.note_use(*b"bbbbbbbb", t0);
+        usage.note_use(*b"bbbbbbbb", t1);
+        assert_eq!(usage.last_use(b"aaaaaaaa").map(|u| u.at), Some(t1));
+        assert_eq!(usage.last_use(b"bbbbbbbb").map(|u| u.at), Some(t1));
+        assert_eq!(usage.take_last_uses().len(), 2);
+        assert!(usage.last_use(b"aaaaaaaa").is_none());
+        assert!(usage.take_last_uses().is_empty());
+        assert!(usage.overflow.is_none(), "an empty overflow is freed");
+    }
+
+    #[test]
+    fn counts_are_kept_per_hour_and_outcome() {
+        let mut usage = PendingUsage::default();
+        let h = 1_800_000_000; // a multiple of 3600: the start of an hour
+        usage.count(h + 10, UseOutcome::Allowed, 1);
+        usage.count(h + 20, UseOutcome::Allowed, 1);
+        usage.count(h + 30, UseOutcome::RateLimited, 1);
+        assert!(usage.overflow.is_none(), "one hour stays inline");
+        // The hour turns; then a request stamped before it arrives late.
+        usage.count(h + 3600, UseOutcome::Denied, 1);
+        usage.count(h + 3599, UseOutcome::Allowed, 1);
+        usage.count(h - 3600, UseOutcome::Allowed, u64::MAX);
+        let mut buckets = usage.take_buckets();
+        buckets.sort_by_key(|b| b.hour_start);
+        let got: Vec<(i64, u64, u64, u64)> = buckets
+            .iter()
+            .map(|b| {
+                (
+                    b.hour_start,
+                    b.counts.allowed,
+                    b.counts.denied_rate_limited,
+                    b.counts.denied_other,
+                )
+            })
+            .collect();
         assert_eq!(
-            uses.get(b"aaaaaaaa").map(|u| (u.requests, u.last_used_at)),
-            Some((3, t1))
+            got,
+            [
+                (h - 3600, u64::from(u32::MAX), 0, 0),
+                (h, 3, 1, 0),
+                (h + 3600, 0, 0, 1),
+            ]
         );
-        assert_eq!(
-            uses.get(b"bbbbbbbb").map(|u| (u.requests, u.last_used_at)),
-            Some((2, t1))
-        );
-        assert_eq!(uses.take().len(), 2);
-        assert!(uses.get(b"aaaaaaaa").is_none());
-        assert!(uses.take().is_empty());
+        assert_eq!(usage.buckets().count(), 0);
+        assert!(usage.overflow.is_none());
+        // A failed flush puts them back, merged with what came since.
+        usage.count(h + 3600, UseOutcome::Denied, 1);
+        for bucket in &buckets {
+            usage.count_bucket(bucket);
+        }
+        let mut again = usage.take_buckets();
+        again.sort_by_key(|b| b.hour_start);
+        assert_eq!(again.len(), 3);
+        assert_eq!(again[1].counts, buckets[1].counts);
+        assert_eq!(again[2].counts.denied_other, 2);
     }
 
     #[test]
@@ -316,13 +514,13 @@ mod tests {
         runtimes
             .get("k1")
             .unwrap()
-            .usage_dirty
+            .last_used_dirty
             .store(true, Ordering::Release);
         assert_eq!(runtimes.prune_idle_for(Duration::ZERO, |_| true), 1);
         runtimes
             .get("k1")
             .unwrap()
-            .usage_dirty
+            .last_used_dirty
             .store(false, Ordering::Release);
         assert_eq!(runtimes.prune_idle_for(Duration::ZERO, |_| true), 0);
         assert!(runtimes.get("k1").is_none());

@@ -26,6 +26,7 @@ use crate::{
     authorizer::Authorizer,
     config::{Config, ConfigError},
     management::{ManagementService, issue_key},
+    usage::FlushSchedule,
 };
 
 /// Why the server could not start or stopped with an error.
@@ -119,11 +120,15 @@ impl Keygate {
             let usage = authorizer.usage().clone();
             let housekeeper = authorizer.clone();
             let store = store.clone();
-            let interval = config.usage_flush_interval;
+            let schedule = FlushSchedule {
+                last_used: config.usage_flush_interval,
+                counts: config.usage_count_flush_interval,
+                retention: config.usage_retention,
+            };
             let stop = stop_rx.clone();
             tokio::spawn(async move {
                 usage
-                    .run_flusher(store, move || housekeeper.housekeeping(), interval, stop)
+                    .run_flusher(store, move || housekeeper.housekeeping(), schedule, stop)
                     .await
             })
         };

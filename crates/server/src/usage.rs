@@ -1,44 +1,108 @@
-//! Usage recorded by Authorize (last used time and request counts, per key
-//! and per credential), gathered in each key's [`KeyRuntime`] and written by
-//! a background flusher in batches, so the hot path never writes to storage.
+//! Usage recorded by Authorize and management authentication: when a key
+//! (and each of its credentials) was last used, and how many requests it
+//! made per hour, allowed or denied. Gathered in each key's [`KeyRuntime`]
+//! and written by a background flusher, so the hot path never writes to
+//! storage.
 //!
-//! A failed flush puts the batch back, so usage is only lost if the process
-//! dies without a graceful stop (at most one flush interval).
+//! The write load is bounded by keys, not requests:
+//! - `last_used_at` has a precision (`--last-used-precision`, default 60 s):
+//!   a use is only kept for writing when nothing, or nothing as recent as
+//!   the precision allows, is known to be stored for the key. Each active
+//!   key is written at most once per precision (per replica); a key's first
+//!   use is written by the next flush (`--usage-flush-interval`, 5 s).
+//! - Request counts are kept per key per hour and added to storage by
+//!   set-based upserts on their own, longer interval
+//!   (`--usage-count-flush-interval`, default 60 s): one row per active key
+//!   per interval, whatever the request rate.
+//!
+//! A failed flush puts its batch back for the next one; a graceful stop
+//! flushes both. A kill loses at most one interval of each.
 
 use std::{
-    sync::{Arc, Mutex, atomic::Ordering},
+    sync::{Arc, atomic::Ordering},
     time::Duration,
 };
 
 use chrono::{DateTime, Utc};
-use keygate_persistence::{Store, StoreError, Usage};
-use tokio::sync::watch;
+use keygate_domain::usage::{UsageBucket, UseOutcome};
+use keygate_persistence::{HourlyUsage, LastUsed, Store, StoreError};
+use tokio::{sync::watch, time::Instant};
 
-use crate::runtime::{KeyRuntime, PendingUse, Runtimes};
+use crate::{
+    dirty::DirtyList,
+    runtime::{KeyRuntime, LastUse, Runtimes},
+};
 
-/// Keys with usage not yet written.
-#[derive(Debug, Default)]
+/// How often hourly counts older than the retention are deleted.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
+/// The flusher's schedule.
+#[derive(Clone, Copy, Debug)]
+pub struct FlushSchedule {
+    /// How often last uses are written.
+    pub last_used: Duration,
+    /// How often request counts are written.
+    pub counts: Duration,
+    /// How long hourly counts are kept.
+    pub retention: Duration,
+}
+
+/// Usage not yet written, and the keys it belongs to.
+#[derive(Debug)]
 pub struct UsageRecorder {
-    dirty: Mutex<Vec<Arc<KeyRuntime>>>,
+    /// Seconds a stored `last_used_at` may lag behind the real last use.
+    precision_secs: i64,
+    last_used: DirtyList,
+    counts: DirtyList,
 }
 
 impl UsageRecorder {
-    /// Notes one successful use of the credential `lookup_id` of a key.
-    pub fn record(&self, runtime: &Arc<KeyRuntime>, lookup_id: [u8; 8], at: DateTime<Utc>) {
-        runtime
-            .usage
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .add(lookup_id, at, 1);
-        if !runtime.usage_dirty.swap(true, Ordering::AcqRel) {
-            self.dirty
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(runtime.clone());
+    /// A recorder writing `last_used_at` with `precision`.
+    pub fn new(precision: Duration) -> Self {
+        Self {
+            precision_secs: i64::try_from(precision.as_secs()).unwrap_or(i64::MAX),
+            last_used: DirtyList::new(|r| &r.last_used_dirty),
+            counts: DirtyList::new(|r| &r.counts_dirty),
         }
     }
 
-    /// The newest unwritten use of a credential, if any.
+    /// Notes one authenticated request of a key, through its credential
+    /// `lookup_id`, with `outcome`. Allowed requests also count as a use.
+    pub fn record(
+        &self,
+        runtime: &Arc<KeyRuntime>,
+        lookup_id: [u8; 8],
+        at: DateTime<Utc>,
+        outcome: UseOutcome,
+    ) {
+        let secs = at.timestamp();
+        let due = outcome == UseOutcome::Allowed
+            && secs.saturating_sub(runtime.last_used_stored.load(Ordering::Relaxed))
+                >= self.precision_secs;
+        {
+            let mut usage = runtime.usage.lock().unwrap_or_else(|e| e.into_inner());
+            usage.count(secs, outcome, 1);
+            if due {
+                usage.note_use(lookup_id, at);
+            }
+        }
+        self.counts.mark(runtime);
+        if due {
+            self.last_used.mark(runtime);
+        }
+    }
+
+    /// Notes that the key's stored `last_used_at` is `at` or later (it was
+    /// loaded, or written).
+    pub fn note_stored(runtime: &KeyRuntime, at: Option<DateTime<Utc>>) {
+        if let Some(at) = at {
+            runtime
+                .last_used_stored
+                .fetch_max(at.timestamp(), Ordering::AcqRel);
+        }
+    }
+
+    /// The newest use of a credential not yet written, if any.
     pub fn pending_last_used(
         &self,
         runtimes: &Runtimes,
@@ -47,96 +111,189 @@ impl UsageRecorder {
     ) -> Option<DateTime<Utc>> {
         let runtime = runtimes.get(key_id)?;
         let usage = runtime.usage.lock().unwrap_or_else(|e| e.into_inner());
-        usage.get(lookup_id.as_bytes()).map(|u| u.last_used_at)
+        usage.last_use(lookup_id.as_bytes()).map(|u| u.at)
     }
 
-    /// Takes every pending use, marking the keys clean.
-    fn take(&self) -> Vec<(Arc<KeyRuntime>, Vec<PendingUse>)> {
-        let runtimes = std::mem::take(&mut *self.dirty.lock().unwrap_or_else(|e| e.into_inner()));
-        runtimes
+    /// Request counts of a key not yet written, per hour.
+    pub fn pending_counts(&self, runtimes: &Runtimes, key_id: &str) -> Vec<UsageBucket> {
+        let Some(runtime) = runtimes.get(key_id) else {
+            return Vec::new();
+        };
+        let usage = runtime.usage.lock().unwrap_or_else(|e| e.into_inner());
+        usage.buckets().collect()
+    }
+
+    /// Writes every pending last use in one batch; returns how many
+    /// credentials it covered. On failure the batch is kept for the next
+    /// attempt.
+    pub async fn flush_last_used(&self, store: &Store) -> Result<usize, StoreError> {
+        let batch: Vec<(Arc<KeyRuntime>, Vec<LastUse>)> = self
+            .last_used
+            .take()
             .into_iter()
-            .filter_map(|runtime| {
-                runtime.usage_dirty.store(false, Ordering::Release);
-                let pending = runtime
+            .map(|runtime| {
+                let uses = runtime
                     .usage
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .take();
-                (!pending.is_empty()).then_some((runtime, pending))
+                    .take_last_uses();
+                (runtime, uses)
             })
-            .collect()
-    }
-
-    /// Merges a batch that could not be written back into the pending uses.
-    fn put_back(&self, batch: Vec<(Arc<KeyRuntime>, Vec<PendingUse>)>) {
-        for (runtime, uses) in batch {
-            {
-                let mut usage = runtime.usage.lock().unwrap_or_else(|e| e.into_inner());
-                for old in uses {
-                    usage.add(old.lookup_id, old.last_used_at, old.requests);
-                }
-            }
-            if !runtime.usage_dirty.swap(true, Ordering::AcqRel) {
-                self.dirty
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push(runtime);
-            }
-        }
-    }
-
-    /// Writes everything pending in one batch; returns how many credentials
-    /// it covered. On failure the batch is kept for the next attempt.
-    pub async fn flush(&self, store: &Store) -> Result<usize, StoreError> {
-        let batch = self.take();
+            .filter(|(_, uses)| !uses.is_empty())
+            .collect();
         if batch.is_empty() {
             return Ok(0);
         }
-        let rows: Vec<Usage> = batch
+        let rows: Vec<LastUsed> = batch
             .iter()
             .flat_map(|(runtime, uses)| {
-                uses.iter().map(|u| Usage {
+                uses.iter().map(|u| LastUsed {
                     key_id: runtime.key_id.to_string(),
                     lookup_id: String::from_utf8_lossy(&u.lookup_id).into_owned(),
-                    last_used_at: u.last_used_at,
-                    requests: u.requests,
+                    at: u.at,
                 })
             })
             .collect();
-        match store.record_usage(&rows).await {
-            Ok(()) => Ok(rows.len()),
+        match store.record_last_used(&rows).await {
+            Ok(()) => {
+                for (runtime, uses) in &batch {
+                    Self::note_stored(runtime, uses.iter().map(|u| u.at).max());
+                }
+                Ok(rows.len())
+            }
             Err(err) => {
-                self.put_back(batch);
+                for (runtime, uses) in batch {
+                    {
+                        let mut usage = runtime.usage.lock().unwrap_or_else(|e| e.into_inner());
+                        for u in uses {
+                            usage.note_use(u.lookup_id, u.at);
+                        }
+                    }
+                    self.last_used.mark(&runtime);
+                }
                 Err(err)
             }
         }
     }
 
-    /// Flushes every `interval` until `stop` turns true, then once more.
-    /// Runs `housekeeping` after each periodic flush.
+    /// Adds every pending request count to storage in one batch; returns
+    /// how many key-hours it covered. On failure the batch is kept for the
+    /// next attempt.
+    pub async fn flush_counts(&self, store: &Store) -> Result<usize, StoreError> {
+        let batch: Vec<(Arc<KeyRuntime>, Vec<UsageBucket>)> = self
+            .counts
+            .take()
+            .into_iter()
+            .map(|runtime| {
+                let buckets = runtime
+                    .usage
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take_buckets();
+                (runtime, buckets)
+            })
+            .filter(|(_, buckets)| !buckets.is_empty())
+            .collect();
+        if batch.is_empty() {
+            return Ok(0);
+        }
+        let rows: Vec<HourlyUsage> = batch
+            .iter()
+            .flat_map(|(runtime, buckets)| {
+                buckets.iter().map(|b| HourlyUsage {
+                    key_id: runtime.key_id.to_string(),
+                    hour_start: b.hour_start,
+                    counts: b.counts,
+                })
+            })
+            .collect();
+        match store.add_usage_counts(&rows).await {
+            Ok(()) => Ok(rows.len()),
+            Err(err) => {
+                for (runtime, buckets) in batch {
+                    {
+                        let mut usage = runtime.usage.lock().unwrap_or_else(|e| e.into_inner());
+                        for bucket in &buckets {
+                            usage.count_bucket(bucket);
+                        }
+                    }
+                    self.counts.mark(&runtime);
+                }
+                Err(err)
+            }
+        }
+    }
+
+    /// Flushes last uses and counts on their schedules until `stop` turns
+    /// true, then both once more; prunes hourly counts past the retention
+    /// at start and hourly. Runs `housekeeping` after each last-used flush.
     pub async fn run_flusher(
         &self,
         store: Store,
         housekeeping: impl Fn(),
-        interval: Duration,
+        schedule: FlushSchedule,
         mut stop: watch::Receiver<bool>,
     ) {
-        let mut ticker = tokio::time::interval(interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = ticker.tick() => {}
-                _ = stop.wait_for(|stopped| *stopped) => break,
-            }
-            if let Err(err) = self.flush(&store).await {
-                tracing::warn!(error = %err, "usage flush failed; will retry");
-            }
-            housekeeping();
+        let ticker = |every: Duration| {
+            let mut ticker = tokio::time::interval_at(Instant::now() + every, every);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            ticker
+        };
+        let mut last_used = ticker(schedule.last_used);
+        let mut counts = ticker(schedule.counts);
+        let mut prune = tokio::time::interval(PRUNE_EVERY);
+        prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        enum Due {
+            LastUsed,
+            Counts,
+            Prune,
+            Stop,
         }
-        match self.flush(&store).await {
-            Ok(n) => tracing::debug!(credentials = n, "final usage flush"),
+        loop {
+            let due = tokio::select! {
+                _ = last_used.tick() => Due::LastUsed,
+                _ = counts.tick() => Due::Counts,
+                _ = prune.tick() => Due::Prune,
+                _ = stop.wait_for(|stopped| *stopped) => Due::Stop,
+            };
+            match due {
+                Due::LastUsed => {
+                    if let Err(err) = self.flush_last_used(&store).await {
+                        tracing::warn!(error = %err, "last-used flush failed; will retry");
+                    }
+                    housekeeping();
+                }
+                Due::Counts => {
+                    if let Err(err) = self.flush_counts(&store).await {
+                        tracing::warn!(error = %err, "usage count flush failed; will retry");
+                    }
+                }
+                Due::Prune => {
+                    let retention = chrono::Duration::from_std(schedule.retention)
+                        .unwrap_or(chrono::Duration::MAX);
+                    let cutoff = Utc::now()
+                        .checked_sub_signed(retention)
+                        .map_or(i64::MIN, |t| t.timestamp());
+                    match store.prune_usage(cutoff).await {
+                        Ok(rows) => tracing::debug!(rows, "pruned hourly usage past retention"),
+                        Err(err) => {
+                            tracing::warn!(error = %err, "usage pruning failed; will retry")
+                        }
+                    }
+                }
+                Due::Stop => break,
+            }
+        }
+        match self.flush_last_used(&store).await {
+            Ok(n) => tracing::debug!(credentials = n, "final last-used flush"),
             Err(err) => {
-                tracing::error!(error = %err, "final usage flush failed; usage since the last flush is lost")
+                tracing::error!(error = %err, "final last-used flush failed; uses since the last flush are lost")
+            }
+        }
+        match self.flush_counts(&store).await {
+            Ok(n) => tracing::debug!(key_hours = n, "final usage count flush"),
+            Err(err) => {
+                tracing::error!(error = %err, "final usage count flush failed; counts since the last flush are lost")
             }
         }
     }
@@ -144,67 +301,125 @@ impl UsageRecorder {
 
 #[cfg(test)]
 mod tests {
+    use keygate_domain::usage::UsageCounts;
     use keygate_persistence::testing::TestDatabase;
 
     use super::*;
 
     const KEY_ID: &str = "0190b5a2-0000-7000-8000-000000000001";
+    const MINUTE: Duration = Duration::from_secs(60);
 
     fn stored_key() -> keygate_domain::ApiKey {
         crate::fixtures::api_key(KEY_ID, "aaaaaaaa")
     }
 
-    #[test]
-    fn records_merge_per_credential() {
-        let (recorder, runtimes) = (UsageRecorder::default(), Runtimes::default());
-        let (k1, k2) = (runtimes.get_or_create("k1"), runtimes.get_or_create("k2"));
-        let t0 = Utc::now();
-        let t1 = t0 + chrono::Duration::seconds(1);
-        recorder.record(&k1, *b"aaaaaaaa", t1);
-        recorder.record(&k1, *b"aaaaaaaa", t0);
-        recorder.record(&k1, *b"cccccccc", t0);
-        recorder.record(&k2, *b"bbbbbbbb", t0);
-        assert_eq!(
-            recorder.pending_last_used(&runtimes, "k1", "aaaaaaaa"),
-            Some(t1)
-        );
-        assert_eq!(
-            recorder.pending_last_used(&runtimes, "k2", "aaaaaaaa"),
-            None
-        );
-        let batch = recorder.take();
-        assert_eq!(batch.len(), 2, "one entry per dirty key");
-        let (_, uses) = batch.iter().find(|(r, _)| r.key_id() == "k1").unwrap();
-        assert_eq!(uses[0].requests, 2);
-        assert_eq!(uses[0].last_used_at, t1);
-        assert_eq!(uses.len(), 2);
-        assert!(recorder.take().is_empty());
+    fn allowed(n: u64) -> UsageCounts {
+        UsageCounts {
+            allowed: n,
+            ..UsageCounts::default()
+        }
+    }
+
+    async fn stored_counts(store: &Store) -> UsageCounts {
+        let mut total = UsageCounts::default();
+        for bucket in store.usage_buckets(KEY_ID, 0, i64::MAX).await.unwrap() {
+            total.merge(&bucket.counts);
+        }
+        total
     }
 
     #[test]
-    fn a_batch_put_back_merges_with_newer_usage() {
-        let (recorder, runtimes) = (UsageRecorder::default(), Runtimes::default());
+    fn last_uses_are_kept_only_when_due() {
+        let (recorder, runtimes) = (UsageRecorder::new(MINUTE), Runtimes::default());
         let k1 = runtimes.get_or_create("k1");
         let t0 = Utc::now();
-        recorder.record(&k1, *b"aaaaaaaa", t0);
-        let batch = recorder.take();
-        let t1 = t0 + chrono::Duration::seconds(2);
-        recorder.record(&k1, *b"aaaaaaaa", t1);
-        recorder.put_back(batch);
-        let batch = recorder.take();
-        assert_eq!(batch.len(), 1);
-        assert_eq!(batch[0].1[0].requests, 2);
-        assert_eq!(batch[0].1[0].last_used_at, t1);
+        // Nothing stored: the first use is due.
+        recorder.record(&k1, *b"aaaaaaaa", t0, UseOutcome::Allowed);
+        assert_eq!(
+            recorder.pending_last_used(&runtimes, "k1", "aaaaaaaa"),
+            Some(t0)
+        );
+        // Stored at t0: uses within the precision are not kept…
+        UsageRecorder::note_stored(&k1, Some(t0));
+        k1.usage.lock().unwrap().take_last_uses();
+        let t1 = t0 + chrono::Duration::seconds(59);
+        recorder.record(&k1, *b"aaaaaaaa", t1, UseOutcome::Allowed);
+        assert_eq!(
+            recorder.pending_last_used(&runtimes, "k1", "aaaaaaaa"),
+            None
+        );
+        // …denials never count as a use…
+        let t2 = t0 + chrono::Duration::seconds(60);
+        recorder.record(&k1, *b"aaaaaaaa", t2, UseOutcome::Denied);
+        assert_eq!(
+            recorder.pending_last_used(&runtimes, "k1", "aaaaaaaa"),
+            None
+        );
+        // …and the first allowed use a precision later is.
+        recorder.record(&k1, *b"bbbbbbbb", t2, UseOutcome::Allowed);
+        assert_eq!(
+            recorder.pending_last_used(&runtimes, "k1", "bbbbbbbb"),
+            Some(t2)
+        );
+        // Every request was counted, whatever its outcome.
+        let buckets = recorder.pending_counts(&runtimes, "k1");
+        let mut total = UsageCounts::default();
+        buckets.iter().for_each(|b| total.merge(&b.counts));
+        assert_eq!(
+            total,
+            UsageCounts {
+                allowed: 3,
+                denied_rate_limited: 0,
+                denied_other: 1
+            }
+        );
+        assert!(recorder.pending_counts(&runtimes, "k2").is_empty());
     }
 
     #[tokio::test]
-    async fn the_flusher_writes_batches_and_a_final_flush_on_stop() {
+    async fn within_the_precision_storage_is_written_once() {
         let db = TestDatabase::sqlite();
         let store = Store::connect(&db.url).await.unwrap();
         store.migrate().await.unwrap();
-        let now = Utc::now();
         store.insert_key(&stored_key()).await.unwrap();
-        let recorder = Arc::new(UsageRecorder::default());
+        let (recorder, runtimes) = (UsageRecorder::new(MINUTE), Runtimes::default());
+        let runtime = runtimes.get_or_create(KEY_ID);
+        let t0 = Utc::now();
+        recorder.record(&runtime, *b"aaaaaaaa", t0, UseOutcome::Allowed);
+        assert_eq!(recorder.flush_last_used(&store).await.unwrap(), 1);
+        // Ten flush intervals of steady use within one precision: nothing
+        // more to write.
+        for s in 1..=10 {
+            let at = t0 + chrono::Duration::seconds(5 * s);
+            recorder.record(&runtime, *b"aaaaaaaa", at, UseOutcome::Allowed);
+            assert_eq!(recorder.flush_last_used(&store).await.unwrap(), 0);
+        }
+        let stored = store.get_key(KEY_ID).await.unwrap().unwrap();
+        assert_eq!(
+            stored.last_used_at.map(|t| t.timestamp()),
+            Some(t0.timestamp())
+        );
+        let later = t0 + chrono::Duration::seconds(61);
+        recorder.record(&runtime, *b"aaaaaaaa", later, UseOutcome::Allowed);
+        assert_eq!(recorder.flush_last_used(&store).await.unwrap(), 1);
+        let stored = store.get_key(KEY_ID).await.unwrap().unwrap();
+        assert_eq!(
+            stored.last_used_at.map(|t| t.timestamp()),
+            Some(later.timestamp())
+        );
+        // Counts are written on their own flush: one row for the 12 requests.
+        assert_eq!(recorder.flush_counts(&store).await.unwrap(), 1);
+        assert_eq!(stored_counts(&store).await, allowed(12));
+        assert_eq!(recorder.flush_counts(&store).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn the_flusher_writes_on_schedule_and_flushes_both_on_stop() {
+        let db = TestDatabase::sqlite();
+        let store = Store::connect(&db.url).await.unwrap();
+        store.migrate().await.unwrap();
+        store.insert_key(&stored_key()).await.unwrap();
+        let recorder = Arc::new(UsageRecorder::new(MINUTE));
         let runtimes = Arc::new(Runtimes::default());
         let runtime = runtimes.get_or_create(KEY_ID);
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -217,46 +432,110 @@ mod tests {
                         move || {
                             runtimes.prune(|_| true);
                         },
-                        Duration::from_millis(20),
+                        FlushSchedule {
+                            last_used: Duration::from_millis(20),
+                            counts: Duration::from_secs(3600),
+                            retention: Duration::from_secs(3600),
+                        },
                         stop_rx,
                     )
                     .await
             })
         };
-        recorder.record(&runtime, *b"aaaaaaaa", now);
-        recorder.record(&runtime, *b"aaaaaaaa", now);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        assert_eq!(store.request_count(KEY_ID).await.unwrap(), Some(2));
-        // Usage recorded just before the stop is written by the final flush.
-        recorder.record(&runtime, *b"aaaaaaaa", now);
-        stop_tx.send(true).unwrap();
-        flusher.await.unwrap();
-        assert_eq!(store.request_count(KEY_ID).await.unwrap(), Some(3));
+        let now = Utc::now();
+        recorder.record(&runtime, *b"aaaaaaaa", now, UseOutcome::Allowed);
+        recorder.record(&runtime, *b"aaaaaaaa", now, UseOutcome::RateLimited);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        // Last use written on its short interval; counts wait for theirs.
         let stored = store.get_key(KEY_ID).await.unwrap().unwrap();
         assert!(stored.last_used_at.is_some());
         assert!(stored.credentials[0].last_used_at.is_some());
+        assert_eq!(stored_counts(&store).await, UsageCounts::default());
+        // The stop writes the counts.
+        recorder.record(&runtime, *b"aaaaaaaa", now, UseOutcome::Allowed);
+        stop_tx.send(true).unwrap();
+        flusher.await.unwrap();
+        assert_eq!(
+            stored_counts(&store).await,
+            UsageCounts {
+                allowed: 2,
+                denied_rate_limited: 1,
+                denied_other: 0
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn the_flusher_prunes_counts_past_the_retention() {
+        let db = TestDatabase::sqlite();
+        let store = Store::connect(&db.url).await.unwrap();
+        store.migrate().await.unwrap();
+        let hour = |h: i64| {
+            let now = Utc::now().timestamp();
+            now - now.rem_euclid(3600) - h * 3600
+        };
+        let row = |hours_ago| HourlyUsage {
+            key_id: KEY_ID.into(),
+            hour_start: hour(hours_ago),
+            counts: allowed(1),
+        };
+        store
+            .add_usage_counts(&[row(0), row(2), row(30)])
+            .await
+            .unwrap();
+        let recorder = UsageRecorder::new(MINUTE);
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let schedule = FlushSchedule {
+            last_used: Duration::from_secs(3600),
+            counts: Duration::from_secs(3600),
+            retention: Duration::from_secs(24 * 3600),
+        };
+        let run = recorder.run_flusher(store.clone(), || {}, schedule, stop_rx);
+        let stopper = async {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            stop_tx.send(true).unwrap();
+        };
+        tokio::join!(run, stopper);
+        let left: Vec<i64> = store
+            .usage_buckets(KEY_ID, 0, i64::MAX)
+            .await
+            .unwrap()
+            .iter()
+            .map(|b| b.hour_start)
+            .collect();
+        assert_eq!(left, [hour(2), hour(0)]);
     }
 
     #[tokio::test]
     async fn a_failed_flush_keeps_the_batch_for_later() {
         let db = TestDatabase::sqlite();
         let store = Store::connect(&db.url).await.unwrap();
-        let (recorder, runtimes) = (UsageRecorder::default(), Runtimes::default());
+        let (recorder, runtimes) = (UsageRecorder::new(MINUTE), Runtimes::default());
         let runtime = runtimes.get_or_create(KEY_ID);
         let now = Utc::now();
-        recorder.record(&runtime, *b"aaaaaaaa", now);
-        // No tables yet: the write fails and nothing is lost.
-        assert!(recorder.flush(&store).await.is_err());
+        recorder.record(&runtime, *b"aaaaaaaa", now, UseOutcome::Allowed);
+        // No tables yet: both writes fail and nothing is lost.
+        assert!(recorder.flush_last_used(&store).await.is_err());
+        assert!(recorder.flush_counts(&store).await.is_err());
         assert_eq!(
             recorder.pending_last_used(&runtimes, KEY_ID, "aaaaaaaa"),
             Some(now)
         );
+        // Requests counted meanwhile join the kept batch.
+        recorder.record(&runtime, *b"aaaaaaaa", now, UseOutcome::Allowed);
         store.migrate().await.unwrap();
         store.insert_key(&stored_key()).await.unwrap();
-        assert_eq!(recorder.flush(&store).await.unwrap(), 1);
+        assert_eq!(recorder.flush_last_used(&store).await.unwrap(), 1);
+        assert_eq!(recorder.flush_counts(&store).await.unwrap(), 1);
         assert_eq!(
             recorder.pending_last_used(&runtimes, KEY_ID, "aaaaaaaa"),
             None
+        );
+        assert_eq!(stored_counts(&store).await, allowed(2));
+        let stored = store.get_key(KEY_ID).await.unwrap().unwrap();
+        assert_eq!(
+            stored.last_used_at.map(|t| t.timestamp()),
+            Some(now.timestamp())
         );
     }
 }

@@ -569,3 +569,96 @@ fn serve_refuses_overflowing_and_negative_values_naming_the_flag() {
         "{stderr}"
     );
 }
+
+/// `kill -9` loses at most one flush interval of usage, and nothing else:
+/// uses and counts older than that are in storage, on both backends, and a
+/// restarted server shows them.
+#[test]
+fn a_kill_loses_at_most_one_flush_interval_of_usage() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let postgres = rt.block_on(keygate_persistence::testing::TestDatabase::postgres());
+    let databases = [
+        Some(keygate_persistence::testing::TestDatabase::sqlite()),
+        postgres,
+    ];
+    for db in databases.into_iter().flatten() {
+        let admin = Command::new(BIN)
+            .args(["bootstrap", "--owner", "acme", "--database-url", &db.url])
+            .stderr(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(admin.status.success());
+        let admin = String::from_utf8(admin.stdout).unwrap().trim().to_owned();
+        let serve = |listen: &str| {
+            Command::new(BIN)
+                .args([
+                    "serve",
+                    "--listen",
+                    listen,
+                    "--usage-flush-interval",
+                    "100ms",
+                    "--usage-count-flush-interval",
+                    "200ms",
+                ])
+                .env("KEYGATE_DATABASE_URL", &db.url)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        };
+        let listen = format!("127.0.0.1:{}", free_port());
+        let mut child = serve(&listen);
+        let key = rt.block_on(async {
+            let mut admin = connect(&listen).await.with_management_key(&admin).unwrap();
+            let (key, secret) =
+                create(&mut admin, key_request("killed", "live", &["dns:read"])).await;
+            for _ in 0..5 {
+                assert_eq!(
+                    check(&mut admin, authz(&secret, "live", &["dns:read"])).await,
+                    ALLOW
+                );
+            }
+            assert_eq!(
+                check(&mut admin, authz(&secret, "live", &["dns:write"])).await,
+                deny(pb::DenyReason::ScopeMissing)
+            );
+            key
+        });
+        // Several flush intervals pass, then the process dies without a
+        // chance to flush.
+        std::thread::sleep(Duration::from_millis(1000));
+        child.kill().unwrap();
+        child.wait().unwrap();
+
+        let (stored, buckets) = rt.block_on(async {
+            let store = keygate_persistence::Store::connect(&db.url).await.unwrap();
+            let stored = store.get_key(&key.key_id).await.unwrap().unwrap();
+            let buckets = store.usage_buckets(&key.key_id, 0, i64::MAX).await.unwrap();
+            (stored, buckets)
+        });
+        assert!(stored.last_used_at.is_some(), "{}: last use lost", db.url);
+        assert!(stored.credentials[0].last_used_at.is_some());
+        let allowed: u64 = buckets.iter().map(|b| b.counts.allowed).sum();
+        let denied: u64 = buckets.iter().map(|b| b.counts.denied_other).sum();
+        assert_eq!((allowed, denied), (5, 1), "{}: counts lost", db.url);
+
+        // A restarted server has the key and shows the same usage.
+        let listen = format!("127.0.0.1:{}", free_port());
+        let mut child = serve(&listen);
+        rt.block_on(async {
+            let mut admin = connect(&listen).await.with_management_key(&admin).unwrap();
+            let usage = admin
+                .keys
+                .get_key_usage(pb::GetKeyUsageRequest {
+                    key_id: key.key_id.clone(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            let allowed: u64 = usage.buckets.iter().map(|b| b.allowed).sum();
+            assert_eq!(allowed, 5);
+        });
+        stop(&mut child);
+    }
+}

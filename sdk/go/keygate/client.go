@@ -165,6 +165,13 @@ func (c *Client) EnableKey(ctx context.Context, in *keygatev1.EnableKeyRequest, 
 	return call(ctx, c.KeyManagementServiceClient.EnableKey, in, opts)
 }
 
+// GetKeyUsage returns a key's requests per hour (allowed, denied by rate
+// limit, denied otherwise), by default for the last 24 hours; at most 31
+// days per call.
+func (c *Client) GetKeyUsage(ctx context.Context, in *keygatev1.GetKeyUsageRequest, opts ...grpc.CallOption) (*keygatev1.GetKeyUsageResponse, error) {
+	return call(ctx, c.KeyManagementServiceClient.GetKeyUsage, in, opts)
+}
+
 // Authorize asks whether a presented key may make a request. A deny is a
 // successful response with DECISION_DENY; an error means Keygate could not
 // decide.

@@ -277,6 +277,47 @@ func TestLiveEtagMismatch(t *testing.T) {
 	}
 }
 
+// TestLiveGetKeyUsage: requests are counted per hour by outcome, and a bad
+// range is INVALID_ARGUMENT naming the field.
+func TestLiveGetKeyUsage(t *testing.T) {
+	ctx := context.Background()
+	client := adminClient(t)
+	created := createKey(t, client, &keygatev1.CreateKeyRequest{Scopes: []string{"dns:read"}})
+	for range 2 {
+		if d := authorize(t, client, created.GetSecret(), "dns:read").GetDecision(); d != keygatev1.Decision_DECISION_ALLOW {
+			t.Fatalf("Authorize = %v, want ALLOW", d)
+		}
+	}
+	authorize(t, client, created.GetSecret(), "dns:write")
+
+	usage, err := client.GetKeyUsage(ctx, &keygatev1.GetKeyUsageRequest{KeyId: created.GetKey().GetKeyId()})
+	if err != nil {
+		t.Fatalf("GetKeyUsage: %v", err)
+	}
+	if n := len(usage.GetBuckets()); n != 25 {
+		t.Errorf("GetKeyUsage returned %d buckets, want 25 (the last 24 hours and the current one)", n)
+	}
+	var allowed, denied uint64
+	for _, b := range usage.GetBuckets() {
+		allowed += b.GetAllowed()
+		denied += b.GetDeniedOther()
+	}
+	if allowed != 2 || denied != 1 {
+		t.Errorf("GetKeyUsage counted %d allowed, %d denied; want 2 and 1", allowed, denied)
+	}
+
+	now := time.Now()
+	_, err = client.GetKeyUsage(ctx, &keygatev1.GetKeyUsageRequest{
+		KeyId:     created.GetKey().GetKeyId(),
+		StartTime: timestamppb.New(now),
+		EndTime:   timestamppb.New(now.Add(-time.Hour)),
+	})
+	var kerr *keygate.Error
+	if !errors.As(err, &kerr) || kerr.Code != codes.InvalidArgument || !strings.Contains(kerr.Message, "end_time") {
+		t.Fatalf("GetKeyUsage with end before start: %v, want INVALID_ARGUMENT naming end_time", err)
+	}
+}
+
 // TestLiveMiddlewareDenials runs every deny reason through the HTTP
 // middleware, with keys made on the live server.
 func TestLiveMiddlewareDenials(t *testing.T) {

@@ -162,6 +162,38 @@ def test_etag_mismatch_is_aborted(admin: keygate.Client) -> None:
     assert after.etag == disabled.etag
 
 
+def test_get_key_usage_counts_requests_per_hour(admin: keygate.Client, keygate_server: KeygateServer) -> None:
+    created = admin.create_key(owner_id="acme", name="usage", environment="live", scopes=["dns:read"])
+    for _ in range(2):
+        assert admin.authorize(created.secret, environment="live").decision == authorization_pb2.DECISION_ALLOW
+    denied = admin.authorize(created.secret, environment="live", required_scopes=["dns:write"])
+    assert denied.reason == authorization_pb2.DENY_REASON_SCOPE_MISSING
+
+    buckets = admin.get_key_usage(created.key.key_id)
+    assert len(buckets) == 25  # the last 24 hours and the current one
+    assert sum(b.allowed for b in buckets) == 2
+    assert sum(b.denied_other for b in buckets) == 1
+    starts = [b.start_time.ToDatetime(tzinfo=timezone.utc) for b in buckets]
+    assert all(later - earlier == timedelta(hours=1) for earlier, later in zip(starts, starts[1:]))
+
+    now = datetime.now(timezone.utc)
+    with pytest.raises(keygate.InvalidArgumentError) as raised:
+        admin.get_key_usage(created.key.key_id, start_time=now, end_time=now - timedelta(hours=1))
+    assert "end_time" in str(raised.value)
+    with pytest.raises(keygate.InvalidArgumentError):
+        admin.get_key_usage(created.key.key_id, start_time=now - timedelta(days=32), end_time=now)
+    with pytest.raises(ValueError):
+        admin.get_key_usage(created.key.key_id, start_time=datetime.now())  # naive
+
+    async def scenario() -> list[keys_pb2.UsageBucket]:
+        async with keygate.AsyncClient(
+            keygate_server.address, management_key=keygate_server.admin_key, insecure=True
+        ) as client:
+            return await client.get_key_usage(created.key.key_id, start_time=now - timedelta(hours=2))
+
+    assert sum(b.allowed for b in asyncio.run(scenario())) == 2
+
+
 def test_least_privilege_management_key(admin: keygate.Client, keygate_server: KeygateServer) -> None:
     reader = admin.create_key(owner_id="acme", name="reader", environment="live", scopes=["keys:read"])
     with keygate.Client(keygate_server.address, management_key=reader.secret, insecure=True) as client:

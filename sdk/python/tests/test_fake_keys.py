@@ -127,6 +127,14 @@ class FakeKeys(keys_pb2_grpc.KeyManagementServiceServicer):
         self._record(request)
         return keys_pb2.UpdateKeyExpiryResponse(key=keys_pb2.ApiKey(key_id=request.key_id))
 
+    def GetKeyUsage(  # noqa: N802
+        self, request: keys_pb2.GetKeyUsageRequest, context: grpc.ServicerContext
+    ) -> keys_pb2.GetKeyUsageResponse:
+        self._record(request)
+        bucket = keys_pb2.UsageBucket(allowed=7)
+        bucket.start_time.CopyFrom(request.start_time)
+        return keys_pb2.GetKeyUsageResponse(buckets=[bucket])
+
 
 @pytest.fixture
 def fake_keys() -> Iterator[tuple[FakeKeys, str]]:
@@ -237,3 +245,15 @@ def test_async_error_details(fake_keys: tuple[FakeKeys, str], case: str) -> None
 def test_error_without_a_call() -> None:
     error = from_rpc_error(grpc.RpcError("no call"))
     assert (error.code, error.reason, error.field_violations) == (grpc.StatusCode.UNKNOWN, "", ())
+
+
+def test_get_key_usage_sends_the_range(fake_keys: tuple[FakeKeys, str]) -> None:
+    fake, address = fake_keys
+    start = datetime(2026, 11, 30, 12, 0, tzinfo=timezone.utc)
+    with keygate.Client(address, insecure=True) as client:
+        buckets = client.get_key_usage("k1", start_time=start)
+    sent = fake.requests[-1]
+    assert isinstance(sent, keys_pb2.GetKeyUsageRequest)
+    assert sent.key_id == "k1" and sent.HasField("start_time") and not sent.HasField("end_time")
+    assert sent.start_time.ToDatetime(tzinfo=timezone.utc) == start
+    assert [b.allowed for b in buckets] == [7]

@@ -6,6 +6,7 @@ use sea_orm_migration::{MigrationTrait, MigratorTrait};
 
 mod m20261122_000001_create_keys;
 mod m20261125_000002_key_versions;
+mod m20261201_000003_key_usage;
 
 /// All of Keygate's migrations, in order.
 #[derive(Clone, Copy, Debug, Default)]
@@ -16,6 +17,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261122_000001_create_keys::Migration),
             Box::new(m20261125_000002_key_versions::Migration),
+            Box::new(m20261201_000003_key_usage::Migration),
         ]
     }
 }

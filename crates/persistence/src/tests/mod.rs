@@ -11,11 +11,12 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use keygate_domain::scope::Scope;
+use keygate_domain::usage::{UsageBucket, UsageCounts};
 use keygate_domain::{ApiKey, Credential, KeyState, KeyStatus};
 use sea_orm::{ConnectionTrait, Statement, TransactionTrait};
 
 use crate::testing::TestDatabase;
-use crate::{Backend, Change, KeyFilter, KeyUpdate, Store, StoreError, Usage};
+use crate::{Backend, Change, HourlyUsage, KeyFilter, KeyUpdate, LastUsed, Store, StoreError};
 
 macro_rules! both_backends {
     ($($name:ident),* $(,)?) => {
@@ -53,7 +54,9 @@ both_backends!(
     storage_refuses_to_unrevoke,
     racing_changes_are_serialized,
     rotate_expires_old_adds_new_and_cleans_up,
-    record_usage_takes_max_and_adds,
+    last_used_only_moves_forward,
+    usage_counts_add_up_across_replicas_and_prune,
+    concurrent_usage_flushes_lose_nothing,
     rate_usage_is_shared_between_stores,
     migrate_twice_is_idempotent,
     corrupt_rows_are_reported,
@@ -588,11 +591,10 @@ async fn storage_refuses_to_unrevoke(db: &TestDatabase) {
     }
     // Other columns of a revoked key (usage) still update.
     store
-        .record_usage(&[Usage {
+        .record_last_used(&[LastUsed {
             key_id: k.id.clone(),
             lookup_id: "TERMloo1".into(),
-            last_used_at: now(),
-            requests: 1,
+            at: now(),
         }])
         .await
         .expect("usage of a revoked key");
@@ -747,62 +749,172 @@ async fn rotate_expires_old_adds_new_and_cleans_up(db: &TestDatabase) {
     assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
 }
 
-async fn record_usage_takes_max_and_adds(db: &TestDatabase) {
+async fn last_used_only_moves_forward(db: &TestDatabase) {
     let store = open(db).await;
     let t = now();
     let mut k = key("0001-usage", "acme", "live", "USAGEaa1");
     k.credentials
         .push(credential("USAGEbb1", t - TimeDelta::days(1)));
     store.insert_key(&k).await.expect("insert");
-    assert_eq!(store.request_count(&k.id).await.expect("count"), Some(0));
-    let usage = |lookup: &str, at, requests| Usage {
+    let used = |lookup: &str, at| LastUsed {
         key_id: k.id.clone(),
         lookup_id: lookup.to_owned(),
-        last_used_at: at,
-        requests,
+        at,
     };
     store
-        .record_usage(&[
-            usage("USAGEaa1", t, 3),
-            usage("USAGEaa1", t - TimeDelta::seconds(5), 2),
-            usage("USAGEbb1", t - TimeDelta::seconds(10), 1),
-            Usage {
+        .record_last_used(&[
+            used("USAGEaa1", t),
+            used("USAGEaa1", t - TimeDelta::seconds(5)),
+            used("USAGEbb1", t - TimeDelta::seconds(10)),
+            LastUsed {
                 key_id: "unknown".into(),
                 lookup_id: "UNKNOWN1".into(),
-                last_used_at: t,
-                requests: 9,
+                at: t,
             },
         ])
         .await
         .expect("record");
     // An older flush (e.g. from a slower replica) must not move times back.
     store
-        .record_usage(&[usage("USAGEaa1", t - TimeDelta::hours(1), 4)])
+        .record_last_used(&[used("USAGEaa1", t - TimeDelta::hours(1))])
         .await
         .expect("record older");
-    store.record_usage(&[]).await.expect("record nothing");
+    store.record_last_used(&[]).await.expect("record nothing");
 
     let got = store.get_key(&k.id).await.expect("get").expect("present");
     assert_eq!(got.last_used_at, Some(t));
-    assert_eq!(store.request_count(&k.id).await.expect("count"), Some(10));
-    let by_lookup = |l: &str| {
+    let by_lookup = |got: &ApiKey, l: &str| {
         got.credentials
             .iter()
             .find(|c| c.lookup_id == l)
             .expect("cred")
             .last_used_at
     };
-    assert_eq!(by_lookup("USAGEaa1"), Some(t));
-    assert_eq!(by_lookup("USAGEbb1"), Some(t - TimeDelta::seconds(10)));
+    assert_eq!(by_lookup(&got, "USAGEaa1"), Some(t));
+    assert_eq!(
+        by_lookup(&got, "USAGEbb1"),
+        Some(t - TimeDelta::seconds(10))
+    );
 
     store
-        .record_usage(&[usage("USAGEbb1", t + TimeDelta::microseconds(1), 1)])
+        .record_last_used(&[used("USAGEbb1", t + TimeDelta::microseconds(1))])
         .await
         .expect("record newer");
     let got = store.get_key(&k.id).await.expect("get").expect("present");
     assert_eq!(got.last_used_at, Some(t + TimeDelta::microseconds(1)));
-    assert_eq!(store.request_count(&k.id).await.expect("count"), Some(11));
-    assert_eq!(store.request_count("unknown").await.expect("count"), None);
+    assert_eq!(by_lookup(&got, "USAGEaa1"), Some(t));
+    assert_eq!(got.version, k.version, "usage is not a change");
+}
+
+fn counts(allowed: u64, denied_rate_limited: u64, denied_other: u64) -> UsageCounts {
+    UsageCounts {
+        allowed,
+        denied_rate_limited,
+        denied_other,
+    }
+}
+
+/// Two replicas add to the same key-hours: the stored rows are the sums;
+/// reads see only the asked key and hours; pruning drops old hours only.
+async fn usage_counts_add_up_across_replicas_and_prune(db: &TestDatabase) {
+    let replica_a = open(db).await;
+    let replica_b = Store::connect(&db.url).await.expect("second store");
+    let h = 1_800_000_000; // a multiple of 3600: the start of an hour
+    let hourly = |key_id: &str, hour_start, c| HourlyUsage {
+        key_id: key_id.to_owned(),
+        hour_start,
+        counts: c,
+    };
+    replica_a
+        .add_usage_counts(&[
+            hourly("k1", h, counts(3, 1, 0)),
+            hourly("k1", h, counts(2, 0, 1)),
+            hourly("k1", h - 3600, counts(7, 0, 0)),
+            hourly("k2", h, counts(1, 0, 0)),
+            hourly("k2", h - 7200, counts(0, 0, 0)),
+        ])
+        .await
+        .expect("add a");
+    replica_b
+        .add_usage_counts(&[hourly("k1", h, counts(10, 20, 30))])
+        .await
+        .expect("add b");
+    replica_b.add_usage_counts(&[]).await.expect("add nothing");
+    let k1 = replica_b
+        .usage_buckets("k1", h - 7200, h + 3600)
+        .await
+        .expect("read");
+    assert_eq!(
+        k1,
+        [
+            UsageBucket {
+                hour_start: h - 3600,
+                counts: counts(7, 0, 0)
+            },
+            UsageBucket {
+                hour_start: h,
+                counts: counts(15, 21, 31)
+            },
+        ]
+    );
+    // The end is exclusive; an empty count makes no row.
+    let k2 = replica_a
+        .usage_buckets("k2", h - 7200, h)
+        .await
+        .expect("read");
+    assert!(k2.is_empty(), "{k2:?}");
+    assert!(
+        replica_a
+            .usage_buckets("nobody", 0, i64::MAX)
+            .await
+            .expect("read")
+            .is_empty()
+    );
+    assert_eq!(replica_a.prune_usage(h).await.expect("prune"), 1);
+    let k1 = replica_a
+        .usage_buckets("k1", 0, i64::MAX)
+        .await
+        .expect("read");
+    assert_eq!(k1.len(), 1);
+    assert_eq!(k1[0].hour_start, h);
+    assert_eq!(replica_a.prune_usage(h).await.expect("prune again"), 0);
+}
+
+/// Replicas flushing counts for the same keys at the same time, many
+/// times over: no update is lost and nothing deadlocks.
+async fn concurrent_usage_flushes_lose_nothing(db: &TestDatabase) {
+    let store = open(db).await;
+    let h = 1_800_000_000; // a multiple of 3600: the start of an hour
+    let mut handles = Vec::new();
+    for replica in 0..4 {
+        let store = Store::connect(&db.url).await.expect("replica store");
+        handles.push(tokio::spawn(async move {
+            for round in 0..10u64 {
+                // Each replica walks the keys in another order; storage sorts.
+                let mut batch: Vec<HourlyUsage> = (0..50)
+                    .map(|i| HourlyUsage {
+                        key_id: format!("key-{i:02}"),
+                        hour_start: h,
+                        counts: counts(1, round % 2, 0),
+                    })
+                    .collect();
+                if replica % 2 == 1 {
+                    batch.reverse();
+                }
+                store.add_usage_counts(&batch).await.expect("add");
+            }
+        }));
+    }
+    for handle in handles {
+        handle.await.expect("replica task");
+    }
+    for i in 0..50 {
+        let got = store
+            .usage_buckets(&format!("key-{i:02}"), h, h + 3600)
+            .await
+            .expect("read");
+        assert_eq!(got[0].counts, counts(40, 20, 0), "key-{i:02}");
+    }
 }
 
 async fn rate_usage_is_shared_between_stores(db: &TestDatabase) {
@@ -1052,14 +1164,24 @@ async fn postgres_change_notifications() {
 
     // Usage writes do not notify.
     replica_b
-        .record_usage(&[Usage {
+        .record_last_used(&[LastUsed {
             key_id: k.id.clone(),
             lookup_id: "NOTIFY02".into(),
-            last_used_at: t,
-            requests: 1,
+            at: t,
         }])
         .await
         .expect("usage");
+    replica_b
+        .add_usage_counts(&[HourlyUsage {
+            key_id: k.id.clone(),
+            hour_start: 0,
+            counts: UsageCounts {
+                allowed: 1,
+                ..UsageCounts::default()
+            },
+        }])
+        .await
+        .expect("usage counts");
     replica_b
         .add_rate_usage(&[(k.id.clone(), 0, 1)])
         .await
@@ -1100,49 +1222,66 @@ async fn large_usage_batches_span_chunks(db: &TestDatabase) {
     for k in &keys {
         store.insert_key(k).await.expect("insert");
     }
-    // Expected state: per key (count, time), per credential time.
-    let mut key_state: HashMap<String, (u64, Option<DateTime<Utc>>)> =
-        keys.iter().map(|k| (k.id.clone(), (0, None))).collect();
+    // Expected state: per key its time, per credential its time.
+    let mut key_state: HashMap<String, Option<DateTime<Utc>>> =
+        keys.iter().map(|k| (k.id.clone(), None)).collect();
     let mut cred_state: HashMap<String, Option<DateTime<Utc>>> = keys
         .iter()
         .flat_map(|k| k.credentials.iter().map(|c| (c.lookup_id.clone(), None)))
         .collect();
-    let mut apply = |usage: &[Usage]| {
+    let mut apply = |usage: &[LastUsed]| {
         for u in usage {
             let k = key_state.get_mut(&u.key_id).expect("known key");
-            k.0 += u.requests;
-            k.1 = k.1.max(Some(u.last_used_at));
+            *k = (*k).max(Some(u.at));
             let c = cred_state.get_mut(&u.lookup_id).expect("known credential");
-            *c = (*c).max(Some(u.last_used_at));
+            *c = (*c).max(Some(u.at));
         }
     };
     // Every third key was already used an hour in the future (by another
     // replica's flush): the batch below must not move those times back.
-    let earlier: Vec<Usage> = keys
+    let earlier: Vec<LastUsed> = keys
         .iter()
         .step_by(3)
-        .map(|k| Usage {
+        .map(|k| LastUsed {
             key_id: k.id.clone(),
             lookup_id: k.credentials[0].lookup_id.clone(),
-            last_used_at: t + TimeDelta::hours(1),
-            requests: 1,
+            at: t + TimeDelta::hours(1),
         })
         .collect();
-    store.record_usage(&earlier).await.expect("record earlier");
+    store
+        .record_last_used(&earlier)
+        .await
+        .expect("record earlier");
     apply(&earlier);
-    let usage: Vec<Usage> = (0..1200)
+    let usage: Vec<LastUsed> = (0..1200)
         .map(|j| {
             let k = &keys[j % 700];
-            Usage {
+            LastUsed {
                 key_id: k.id.clone(),
                 lookup_id: k.credentials[(j / 7) % 2].lookup_id.clone(),
-                last_used_at: t - TimeDelta::microseconds(((j * 13) % 17) as i64 * 250_001),
-                requests: 1 + (j % 5) as u64,
+                at: t - TimeDelta::microseconds(((j * 13) % 17) as i64 * 250_001),
             }
         })
         .collect();
-    store.record_usage(&usage).await.expect("record");
+    store.record_last_used(&usage).await.expect("record");
     apply(&usage);
+    // Counts for the same keys, 1,200 rows over two hours, in one call.
+    let h = t.timestamp() - t.timestamp() % 3600;
+    let hourly: Vec<HourlyUsage> = (0..1200)
+        .map(|j| HourlyUsage {
+            key_id: keys[j % 700].id.clone(),
+            hour_start: h - 3600 * (j % 2) as i64,
+            counts: counts(1 + (j % 5) as u64, (j % 3) as u64, 0),
+        })
+        .collect();
+    store.add_usage_counts(&hourly).await.expect("counts");
+    let mut count_state: HashMap<String, UsageCounts> = HashMap::new();
+    for u in &hourly {
+        count_state
+            .entry(u.key_id.clone())
+            .or_default()
+            .merge(&u.counts);
+    }
 
     let stored = store
         .list_keys(&KeyFilter::default(), None, 1000, t)
@@ -1151,18 +1290,22 @@ async fn large_usage_batches_span_chunks(db: &TestDatabase) {
     assert_eq!(stored.len(), 700);
     let mut untouched_credentials = 0;
     for got in &stored {
-        let (count, at) = key_state[&got.id];
-        assert_eq!(
-            store.request_count(&got.id).await.expect("count"),
-            Some(count),
-            "{}",
-            got.id
-        );
-        assert_eq!(got.last_used_at, at, "{}", got.id);
+        assert_eq!(got.last_used_at, key_state[&got.id], "{}", got.id);
         for c in &got.credentials {
             assert_eq!(c.last_used_at, cred_state[&c.lookup_id], "{}", c.lookup_id);
             untouched_credentials += usize::from(c.last_used_at.is_none());
         }
+    }
+    for got in stored.iter().step_by(37) {
+        let mut total = UsageCounts::default();
+        for bucket in store
+            .usage_buckets(&got.id, h - 3600, h + 3600)
+            .await
+            .expect("buckets")
+        {
+            total.merge(&bucket.counts);
+        }
+        assert_eq!(total, count_state[&got.id], "{}", got.id);
     }
     // The data set exercises every case: credentials never used, and keys
     // whose stored time is newer than the batch.

@@ -1368,6 +1368,196 @@ func (x *EnableKeyResponse) GetKey() *ApiKey {
 	return nil
 }
 
+// GetKeyUsageRequest names a key and a time range.
+type GetKeyUsageRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The key's id.
+	KeyId string `protobuf:"bytes,1,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
+	// Start of the range; rounded down to the hour. Unset: 24 hours before
+	// end_time.
+	StartTime *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=start_time,json=startTime,proto3" json:"start_time,omitempty"`
+	// End of the range (exclusive). Unset: now. Must be after start_time, and
+	// the range at most 31 days long.
+	EndTime       *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=end_time,json=endTime,proto3" json:"end_time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetKeyUsageRequest) Reset() {
+	*x = GetKeyUsageRequest{}
+	mi := &file_keygate_v1_keys_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetKeyUsageRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetKeyUsageRequest) ProtoMessage() {}
+
+func (x *GetKeyUsageRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_keygate_v1_keys_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetKeyUsageRequest.ProtoReflect.Descriptor instead.
+func (*GetKeyUsageRequest) Descriptor() ([]byte, []int) {
+	return file_keygate_v1_keys_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *GetKeyUsageRequest) GetKeyId() string {
+	if x != nil {
+		return x.KeyId
+	}
+	return ""
+}
+
+func (x *GetKeyUsageRequest) GetStartTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.StartTime
+	}
+	return nil
+}
+
+func (x *GetKeyUsageRequest) GetEndTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.EndTime
+	}
+	return nil
+}
+
+// GetKeyUsageResponse holds one bucket per hour of the range, oldest first,
+// including hours without requests.
+type GetKeyUsageResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The hourly buckets.
+	Buckets       []*UsageBucket `protobuf:"bytes,1,rep,name=buckets,proto3" json:"buckets,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetKeyUsageResponse) Reset() {
+	*x = GetKeyUsageResponse{}
+	mi := &file_keygate_v1_keys_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetKeyUsageResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetKeyUsageResponse) ProtoMessage() {}
+
+func (x *GetKeyUsageResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_keygate_v1_keys_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetKeyUsageResponse.ProtoReflect.Descriptor instead.
+func (*GetKeyUsageResponse) Descriptor() ([]byte, []int) {
+	return file_keygate_v1_keys_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *GetKeyUsageResponse) GetBuckets() []*UsageBucket {
+	if x != nil {
+		return x.Buckets
+	}
+	return nil
+}
+
+// UsageBucket counts the requests a key made in one hour. Requests with a
+// key that does not verify (unknown, wrong secret) are not counted: they are
+// nobody's usage. Counts reach storage about once a minute per replica, so
+// the newest hour may trail other replicas by that much.
+type UsageBucket struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Start of the hour.
+	StartTime *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=start_time,json=startTime,proto3" json:"start_time,omitempty"`
+	// Requests allowed.
+	Allowed uint64 `protobuf:"varint,2,opt,name=allowed,proto3" json:"allowed,omitempty"`
+	// Requests denied because the key was over its rate limit.
+	DeniedRateLimited uint64 `protobuf:"varint,3,opt,name=denied_rate_limited,json=deniedRateLimited,proto3" json:"denied_rate_limited,omitempty"`
+	// Requests denied for any other reason (revoked, disabled, expired,
+	// environment, IP, scope).
+	DeniedOther   uint64 `protobuf:"varint,4,opt,name=denied_other,json=deniedOther,proto3" json:"denied_other,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UsageBucket) Reset() {
+	*x = UsageBucket{}
+	mi := &file_keygate_v1_keys_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UsageBucket) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UsageBucket) ProtoMessage() {}
+
+func (x *UsageBucket) ProtoReflect() protoreflect.Message {
+	mi := &file_keygate_v1_keys_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UsageBucket.ProtoReflect.Descriptor instead.
+func (*UsageBucket) Descriptor() ([]byte, []int) {
+	return file_keygate_v1_keys_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *UsageBucket) GetStartTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.StartTime
+	}
+	return nil
+}
+
+func (x *UsageBucket) GetAllowed() uint64 {
+	if x != nil {
+		return x.Allowed
+	}
+	return 0
+}
+
+func (x *UsageBucket) GetDeniedRateLimited() uint64 {
+	if x != nil {
+		return x.DeniedRateLimited
+	}
+	return 0
+}
+
+func (x *UsageBucket) GetDeniedOther() uint64 {
+	if x != nil {
+		return x.DeniedOther
+	}
+	return 0
+}
+
 var File_keygate_v1_keys_proto protoreflect.FileDescriptor
 
 const file_keygate_v1_keys_proto_rawDesc = "" +
@@ -1471,13 +1661,26 @@ const file_keygate_v1_keys_proto_rawDesc = "" +
 	"\x06key_id\x18\x01 \x01(\tR\x05keyId\x12\x12\n" +
 	"\x04etag\x18\x02 \x01(\tR\x04etag\"9\n" +
 	"\x11EnableKeyResponse\x12$\n" +
-	"\x03key\x18\x01 \x01(\v2\x12.keygate.v1.ApiKeyR\x03key*\x87\x01\n" +
+	"\x03key\x18\x01 \x01(\v2\x12.keygate.v1.ApiKeyR\x03key\"\x9d\x01\n" +
+	"\x12GetKeyUsageRequest\x12\x15\n" +
+	"\x06key_id\x18\x01 \x01(\tR\x05keyId\x129\n" +
+	"\n" +
+	"start_time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\tstartTime\x125\n" +
+	"\bend_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\aendTime\"H\n" +
+	"\x13GetKeyUsageResponse\x121\n" +
+	"\abuckets\x18\x01 \x03(\v2\x17.keygate.v1.UsageBucketR\abuckets\"\xb5\x01\n" +
+	"\vUsageBucket\x129\n" +
+	"\n" +
+	"start_time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\tstartTime\x12\x18\n" +
+	"\aallowed\x18\x02 \x01(\x04R\aallowed\x12.\n" +
+	"\x13denied_rate_limited\x18\x03 \x01(\x04R\x11deniedRateLimited\x12!\n" +
+	"\fdenied_other\x18\x04 \x01(\x04R\vdeniedOther*\x87\x01\n" +
 	"\tKeyStatus\x12\x1a\n" +
 	"\x16KEY_STATUS_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11KEY_STATUS_ACTIVE\x10\x01\x12\x17\n" +
 	"\x13KEY_STATUS_DISABLED\x10\x02\x12\x16\n" +
 	"\x12KEY_STATUS_EXPIRED\x10\x03\x12\x16\n" +
-	"\x12KEY_STATUS_REVOKED\x10\x042\xef\x04\n" +
+	"\x12KEY_STATUS_REVOKED\x10\x042\xbf\x05\n" +
 	"\x14KeyManagementService\x12H\n" +
 	"\tCreateKey\x12\x1c.keygate.v1.CreateKeyRequest\x1a\x1d.keygate.v1.CreateKeyResponse\x12?\n" +
 	"\x06GetKey\x12\x19.keygate.v1.GetKeyRequest\x1a\x1a.keygate.v1.GetKeyResponse\x12E\n" +
@@ -1487,7 +1690,8 @@ const file_keygate_v1_keys_proto_rawDesc = "" +
 	"\x0fUpdateKeyExpiry\x12\".keygate.v1.UpdateKeyExpiryRequest\x1a#.keygate.v1.UpdateKeyExpiryResponse\x12K\n" +
 	"\n" +
 	"DisableKey\x12\x1d.keygate.v1.DisableKeyRequest\x1a\x1e.keygate.v1.DisableKeyResponse\x12H\n" +
-	"\tEnableKey\x12\x1c.keygate.v1.EnableKeyRequest\x1a\x1d.keygate.v1.EnableKeyResponseB8Z6github.com/keygate/keygate/sdk/go/keygate/v1;keygatev1b\x06proto3"
+	"\tEnableKey\x12\x1c.keygate.v1.EnableKeyRequest\x1a\x1d.keygate.v1.EnableKeyResponse\x12N\n" +
+	"\vGetKeyUsage\x12\x1e.keygate.v1.GetKeyUsageRequest\x1a\x1f.keygate.v1.GetKeyUsageResponseB8Z6github.com/keygate/keygate/sdk/go/keygate/v1;keygatev1b\x06proto3"
 
 var (
 	file_keygate_v1_keys_proto_rawDescOnce sync.Once
@@ -1502,7 +1706,7 @@ func file_keygate_v1_keys_proto_rawDescGZIP() []byte {
 }
 
 var file_keygate_v1_keys_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_keygate_v1_keys_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
+var file_keygate_v1_keys_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
 var file_keygate_v1_keys_proto_goTypes = []any{
 	(KeyStatus)(0),                  // 0: keygate.v1.KeyStatus
 	(*ApiKey)(nil),                  // 1: keygate.v1.ApiKey
@@ -1523,57 +1727,66 @@ var file_keygate_v1_keys_proto_goTypes = []any{
 	(*DisableKeyResponse)(nil),      // 16: keygate.v1.DisableKeyResponse
 	(*EnableKeyRequest)(nil),        // 17: keygate.v1.EnableKeyRequest
 	(*EnableKeyResponse)(nil),       // 18: keygate.v1.EnableKeyResponse
-	(*timestamppb.Timestamp)(nil),   // 19: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),     // 20: google.protobuf.Duration
+	(*GetKeyUsageRequest)(nil),      // 19: keygate.v1.GetKeyUsageRequest
+	(*GetKeyUsageResponse)(nil),     // 20: keygate.v1.GetKeyUsageResponse
+	(*UsageBucket)(nil),             // 21: keygate.v1.UsageBucket
+	(*timestamppb.Timestamp)(nil),   // 22: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),     // 23: google.protobuf.Duration
 }
 var file_keygate_v1_keys_proto_depIdxs = []int32{
 	0,  // 0: keygate.v1.ApiKey.status:type_name -> keygate.v1.KeyStatus
-	19, // 1: keygate.v1.ApiKey.created_at:type_name -> google.protobuf.Timestamp
-	19, // 2: keygate.v1.ApiKey.updated_at:type_name -> google.protobuf.Timestamp
-	19, // 3: keygate.v1.ApiKey.expires_at:type_name -> google.protobuf.Timestamp
-	19, // 4: keygate.v1.ApiKey.last_used_at:type_name -> google.protobuf.Timestamp
-	19, // 5: keygate.v1.ApiKey.revoked_at:type_name -> google.protobuf.Timestamp
+	22, // 1: keygate.v1.ApiKey.created_at:type_name -> google.protobuf.Timestamp
+	22, // 2: keygate.v1.ApiKey.updated_at:type_name -> google.protobuf.Timestamp
+	22, // 3: keygate.v1.ApiKey.expires_at:type_name -> google.protobuf.Timestamp
+	22, // 4: keygate.v1.ApiKey.last_used_at:type_name -> google.protobuf.Timestamp
+	22, // 5: keygate.v1.ApiKey.revoked_at:type_name -> google.protobuf.Timestamp
 	2,  // 6: keygate.v1.ApiKey.credentials:type_name -> keygate.v1.Credential
-	19, // 7: keygate.v1.Credential.created_at:type_name -> google.protobuf.Timestamp
-	19, // 8: keygate.v1.Credential.expires_at:type_name -> google.protobuf.Timestamp
-	19, // 9: keygate.v1.Credential.last_used_at:type_name -> google.protobuf.Timestamp
-	19, // 10: keygate.v1.CreateKeyRequest.expires_at:type_name -> google.protobuf.Timestamp
-	20, // 11: keygate.v1.CreateKeyRequest.ttl:type_name -> google.protobuf.Duration
+	22, // 7: keygate.v1.Credential.created_at:type_name -> google.protobuf.Timestamp
+	22, // 8: keygate.v1.Credential.expires_at:type_name -> google.protobuf.Timestamp
+	22, // 9: keygate.v1.Credential.last_used_at:type_name -> google.protobuf.Timestamp
+	22, // 10: keygate.v1.CreateKeyRequest.expires_at:type_name -> google.protobuf.Timestamp
+	23, // 11: keygate.v1.CreateKeyRequest.ttl:type_name -> google.protobuf.Duration
 	1,  // 12: keygate.v1.CreateKeyResponse.key:type_name -> keygate.v1.ApiKey
 	1,  // 13: keygate.v1.GetKeyResponse.key:type_name -> keygate.v1.ApiKey
 	0,  // 14: keygate.v1.ListKeysRequest.status:type_name -> keygate.v1.KeyStatus
-	19, // 15: keygate.v1.ListKeysRequest.last_used_before:type_name -> google.protobuf.Timestamp
-	19, // 16: keygate.v1.ListKeysRequest.expires_before:type_name -> google.protobuf.Timestamp
+	22, // 15: keygate.v1.ListKeysRequest.last_used_before:type_name -> google.protobuf.Timestamp
+	22, // 16: keygate.v1.ListKeysRequest.expires_before:type_name -> google.protobuf.Timestamp
 	1,  // 17: keygate.v1.ListKeysResponse.keys:type_name -> keygate.v1.ApiKey
-	20, // 18: keygate.v1.RotateKeyRequest.grace_period:type_name -> google.protobuf.Duration
+	23, // 18: keygate.v1.RotateKeyRequest.grace_period:type_name -> google.protobuf.Duration
 	1,  // 19: keygate.v1.RotateKeyResponse.key:type_name -> keygate.v1.ApiKey
-	19, // 20: keygate.v1.RotateKeyResponse.previous_secret_expires_at:type_name -> google.protobuf.Timestamp
+	22, // 20: keygate.v1.RotateKeyResponse.previous_secret_expires_at:type_name -> google.protobuf.Timestamp
 	1,  // 21: keygate.v1.RevokeKeyResponse.key:type_name -> keygate.v1.ApiKey
-	19, // 22: keygate.v1.UpdateKeyExpiryRequest.expires_at:type_name -> google.protobuf.Timestamp
+	22, // 22: keygate.v1.UpdateKeyExpiryRequest.expires_at:type_name -> google.protobuf.Timestamp
 	1,  // 23: keygate.v1.UpdateKeyExpiryResponse.key:type_name -> keygate.v1.ApiKey
 	1,  // 24: keygate.v1.DisableKeyResponse.key:type_name -> keygate.v1.ApiKey
 	1,  // 25: keygate.v1.EnableKeyResponse.key:type_name -> keygate.v1.ApiKey
-	3,  // 26: keygate.v1.KeyManagementService.CreateKey:input_type -> keygate.v1.CreateKeyRequest
-	5,  // 27: keygate.v1.KeyManagementService.GetKey:input_type -> keygate.v1.GetKeyRequest
-	7,  // 28: keygate.v1.KeyManagementService.ListKeys:input_type -> keygate.v1.ListKeysRequest
-	9,  // 29: keygate.v1.KeyManagementService.RotateKey:input_type -> keygate.v1.RotateKeyRequest
-	11, // 30: keygate.v1.KeyManagementService.RevokeKey:input_type -> keygate.v1.RevokeKeyRequest
-	13, // 31: keygate.v1.KeyManagementService.UpdateKeyExpiry:input_type -> keygate.v1.UpdateKeyExpiryRequest
-	15, // 32: keygate.v1.KeyManagementService.DisableKey:input_type -> keygate.v1.DisableKeyRequest
-	17, // 33: keygate.v1.KeyManagementService.EnableKey:input_type -> keygate.v1.EnableKeyRequest
-	4,  // 34: keygate.v1.KeyManagementService.CreateKey:output_type -> keygate.v1.CreateKeyResponse
-	6,  // 35: keygate.v1.KeyManagementService.GetKey:output_type -> keygate.v1.GetKeyResponse
-	8,  // 36: keygate.v1.KeyManagementService.ListKeys:output_type -> keygate.v1.ListKeysResponse
-	10, // 37: keygate.v1.KeyManagementService.RotateKey:output_type -> keygate.v1.RotateKeyResponse
-	12, // 38: keygate.v1.KeyManagementService.RevokeKey:output_type -> keygate.v1.RevokeKeyResponse
-	14, // 39: keygate.v1.KeyManagementService.UpdateKeyExpiry:output_type -> keygate.v1.UpdateKeyExpiryResponse
-	16, // 40: keygate.v1.KeyManagementService.DisableKey:output_type -> keygate.v1.DisableKeyResponse
-	18, // 41: keygate.v1.KeyManagementService.EnableKey:output_type -> keygate.v1.EnableKeyResponse
-	34, // [34:42] is the sub-list for method output_type
-	26, // [26:34] is the sub-list for method input_type
-	26, // [26:26] is the sub-list for extension type_name
-	26, // [26:26] is the sub-list for extension extendee
-	0,  // [0:26] is the sub-list for field type_name
+	22, // 26: keygate.v1.GetKeyUsageRequest.start_time:type_name -> google.protobuf.Timestamp
+	22, // 27: keygate.v1.GetKeyUsageRequest.end_time:type_name -> google.protobuf.Timestamp
+	21, // 28: keygate.v1.GetKeyUsageResponse.buckets:type_name -> keygate.v1.UsageBucket
+	22, // 29: keygate.v1.UsageBucket.start_time:type_name -> google.protobuf.Timestamp
+	3,  // 30: keygate.v1.KeyManagementService.CreateKey:input_type -> keygate.v1.CreateKeyRequest
+	5,  // 31: keygate.v1.KeyManagementService.GetKey:input_type -> keygate.v1.GetKeyRequest
+	7,  // 32: keygate.v1.KeyManagementService.ListKeys:input_type -> keygate.v1.ListKeysRequest
+	9,  // 33: keygate.v1.KeyManagementService.RotateKey:input_type -> keygate.v1.RotateKeyRequest
+	11, // 34: keygate.v1.KeyManagementService.RevokeKey:input_type -> keygate.v1.RevokeKeyRequest
+	13, // 35: keygate.v1.KeyManagementService.UpdateKeyExpiry:input_type -> keygate.v1.UpdateKeyExpiryRequest
+	15, // 36: keygate.v1.KeyManagementService.DisableKey:input_type -> keygate.v1.DisableKeyRequest
+	17, // 37: keygate.v1.KeyManagementService.EnableKey:input_type -> keygate.v1.EnableKeyRequest
+	19, // 38: keygate.v1.KeyManagementService.GetKeyUsage:input_type -> keygate.v1.GetKeyUsageRequest
+	4,  // 39: keygate.v1.KeyManagementService.CreateKey:output_type -> keygate.v1.CreateKeyResponse
+	6,  // 40: keygate.v1.KeyManagementService.GetKey:output_type -> keygate.v1.GetKeyResponse
+	8,  // 41: keygate.v1.KeyManagementService.ListKeys:output_type -> keygate.v1.ListKeysResponse
+	10, // 42: keygate.v1.KeyManagementService.RotateKey:output_type -> keygate.v1.RotateKeyResponse
+	12, // 43: keygate.v1.KeyManagementService.RevokeKey:output_type -> keygate.v1.RevokeKeyResponse
+	14, // 44: keygate.v1.KeyManagementService.UpdateKeyExpiry:output_type -> keygate.v1.UpdateKeyExpiryResponse
+	16, // 45: keygate.v1.KeyManagementService.DisableKey:output_type -> keygate.v1.DisableKeyResponse
+	18, // 46: keygate.v1.KeyManagementService.EnableKey:output_type -> keygate.v1.EnableKeyResponse
+	20, // 47: keygate.v1.KeyManagementService.GetKeyUsage:output_type -> keygate.v1.GetKeyUsageResponse
+	39, // [39:48] is the sub-list for method output_type
+	30, // [30:39] is the sub-list for method input_type
+	30, // [30:30] is the sub-list for extension type_name
+	30, // [30:30] is the sub-list for extension extendee
+	0,  // [0:30] is the sub-list for field type_name
 }
 
 func init() { file_keygate_v1_keys_proto_init() }
@@ -1592,7 +1805,7 @@ func file_keygate_v1_keys_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_keygate_v1_keys_proto_rawDesc), len(file_keygate_v1_keys_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   18,
+			NumMessages:   21,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

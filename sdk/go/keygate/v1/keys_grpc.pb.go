@@ -27,6 +27,7 @@ const (
 	KeyManagementService_UpdateKeyExpiry_FullMethodName = "/keygate.v1.KeyManagementService/UpdateKeyExpiry"
 	KeyManagementService_DisableKey_FullMethodName      = "/keygate.v1.KeyManagementService/DisableKey"
 	KeyManagementService_EnableKey_FullMethodName       = "/keygate.v1.KeyManagementService/EnableKey"
+	KeyManagementService_GetKeyUsage_FullMethodName     = "/keygate.v1.KeyManagementService/GetKeyUsage"
 )
 
 // KeyManagementServiceClient is the client API for KeyManagementService service.
@@ -57,6 +58,10 @@ type KeyManagementServiceClient interface {
 	DisableKey(ctx context.Context, in *DisableKeyRequest, opts ...grpc.CallOption) (*DisableKeyResponse, error)
 	// EnableKey switches a disabled key back on. A revoked key cannot be enabled.
 	EnableKey(ctx context.Context, in *EnableKeyRequest, opts ...grpc.CallOption) (*EnableKeyResponse, error)
+	// GetKeyUsage returns a key's request counts per hour (allowed, and denied
+	// by rate limit or otherwise), summed over every replica. Same rights as
+	// GetKey.
+	GetKeyUsage(ctx context.Context, in *GetKeyUsageRequest, opts ...grpc.CallOption) (*GetKeyUsageResponse, error)
 }
 
 type keyManagementServiceClient struct {
@@ -147,6 +152,16 @@ func (c *keyManagementServiceClient) EnableKey(ctx context.Context, in *EnableKe
 	return out, nil
 }
 
+func (c *keyManagementServiceClient) GetKeyUsage(ctx context.Context, in *GetKeyUsageRequest, opts ...grpc.CallOption) (*GetKeyUsageResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetKeyUsageResponse)
+	err := c.cc.Invoke(ctx, KeyManagementService_GetKeyUsage_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // KeyManagementServiceServer is the server API for KeyManagementService service.
 // All implementations must embed UnimplementedKeyManagementServiceServer
 // for forward compatibility.
@@ -175,6 +190,10 @@ type KeyManagementServiceServer interface {
 	DisableKey(context.Context, *DisableKeyRequest) (*DisableKeyResponse, error)
 	// EnableKey switches a disabled key back on. A revoked key cannot be enabled.
 	EnableKey(context.Context, *EnableKeyRequest) (*EnableKeyResponse, error)
+	// GetKeyUsage returns a key's request counts per hour (allowed, and denied
+	// by rate limit or otherwise), summed over every replica. Same rights as
+	// GetKey.
+	GetKeyUsage(context.Context, *GetKeyUsageRequest) (*GetKeyUsageResponse, error)
 	mustEmbedUnimplementedKeyManagementServiceServer()
 }
 
@@ -208,6 +227,9 @@ func (UnimplementedKeyManagementServiceServer) DisableKey(context.Context, *Disa
 }
 func (UnimplementedKeyManagementServiceServer) EnableKey(context.Context, *EnableKeyRequest) (*EnableKeyResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method EnableKey not implemented")
+}
+func (UnimplementedKeyManagementServiceServer) GetKeyUsage(context.Context, *GetKeyUsageRequest) (*GetKeyUsageResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetKeyUsage not implemented")
 }
 func (UnimplementedKeyManagementServiceServer) mustEmbedUnimplementedKeyManagementServiceServer() {}
 func (UnimplementedKeyManagementServiceServer) testEmbeddedByValue()                              {}
@@ -374,6 +396,24 @@ func _KeyManagementService_EnableKey_Handler(srv interface{}, ctx context.Contex
 	return interceptor(ctx, in, info, handler)
 }
 
+func _KeyManagementService_GetKeyUsage_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetKeyUsageRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KeyManagementServiceServer).GetKeyUsage(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: KeyManagementService_GetKeyUsage_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KeyManagementServiceServer).GetKeyUsage(ctx, req.(*GetKeyUsageRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // KeyManagementService_ServiceDesc is the grpc.ServiceDesc for KeyManagementService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -412,6 +452,10 @@ var KeyManagementService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "EnableKey",
 			Handler:    _KeyManagementService_EnableKey_Handler,
+		},
+		{
+			MethodName: "GetKeyUsage",
+			Handler:    _KeyManagementService_GetKeyUsage_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -157,6 +157,17 @@ def list_keys_request(
     return request
 
 
+def get_key_usage_request(
+    key_id: str, *, start_time: datetime | None, end_time: datetime | None
+) -> keys_pb2.GetKeyUsageRequest:
+    request = keys_pb2.GetKeyUsageRequest(key_id=key_id)
+    if start_time is not None:
+        request.start_time.CopyFrom(timestamp(start_time))
+    if end_time is not None:
+        request.end_time.CopyFrom(timestamp(end_time))
+    return request
+
+
 def authorize_request(
     key: str, *, environment: str, required_scopes: Iterable[str], client_ip: str
 ) -> authorization_pb2.AuthorizeRequest:

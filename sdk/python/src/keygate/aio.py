@@ -187,6 +187,18 @@ class AsyncClient:
         request = _common.update_key_expiry_request(key_id, expires_at, etag=etag)
         return (await _call(self.keys.UpdateKeyExpiry, request, timeout)).key
 
+    async def get_key_usage(
+        self,
+        key_id: str,
+        *,
+        start_time: datetime | None = None,
+        end_time: datetime | None = None,
+        timeout: float | None = None,
+    ) -> list[keys_pb2.UsageBucket]:
+        """A key's requests per hour, oldest first; see :meth:`keygate.Client.get_key_usage`."""
+        request = _common.get_key_usage_request(key_id, start_time=start_time, end_time=end_time)
+        return list((await _call(self.keys.GetKeyUsage, request, timeout)).buckets)
+
     async def authorize(
         self,
         key: str,

@@ -200,6 +200,22 @@ class Client:
         request = _common.update_key_expiry_request(key_id, expires_at, etag=etag)
         return _call(self.keys.UpdateKeyExpiry, request, timeout).key
 
+    def get_key_usage(
+        self,
+        key_id: str,
+        *,
+        start_time: datetime | None = None,
+        end_time: datetime | None = None,
+        timeout: float | None = None,
+    ) -> list[keys_pb2.UsageBucket]:
+        """A key's requests per hour, oldest first, hours without requests included.
+
+        Defaults to the last 24 hours; at most 31 days per call. Both bounds
+        are timezone-aware datetimes; ``start_time`` is rounded down to the hour.
+        """
+        request = _common.get_key_usage_request(key_id, start_time=start_time, end_time=end_time)
+        return list(_call(self.keys.GetKeyUsage, request, timeout).buckets)
+
     def authorize(
         self,
         key: str,

@@ -715,3 +715,109 @@ class EnableKeyResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___EnableKeyResponse: _TypeAlias = EnableKeyResponse  # noqa: Y015
+
+@_typing.final
+class GetKeyUsageRequest(_message.Message):
+    """GetKeyUsageRequest names a key and a time range."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    key_id: _builtins.str
+    """The key's id."""
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """Start of the range; rounded down to the hour. Unset: 24 hours before
+        end_time.
+        """
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """End of the range (exclusive). Unset: now. Must be after start_time, and
+        the range at most 31 days long.
+        """
+
+    def __init__(
+        self,
+        *,
+        key_id: _builtins.str = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "key_id", b"key_id", "start_time", b"start_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetKeyUsageRequest: _TypeAlias = GetKeyUsageRequest  # noqa: Y015
+
+@_typing.final
+class GetKeyUsageResponse(_message.Message):
+    """GetKeyUsageResponse holds one bucket per hour of the range, oldest first,
+    including hours without requests.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BUCKETS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def buckets(self) -> _containers.RepeatedCompositeFieldContainer[Global___UsageBucket]:
+        """The hourly buckets."""
+
+    def __init__(
+        self,
+        *,
+        buckets: _abc.Iterable[Global___UsageBucket] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["buckets", b"buckets"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetKeyUsageResponse: _TypeAlias = GetKeyUsageResponse  # noqa: Y015
+
+@_typing.final
+class UsageBucket(_message.Message):
+    """UsageBucket counts the requests a key made in one hour. Requests with a
+    key that does not verify (unknown, wrong secret) are not counted: they are
+    nobody's usage. Counts reach storage about once a minute per replica, so
+    the newest hour may trail other replicas by that much.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    START_TIME_FIELD_NUMBER: _builtins.int
+    ALLOWED_FIELD_NUMBER: _builtins.int
+    DENIED_RATE_LIMITED_FIELD_NUMBER: _builtins.int
+    DENIED_OTHER_FIELD_NUMBER: _builtins.int
+    allowed: _builtins.int
+    """Requests allowed."""
+    denied_rate_limited: _builtins.int
+    """Requests denied because the key was over its rate limit."""
+    denied_other: _builtins.int
+    """Requests denied for any other reason (revoked, disabled, expired,
+    environment, IP, scope).
+    """
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """Start of the hour."""
+
+    def __init__(
+        self,
+        *,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        allowed: _builtins.int = ...,
+        denied_rate_limited: _builtins.int = ...,
+        denied_other: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed", b"allowed", "denied_other", b"denied_other", "denied_rate_limited", b"denied_rate_limited", "start_time", b"start_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UsageBucket: _TypeAlias = UsageBucket  # noqa: Y015

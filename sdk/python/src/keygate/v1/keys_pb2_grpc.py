@@ -81,6 +81,11 @@ class KeyManagementServiceStub(object):
                 request_serializer=keygate_dot_v1_dot_keys__pb2.EnableKeyRequest.SerializeToString,
                 response_deserializer=keygate_dot_v1_dot_keys__pb2.EnableKeyResponse.FromString,
                 _registered_method=True)
+        self.GetKeyUsage = channel.unary_unary(
+                '/keygate.v1.KeyManagementService/GetKeyUsage',
+                request_serializer=keygate_dot_v1_dot_keys__pb2.GetKeyUsageRequest.SerializeToString,
+                response_deserializer=keygate_dot_v1_dot_keys__pb2.GetKeyUsageResponse.FromString,
+                _registered_method=True)
 
 
 class KeyManagementServiceServicer(object):
@@ -149,6 +154,15 @@ class KeyManagementServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetKeyUsage(self, request, context):
+        """GetKeyUsage returns a key's request counts per hour (allowed, and denied
+        by rate limit or otherwise), summed over every replica. Same rights as
+        GetKey.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_KeyManagementServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -191,6 +205,11 @@ def add_KeyManagementServiceServicer_to_server(servicer, server):
                     servicer.EnableKey,
                     request_deserializer=keygate_dot_v1_dot_keys__pb2.EnableKeyRequest.FromString,
                     response_serializer=keygate_dot_v1_dot_keys__pb2.EnableKeyResponse.SerializeToString,
+            ),
+            'GetKeyUsage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetKeyUsage,
+                    request_deserializer=keygate_dot_v1_dot_keys__pb2.GetKeyUsageRequest.FromString,
+                    response_serializer=keygate_dot_v1_dot_keys__pb2.GetKeyUsageResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -416,6 +435,33 @@ class KeyManagementService(object):
             '/keygate.v1.KeyManagementService/EnableKey',
             keygate_dot_v1_dot_keys__pb2.EnableKeyRequest.SerializeToString,
             keygate_dot_v1_dot_keys__pb2.EnableKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetKeyUsage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/keygate.v1.KeyManagementService/GetKeyUsage',
+            keygate_dot_v1_dot_keys__pb2.GetKeyUsageRequest.SerializeToString,
+            keygate_dot_v1_dot_keys__pb2.GetKeyUsageResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -56,6 +56,11 @@ class KeyManagementServiceStub:
     """DisableKey switches a key off until EnableKey switches it on again."""
     EnableKey: _grpc.UnaryUnaryMultiCallable[_keys_pb2.EnableKeyRequest, _keys_pb2.EnableKeyResponse]
     """EnableKey switches a disabled key back on. A revoked key cannot be enabled."""
+    GetKeyUsage: _grpc.UnaryUnaryMultiCallable[_keys_pb2.GetKeyUsageRequest, _keys_pb2.GetKeyUsageResponse]
+    """GetKeyUsage returns a key's request counts per hour (allowed, and denied
+    by rate limit or otherwise), summed over every replica. Same rights as
+    GetKey.
+    """
 
 @_typing.type_check_only
 class KeyManagementServiceAsyncStub(KeyManagementServiceStub):
@@ -85,6 +90,11 @@ class KeyManagementServiceAsyncStub(KeyManagementServiceStub):
     """DisableKey switches a key off until EnableKey switches it on again."""
     EnableKey: _aio.UnaryUnaryMultiCallable[_keys_pb2.EnableKeyRequest, _keys_pb2.EnableKeyResponse]  # type: ignore[assignment]
     """EnableKey switches a disabled key back on. A revoked key cannot be enabled."""
+    GetKeyUsage: _aio.UnaryUnaryMultiCallable[_keys_pb2.GetKeyUsageRequest, _keys_pb2.GetKeyUsageResponse]  # type: ignore[assignment]
+    """GetKeyUsage returns a key's request counts per hour (allowed, and denied
+    by rate limit or otherwise), summed over every replica. Same rights as
+    GetKey.
+    """
 
 class KeyManagementServiceServicer(metaclass=_abc_1.ABCMeta):
     """KeyManagementService is the admin side of Keygate: the lifecycle of API keys.
@@ -159,5 +169,16 @@ class KeyManagementServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_keys_pb2.EnableKeyResponse, _abc.Awaitable[_keys_pb2.EnableKeyResponse]]:
         """EnableKey switches a disabled key back on. A revoked key cannot be enabled."""
+
+    @_abc_1.abstractmethod
+    def GetKeyUsage(
+        self,
+        request: _keys_pb2.GetKeyUsageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_keys_pb2.GetKeyUsageResponse, _abc.Awaitable[_keys_pb2.GetKeyUsageResponse]]:
+        """GetKeyUsage returns a key's request counts per hour (allowed, and denied
+        by rate limit or otherwise), summed over every replica. Same rights as
+        GetKey.
+        """
 
 def add_KeyManagementServiceServicer_to_server(servicer: KeyManagementServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

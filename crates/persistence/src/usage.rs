@@ -1,0 +1,203 @@
+//! Usage storage: `last_used_at` of keys and credentials, and request counts
+//! per key per hour (`key_usage_hourly`).
+//!
+//! Both are written by the server's background flushers, never by a request,
+//! and always set-based: one statement per [`BATCH_ROWS`] rows, in key order
+//! so replicas flushing at once lock rows in the same order and cannot
+//! deadlock. The write load is therefore bounded by the number of keys a
+//! flush covers, not by the request rate. Usage writes neither bump a key's
+//! version nor notify: they change nothing a decision reads.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use keygate_domain::usage::{UsageBucket, UsageCounts};
+use sea_orm::{ConnectionTrait, Statement, TransactionTrait};
+
+use crate::error::StoreError;
+use crate::store::{BATCH_ROWS, Store, placeholders};
+
+/// The latest use of one credential, to be stored as its and its key's
+/// `last_used_at` unless a later one is stored already.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LastUsed {
+    /// The key used.
+    pub key_id: String,
+    /// The credential used.
+    pub lookup_id: String,
+    /// When.
+    pub at: DateTime<Utc>,
+}
+
+/// Requests of one key in one hour, to be added to what is stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HourlyUsage {
+    /// The key.
+    pub key_id: String,
+    /// Start of the hour, unix seconds (a multiple of 3600).
+    pub hour_start: i64,
+    /// Requests to add.
+    pub counts: UsageCounts,
+}
+
+fn to_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn to_u64(n: i64) -> u64 {
+    u64::try_from(n).unwrap_or(0)
+}
+
+impl Store {
+    /// Stores last uses, in one transaction: per key and per credential,
+    /// `last_used_at` becomes the given time if none is stored or the
+    /// stored one is earlier. A row already as recent is not touched (no
+    /// write at all, which matters on PostgreSQL, where every update is a
+    /// new row version). Unknown keys and credentials are ignored.
+    pub async fn record_last_used(&self, uses: &[LastUsed]) -> Result<(), StoreError> {
+        if uses.is_empty() {
+            return Ok(());
+        }
+        let mut keys: BTreeMap<&str, DateTime<Utc>> = BTreeMap::new();
+        let mut creds: BTreeMap<(&str, &str), DateTime<Utc>> = BTreeMap::new();
+        for u in uses {
+            let at = keys.entry(u.key_id.as_str()).or_insert(u.at);
+            *at = (*at).max(u.at);
+            let at = creds
+                .entry((u.key_id.as_str(), u.lookup_id.as_str()))
+                .or_insert(u.at);
+            *at = (*at).max(u.at);
+        }
+        let backend = self.connection().get_database_backend();
+        let keys: Vec<_> = keys.into_iter().collect();
+        let creds: Vec<_> = creds.into_iter().collect();
+        let txn = self.connection().begin().await?;
+        for chunk in keys.chunks(BATCH_ROWS) {
+            let mut values = Vec::with_capacity(chunk.len() * 2);
+            for (key_id, at) in chunk {
+                values.extend([(*key_id).into(), (*at).into()]);
+            }
+            let sql = format!(
+                "WITH v(id, t) AS (VALUES {}) \
+                 UPDATE api_keys SET last_used_at = v.t FROM v \
+                 WHERE api_keys.id = v.id \
+                 AND (api_keys.last_used_at IS NULL OR api_keys.last_used_at < v.t)",
+                placeholders(chunk.len(), 2)
+            );
+            txn.execute_raw(Statement::from_sql_and_values(backend, sql, values))
+                .await?;
+        }
+        for chunk in creds.chunks(BATCH_ROWS) {
+            let mut values = Vec::with_capacity(chunk.len() * 3);
+            for ((key_id, lookup_id), at) in chunk {
+                values.extend([(*lookup_id).into(), (*key_id).into(), (*at).into()]);
+            }
+            let sql = format!(
+                "WITH v(lookup_id, key_id, t) AS (VALUES {}) \
+                 UPDATE credentials SET last_used_at = v.t FROM v \
+                 WHERE credentials.lookup_id = v.lookup_id AND credentials.key_id = v.key_id \
+                 AND (credentials.last_used_at IS NULL OR credentials.last_used_at < v.t)",
+                placeholders(chunk.len(), 3)
+            );
+            txn.execute_raw(Statement::from_sql_and_values(backend, sql, values))
+                .await?;
+        }
+        txn.commit().await?;
+        Ok(())
+    }
+
+    /// Adds request counts to the hourly rows, in one transaction of
+    /// multi-row upserts (`INSERT … ON CONFLICT … DO UPDATE SET allowed =
+    /// allowed + excluded.allowed, …`): counts of every replica add up.
+    /// Repeated key-hours are summed first. Counts for unknown keys are
+    /// stored too (a key deleted meanwhile leaves rows that retention
+    /// prunes).
+    pub async fn add_usage_counts(&self, counts: &[HourlyUsage]) -> Result<(), StoreError> {
+        let mut merged: BTreeMap<(&str, i64), UsageCounts> = BTreeMap::new();
+        for c in counts.iter().filter(|c| !c.counts.is_empty()) {
+            merged
+                .entry((c.key_id.as_str(), c.hour_start))
+                .or_default()
+                .merge(&c.counts);
+        }
+        if merged.is_empty() {
+            return Ok(());
+        }
+        let merged: Vec<_> = merged.into_iter().collect();
+        let backend = self.connection().get_database_backend();
+        let txn = self.connection().begin().await?;
+        for chunk in merged.chunks(BATCH_ROWS) {
+            let mut values = Vec::with_capacity(chunk.len() * 5);
+            for ((key_id, hour_start), c) in chunk {
+                values.extend([
+                    (*key_id).into(),
+                    (*hour_start).into(),
+                    to_i64(c.allowed).into(),
+                    to_i64(c.denied_rate_limited).into(),
+                    to_i64(c.denied_other).into(),
+                ]);
+            }
+            let sql = format!(
+                "INSERT INTO key_usage_hourly \
+                 (key_id, hour_start, allowed, denied_rate_limited, denied_other) VALUES {} \
+                 ON CONFLICT (key_id, hour_start) DO UPDATE SET \
+                 allowed = key_usage_hourly.allowed + excluded.allowed, \
+                 denied_rate_limited = key_usage_hourly.denied_rate_limited \
+                 + excluded.denied_rate_limited, \
+                 denied_other = key_usage_hourly.denied_other + excluded.denied_other",
+                placeholders(chunk.len(), 5)
+            );
+            txn.execute_raw(Statement::from_sql_and_values(backend, sql, values))
+                .await?;
+        }
+        txn.commit().await?;
+        Ok(())
+    }
+
+    /// A key's stored hourly counts for hours starting in `[from, to)` (unix
+    /// seconds), oldest first; hours without requests have no row.
+    pub async fn usage_buckets(
+        &self,
+        key_id: &str,
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<UsageBucket>, StoreError> {
+        let backend = self.connection().get_database_backend();
+        let rows = self
+            .connection()
+            .query_all_raw(Statement::from_sql_and_values(
+                backend,
+                "SELECT hour_start, allowed, denied_rate_limited, denied_other \
+                 FROM key_usage_hourly WHERE key_id = $1 AND hour_start >= $2 AND hour_start < $3 \
+                 ORDER BY hour_start",
+                [key_id.into(), from.into(), to.into()],
+            ))
+            .await?;
+        rows.into_iter()
+            .map(|row| {
+                Ok(UsageBucket {
+                    hour_start: row.try_get("", "hour_start")?,
+                    counts: UsageCounts {
+                        allowed: to_u64(row.try_get("", "allowed")?),
+                        denied_rate_limited: to_u64(row.try_get("", "denied_rate_limited")?),
+                        denied_other: to_u64(row.try_get("", "denied_other")?),
+                    },
+                })
+            })
+            .collect()
+    }
+
+    /// Deletes hourly counts of hours starting before `older_than` (unix
+    /// seconds); returns how many rows.
+    pub async fn prune_usage(&self, older_than: i64) -> Result<u64, StoreError> {
+        let result = self
+            .connection()
+            .execute_raw(Statement::from_sql_and_values(
+                self.connection().get_database_backend(),
+                "DELETE FROM key_usage_hourly WHERE hour_start < $1",
+                [older_than.into()],
+            ))
+            .await?;
+        Ok(result.rows_affected())
+    }
+}
