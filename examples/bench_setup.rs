@@ -1,17 +1,28 @@
 //! Helper for `bench/run.sh`: waits for a Keygate server, creates API keys
-//! through the management API, and authorizes keys (to warm the cache and
-//! to verify that every key is still allowed after a load run).
+//! through the management API or seeds them straight into its database, and
+//! authorizes keys (to warm the cache and to verify that every key is still
+//! allowed after a load run).
 //!
 //! ```text
 //! bench_setup wait      --endpoint URL [--timeout-secs 30]
 //! bench_setup create    --endpoint URL --management-key KEY --count N --out FILE
 //!                       [--owner acme] [--scope bench:read] [--concurrency 32]
+//! bench_setup seed      --database-url URL --count N --out FILE
+//!                       [--owner acme] [--scope bench:read] [--chunk 10000]
+//!                       [--concurrency 1 (SQLite) / 2 (PostgreSQL)]
 //! bench_setup authorize --endpoint URL --keys FILE [--concurrency 32]
 //!                       [--scope bench:read] [--client-ip 10.0.0.1]
 //! bench_setup data-file --keys FILE --out FILE [--scope bench:read] [--client-ip 10.0.0.1]
 //! ```
 //!
-//! `create` writes one secret per line to `--out`. `authorize` calls
+//! `create` writes one secret per line to `--out`. `seed` writes the same
+//! kind of keys (and the same output) without a server: for key counts where
+//! one `CreateKey` call per key takes too long (1 000 000 keys). It makes
+//! each key as `CreateKey` does (the request validated by
+//! `validate_new_key`, the key built by the server's `issue_key`) and stores
+//! `--chunk` keys per transaction with `Store::insert_keys`, `--concurrency`
+//! transactions at a time; the database must be migrated already (`keygate
+//! bootstrap` does that). `authorize` calls
 //! Authorize once per key and exits non-zero unless every answer is
 //! `DECISION_ALLOW`. `data-file` writes a JSON array of AuthorizeRequest
 //! messages for ghz's `--data-file` (sent round robin).
@@ -29,6 +40,13 @@ use std::{
 };
 
 use keygate::{Client, v1 as pb};
+use keygate_domain::{
+    ApiKey,
+    environment::Environments,
+    keyformat::KeyFormat,
+    validation::{self, NewKey, NewKeyInput},
+};
+use keygate_persistence::{Backend, Store, StoreError};
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
@@ -181,6 +199,120 @@ async fn create(args: &Args) -> Result<(), Error> {
     Ok(())
 }
 
+/// One seeded key, made by the server's own `issue_key` (what `CreateKey`
+/// stores): a fresh secret and credential, a UUIDv7 id, active, version 1.
+/// Returns the secret and the key.
+fn issue(template: &NewKey, name: String, format: &KeyFormat) -> (String, ApiKey) {
+    let new = NewKey {
+        name,
+        ..template.clone()
+    };
+    keygate_server::management::issue_key(new, format, chrono::Utc::now())
+}
+
+async fn seed(args: &Args) -> Result<(), Error> {
+    let url = args.get("database-url")?;
+    let count = args.num("count", 1000)?;
+    let out = args.get("out")?;
+    let chunk = args.num("chunk", 10_000)?.max(1);
+    let input = NewKeyInput {
+        owner_id: args.get_or("owner", "acme"),
+        name: "bench-0".to_owned(),
+        environment: "live".to_owned(),
+        scopes: vec![args.get_or("scope", "bench:read")],
+        ..Default::default()
+    };
+    // The checks CreateKey applies to the request (owner, scopes,
+    // environment), once: only the name differs from key to key.
+    let template =
+        validation::validate_new_key(input, &Environments::default(), chrono::Utc::now())
+            .map_err(|e| format!("invalid key template: {e}"))?;
+    let format = KeyFormat::default();
+
+    let store = Store::connect(&url).await?;
+    // SQLite has one writer at a time: more transactions would only queue.
+    let default_concurrency = match store.backend() {
+        Backend::Sqlite => 1,
+        Backend::Postgres => 2,
+    };
+    let concurrency = args.num("concurrency", default_concurrency)?.max(1);
+    let chunks = count.div_ceil(chunk);
+    let next = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(concurrency);
+    for _ in 0..concurrency {
+        let (store, next, done) = (store.clone(), next.clone(), done.clone());
+        let (template, format) = (template.clone(), format.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut written = Vec::new();
+            loop {
+                let c = next.fetch_add(1, Ordering::Relaxed);
+                if c >= chunks {
+                    break;
+                }
+                let range = c * chunk..((c + 1) * chunk).min(count);
+                // Lookup ids are 8 random base-62 characters: among a million
+                // keys, two share one about once in 400 runs. CreateKey
+                // would fail that one call; here the whole chunk is rolled
+                // back, so make it again.
+                let mut attempt = 1;
+                let (secrets, keys) = loop {
+                    let (secrets, keys): (Vec<String>, Vec<ApiKey>) = range
+                        .clone()
+                        .map(|i| issue(&template, format!("bench-{i}"), &format))
+                        .unzip();
+                    match store.insert_keys(&keys).await {
+                        Ok(()) => break (secrets, keys),
+                        Err(StoreError::Conflict(detail)) if attempt < 3 => {
+                            eprintln!(
+                                "bench_setup: keys {}..: {detail}; making the chunk again",
+                                range.start
+                            );
+                            attempt += 1;
+                        }
+                        Err(e) => {
+                            return Err(format!("inserting keys {}..: {e}", range.start).into());
+                        }
+                    }
+                };
+                let before = done.fetch_add(keys.len(), Ordering::Relaxed);
+                let step = 100_000;
+                if (before + keys.len()) / step > before / step {
+                    eprintln!(
+                        "bench_setup: seeded {} of {count} keys ({:.0} keys/s)",
+                        before + keys.len(),
+                        (before + keys.len()) as f64 / started.elapsed().as_secs_f64()
+                    );
+                }
+                written.push((c, secrets));
+            }
+            Ok::<_, Error>(written)
+        }));
+    }
+    let mut by_chunk = Vec::with_capacity(chunks);
+    for task in tasks {
+        by_chunk.extend(task.await??);
+    }
+    let secs = started.elapsed().as_secs_f64();
+    by_chunk.sort_unstable_by_key(|(c, _)| *c);
+    let mut file = std::io::BufWriter::new(std::fs::File::create(&out)?);
+    let mut written = 0usize;
+    for secret in by_chunk.iter().flat_map(|(_, secrets)| secrets) {
+        writeln!(file, "{secret}")?;
+        written += 1;
+    }
+    file.flush()?;
+    eprintln!(
+        "bench_setup: seeded {written} keys in {secs:.1}s ({:.0} keys/s, {chunk} per transaction, {concurrency} at a time)",
+        written as f64 / secs
+    );
+    if written != count {
+        return Err(format!("seeded {written} keys, wanted {count}").into());
+    }
+    Ok(())
+}
+
 fn read_keys(path: &str) -> Result<Vec<String>, Error> {
     Ok(std::fs::read_to_string(path)?
         .lines()
@@ -288,13 +420,16 @@ async fn main() {
             Ok(args) => match command.as_str() {
                 "wait" => wait(&args).await,
                 "create" => create(&args).await,
+                "seed" => seed(&args).await,
                 "authorize" => authorize(&args).await,
                 "data-file" => data_file(&args),
                 other => Err(format!("unknown command {other:?}").into()),
             },
             Err(err) => Err(err),
         },
-        None => Err("usage: bench_setup wait|create|authorize|data-file --flag value …".into()),
+        None => {
+            Err("usage: bench_setup wait|create|seed|authorize|data-file --flag value …".into())
+        }
     };
     if let Err(err) = result {
         eprintln!("bench_setup: error: {err}");

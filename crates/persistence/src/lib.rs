@@ -6,6 +6,7 @@
 //! it holds no rules of its own. No secret is ever stored: a credential is
 //! its lookup id, salt, hash and hint.
 
+mod bulk;
 mod convert;
 pub mod entity;
 mod error;

@@ -44,9 +44,11 @@ const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// 100k-key flush), so keep this modest.
 pub(crate) const BATCH_ROWS: usize = 300;
 
-/// `($1, $2, $3), ($4, $5, $6), …` for `rows` rows of `columns` values.
-pub(crate) fn placeholders(rows: usize, columns: usize) -> String {
-    let mut sql = String::with_capacity(rows * columns * 5);
+/// `($1, $2, $3), ($4, $5, $6), …` for `rows` rows of `columns` values,
+/// numbered from `$first`.
+pub(crate) fn placeholders(first: usize, rows: usize, columns: usize) -> String {
+    use std::fmt::Write;
+    let mut sql = String::with_capacity(rows * columns * 7);
     for row in 0..rows {
         if row > 0 {
             sql.push_str(", ");
@@ -56,7 +58,7 @@ pub(crate) fn placeholders(rows: usize, columns: usize) -> String {
             if column > 0 {
                 sql.push_str(", ");
             }
-            sql.push_str(&format!("${}", row * columns + column + 1));
+            let _ = write!(sql, "${}", first + row * columns + column);
         }
         sql.push(')');
     }
@@ -343,7 +345,7 @@ impl Store {
                  ON CONFLICT (key_id, window_start) \
                  DO UPDATE SET count = rate_limit_windows.count + excluded.count \
                  RETURNING key_id, window_start, count",
-                placeholders(chunk.len(), 3)
+                placeholders(1, chunk.len(), 3)
             );
             let rows = txn
                 .query_all_raw(Statement::from_sql_and_values(backend, sql, values))

@@ -494,8 +494,9 @@ fn stale_etag(key: &ApiKey, expected: u64) -> ApiError {
 }
 
 /// Builds a new active key with its first secret; returns the secret (to be
-/// shown once) and the record to store.
-pub(crate) fn issue_key(new: NewKey, format: &KeyFormat, now: DateTime<Utc>) -> (String, ApiKey) {
+/// shown once) and the record to store. Public so the benchmark's seeding
+/// makes keys exactly as CreateKey does.
+pub fn issue_key(new: NewKey, format: &KeyFormat, now: DateTime<Utc>) -> (String, ApiKey) {
     let (generated, credential) = hashing::issue_credential(format, &new.environment, now);
     let key = ApiKey {
         id: uuid::Uuid::now_v7().to_string(),
