@@ -172,6 +172,13 @@ ghz_check_ok() {
 ms() { awk -v ns="$1" 'BEGIN { printf "%.3f", ns / 1e6 }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 
+# pg_usage_writes URL: rows inserted or updated so far in the tables usage
+# writes to (PostgreSQL's statistics; tables that do not exist count 0).
+pg_usage_writes() {
+  psql "$1" -qAtX -v ON_ERROR_STOP=1 -c "SELECT coalesce(sum(n_tup_ins + n_tup_upd), 0)
+    FROM pg_stat_user_tables WHERE relname IN ('api_keys', 'credentials', 'key_usage_hourly')"
+}
+
 # extra_flag FLAG: whether BENCH_SERVER_ARGS sets FLAG (clap refuses a flag twice).
 extra_flag() {
   local arg
@@ -286,6 +293,9 @@ run_config() {
   log "RSS of a fresh server: $rss_before B before warm-up, $rss_after B with all $n keys cached"
 
   local load=(-c "$CONCURRENCY" --connections "$CONNECTIONS" -z "$DURATION" --duration-stop wait)
+  local writes_before="" writes_started
+  [[ "$backend" != postgres ]] || writes_before=$(pg_usage_writes "$url")
+  writes_started=$(date +%s.%N)
   for ((i = 1; i <= ROUNDS; i++)); do
     log "round $i/$ROUNDS: Health/Check for $DURATION"
     measured_run "$dir/check-$i.json" "${load[@]}" --call grpc.health.v1.Health/Check -d '{"service":""}'
@@ -300,6 +310,17 @@ run_config() {
         "$(ghz_stat "$dir/$rpc-$i.json" count) calls, server CPU $(cat "$dir/$rpc-$i.json.cpu") µs/call"
     done
   done
+
+  if [[ -n "$writes_before" ]]; then
+    # PostgreSQL publishes a backend's counts within a second of its commit.
+    sleep 2
+    local writes_after
+    writes_after=$(pg_usage_writes "$url")
+    log "usage row writes during the load rounds (api_keys, credentials, key_usage_hourly):" \
+      "$((writes_after - writes_before)) rows," \
+      "$(awk -v w="$((writes_after - writes_before))" -v a="$writes_started" -v b="$(date +%s.%N)" \
+        'BEGIN { printf "%.0f", w / (b - a) }') rows/s"
+  fi
 
   local equal_rps
   if [[ -f "$dir/warm-cycled.json" ]]; then
