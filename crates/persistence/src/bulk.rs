@@ -27,36 +27,13 @@ use crate::convert::{credential_to_active, key_to_active};
 use crate::entity::{api_key, credential};
 use crate::error::StoreError;
 use crate::notify::{CHANGE_CHANNEL, encode_payload};
-use crate::store::{Store, placeholders};
-
-/// Bind parameters per statement on PostgreSQL: 4 096 (256 `api_keys`
-/// rows of 16 columns), far below its limit of 65 535. Seeding 100 000 keys
-/// here took the same time at 1 000 to 8 000 parameters and 15% longer at
-/// 250 (more round trips).
-const POSTGRES_PARAMETERS: usize = 4096;
-
-/// Bind parameters per statement on SQLite: 256 (16 `api_keys` rows, 32
-/// `credentials` rows). sqlx binds each `$N` by asking SQLite for the
-/// parameter's name, which SQLite finds by a linear search, so a statement
-/// costs quadratic time in its parameters: seeding 100 000 keys took about
-/// 3 s at 100 to 500 parameters per statement, 4.2 s at 1 000 and 11 s at
-/// 4 000.
-const SQLITE_PARAMETERS: usize = 256;
-
-/// Rows of `columns` values each per statement on `backend`.
-fn rows_per_statement(backend: DbBackend, columns: usize) -> usize {
-    let parameters = match backend {
-        DbBackend::Postgres => POSTGRES_PARAMETERS,
-        _ => SQLITE_PARAMETERS,
-    };
-    (parameters / columns.max(1)).max(1)
-}
+use crate::store::{Store, placeholders, rows_per_statement};
 
 impl Store {
     /// Stores many new keys and all their credentials in one transaction:
     /// the same rows and the same change notifications as
     /// [`Store::insert_key`] once per key, written with multi-row `INSERT`s
-    /// ([`SQLITE_PARAMETERS`] or [`POSTGRES_PARAMETERS`] values each). All or nothing: a taken key id or lookup id is
+    /// (a few hundred values each, see `rows_per_statement`). All or nothing: a taken key id or lookup id is
     /// a [`StoreError::Conflict`] and nothing of the call is stored. One
     /// transaction holds every row of the call, so seed millions of keys in
     /// calls of some thousands.
@@ -130,7 +107,7 @@ async fn notify_all(txn: &DatabaseTransaction, keys: &[ApiKey]) -> Result<(), St
     if txn.get_database_backend() != DbBackend::Postgres {
         return Ok(());
     }
-    for chunk in keys.chunks(POSTGRES_PARAMETERS - 1) {
+    for chunk in keys.chunks(rows_per_statement(DbBackend::Postgres, 1) - 1) {
         let mut values: Vec<Value> = Vec::with_capacity(chunk.len() + 1);
         values.push(CHANGE_CHANNEL.into());
         for key in chunk {
@@ -163,7 +140,7 @@ mod tests {
     use keygate_domain::scope::Scope;
     use keygate_domain::{ApiKey, Credential, KeyState};
 
-    use super::{SQLITE_PARAMETERS, rows_per_statement};
+    use crate::store::rows_per_statement;
     use crate::testing::TestDatabase;
     use crate::{Change, Store, StoreError};
 
@@ -218,8 +195,10 @@ mod tests {
     /// that both tables span several statements on SQLite (on PostgreSQL,
     /// `api_keys` does too).
     fn sample(t: DateTime<Utc>) -> Vec<ApiKey> {
-        let count = 2 * SQLITE_PARAMETERS + 3;
-        assert!(count > 2 * rows_per_statement(sea_orm::DbBackend::Postgres, 16));
+        let count = 515;
+        for backend in [sea_orm::DbBackend::Sqlite, sea_orm::DbBackend::Postgres] {
+            assert!(count > 2 * rows_per_statement(backend, 16));
+        }
         let mut keys: Vec<ApiKey> = (0..count).map(|i| key(i, t)).collect();
         let full = &mut keys[1];
         full.name = "Zürich — ключ 🔑".to_owned();

@@ -2,7 +2,8 @@
 //! per key per hour (`key_usage_hourly`).
 //!
 //! Both are written by the server's background flushers, never by a request,
-//! and always set-based: one statement per [`BATCH_ROWS`] rows, in key order
+//! and always set-based: one statement per few hundred parameters
+//! (`rows_per_statement`), in key order
 //! so replicas flushing at once lock rows in the same order and cannot
 //! deadlock. The write load is therefore bounded by the number of keys a
 //! flush covers, not by the request rate. Usage writes neither bump a key's
@@ -15,7 +16,7 @@ use keygate_domain::usage::{UsageBucket, UsageCounts};
 use sea_orm::{ConnectionTrait, Statement, TransactionTrait};
 
 use crate::error::StoreError;
-use crate::store::{BATCH_ROWS, Store, placeholders};
+use crate::store::{Store, placeholders, rows_per_statement};
 
 /// The latest use of one credential, to be stored as its and its key's
 /// `last_used_at` unless a later one is stored already.
@@ -72,7 +73,7 @@ impl Store {
         let keys: Vec<_> = keys.into_iter().collect();
         let creds: Vec<_> = creds.into_iter().collect();
         let txn = self.connection().begin().await?;
-        for chunk in keys.chunks(BATCH_ROWS) {
+        for chunk in keys.chunks(rows_per_statement(backend, 2)) {
             let mut values = Vec::with_capacity(chunk.len() * 2);
             for (key_id, at) in chunk {
                 values.extend([(*key_id).into(), (*at).into()]);
@@ -87,7 +88,7 @@ impl Store {
             txn.execute_raw(Statement::from_sql_and_values(backend, sql, values))
                 .await?;
         }
-        for chunk in creds.chunks(BATCH_ROWS) {
+        for chunk in creds.chunks(rows_per_statement(backend, 3)) {
             let mut values = Vec::with_capacity(chunk.len() * 3);
             for ((key_id, lookup_id), at) in chunk {
                 values.extend([(*lookup_id).into(), (*key_id).into(), (*at).into()]);
@@ -126,7 +127,7 @@ impl Store {
         let merged: Vec<_> = merged.into_iter().collect();
         let backend = self.connection().get_database_backend();
         let txn = self.connection().begin().await?;
-        for chunk in merged.chunks(BATCH_ROWS) {
+        for chunk in merged.chunks(rows_per_statement(backend, 5)) {
             let mut values = Vec::with_capacity(chunk.len() * 5);
             for ((key_id, hour_start), c) in chunk {
                 values.extend([
