@@ -30,6 +30,7 @@ async fn health_reports_serving_for_the_server_and_both_services() {
         "",
         "keygate.v1.KeyManagementService",
         "keygate.v1.AuthorizationService",
+        "envoy.service.auth.v3.Authorization",
     ] {
         let resp = health
             .check(HealthCheckRequest {
@@ -70,6 +71,7 @@ async fn reflection_lists_keygate_services() {
     for expected in [
         "keygate.v1.KeyManagementService",
         "keygate.v1.AuthorizationService",
+        "envoy.service.auth.v3.Authorization",
         "grpc.health.v1.Health",
     ] {
         assert!(
@@ -77,4 +79,8 @@ async fn reflection_lists_keygate_services() {
             "{expected} missing from {names:?}"
         );
     }
+    assert!(
+        names.contains(&"grpc.reflection.v1.ServerReflection"),
+        "{names:?}"
+    );
 }

@@ -4,6 +4,7 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod http;
 pub mod proxy;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
@@ -63,6 +64,9 @@ macro_rules! on_both_backends {
 /// A running server plus an admin client for it.
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// The HTTP listener's address, when the config asked for one
+    /// (`http_listen: Some(_)`; the test binds a free port instead).
+    pub http_addr: Option<SocketAddr>,
     pub url: String,
     pub admin_key: String,
     pub authorizer: Arc<Authorizer>,
@@ -82,32 +86,47 @@ pub fn test_config(db: &TestDatabase) -> Config {
 impl TestServer {
     /// Starts a server with `config`, bootstrapping an admin key for owner `acme` in `live`.
     pub async fn start(config: Config) -> Self {
+        let http = config.http_listen.is_some();
         let keygate = Keygate::open(config.clone()).await.expect("open keygate");
         let admin_key =
             keygate_server::bootstrap(keygate.store(), &config, "acme", "live", "test admin")
                 .await
                 .expect("bootstrap");
-        Self::serve(keygate, admin_key).await
+        Self::serve(keygate, admin_key, http).await
     }
 
     /// Starts a server on an existing database, reusing a known admin key.
     pub async fn restart(config: Config, admin_key: String) -> Self {
+        let http = config.http_listen.is_some();
         let keygate = Keygate::open(config).await.expect("open keygate");
-        Self::serve(keygate, admin_key).await
+        Self::serve(keygate, admin_key, http).await
     }
 
-    async fn serve(keygate: Keygate, admin_key: String) -> Self {
+    async fn serve(keygate: Keygate, admin_key: String, http: bool) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("local addr");
+        let http_listener = if http {
+            Some(
+                tokio::net::TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .expect("bind http"),
+            )
+        } else {
+            None
+        };
+        let http_addr = http_listener
+            .as_ref()
+            .map(|l| l.local_addr().expect("http addr"));
         let authorizer = keygate.authorizer().clone();
         let (tx, rx) = oneshot::channel();
-        let handle = tokio::spawn(keygate.serve(listener, async {
+        let handle = tokio::spawn(keygate.serve_with_http(listener, http_listener, async {
             let _ = rx.await;
         }));
         Self {
             addr,
+            http_addr,
             url: format!("http://{addr}"),
             admin_key,
             authorizer,

@@ -10,6 +10,7 @@
 pub mod allowlist;
 pub mod environment;
 pub mod etag;
+pub mod forwarded;
 pub mod hashing;
 pub mod keyformat;
 pub mod model;

@@ -7,6 +7,8 @@ use std::{net::SocketAddr, time::Duration};
 
 use keygate_domain::{environment::Environments, keyformat::KeyFormat, ratelimit::Quota};
 
+use crate::proxy::ProxySettings;
+
 /// The SQLite database used when none is configured.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://keygate.db?mode=rwc";
 /// The address served when none is configured.
@@ -47,6 +49,19 @@ pub struct Config {
     pub max_message_bytes: usize,
     /// Time allowed for one RPC before it is cancelled.
     pub request_timeout: Duration,
+    /// Request headers a proxy's request may carry the key in, tried in
+    /// order (ext_authz, forward-auth); `authorization` takes `Bearer`.
+    pub key_headers: Vec<String>,
+    /// Environment of proxied requests that name none; `None`: the first
+    /// configured environment.
+    pub ext_authz_environment: Option<String>,
+    /// Proxies in front of Keygate's proxy-facing endpoints whose
+    /// `X-Forwarded-For` entries are trusted (0: the peer is the client).
+    pub trusted_proxy_hops: usize,
+    /// Whether proxied requests keep the key header upstream.
+    pub forward_key_header: bool,
+    /// Where to serve HTTP (forward-auth, probes); `None`: not at all.
+    pub http_listen: Option<SocketAddr>,
 }
 
 impl Default for Config {
@@ -67,6 +82,11 @@ impl Default for Config {
             rate_limit_sync_interval: Duration::from_secs(1),
             max_message_bytes: 256 * 1024,
             request_timeout: Duration::from_secs(10),
+            key_headers: vec!["authorization".into(), "x-api-key".into()],
+            ext_authz_environment: None,
+            trusted_proxy_hops: 0,
+            forward_key_header: false,
+            http_listen: None,
         }
     }
 }
@@ -83,6 +103,9 @@ pub const MAX_NEGATIVE_CACHE_TTL: Duration = Duration::from_secs(3600);
 pub const MIN_MESSAGE_BYTES: usize = 1024;
 /// Largest request size limit accepted: 64 MiB.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+/// Most trusted proxy hops accepted.
+pub const MAX_TRUSTED_PROXY_HOPS: usize = 16;
 
 /// A setting [`Config::validate`] refuses, named by its `keygate serve` flag.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -102,6 +125,14 @@ pub enum ConfigError {
         max: String,
         /// The value given.
         got: String,
+    },
+    /// A value that is not one of those allowed.
+    #[error("{flag}: {problem}")]
+    Invalid {
+        /// The flag.
+        flag: &'static str,
+        /// What is wrong with it.
+        problem: String,
     },
     /// A value below its bound.
     #[error("{flag} must be at least {min}, got {got}")]
@@ -191,7 +222,69 @@ impl Config {
                 flag: "--default-rate-limit",
             });
         }
+        self.validate_proxy_settings()
+    }
+
+    /// The proxy-facing settings: key headers are header names, the
+    /// default environment is configured, the hops are bounded.
+    fn validate_proxy_settings(&self) -> Result<(), ConfigError> {
+        let flag = "--key-headers";
+        if self.key_headers.is_empty() {
+            return Err(ConfigError::Invalid {
+                flag,
+                problem: "name at least one header".into(),
+            });
+        }
+        for name in &self.key_headers {
+            let valid = !name.is_empty()
+                && name.len() <= 64
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+            if !valid {
+                return Err(ConfigError::Invalid {
+                    flag,
+                    problem: format!(
+                        "{} is not a lowercase header name (a-z, 0-9, -; at most 64)",
+                        keygate_domain::validation::quote(name)
+                    ),
+                });
+            }
+        }
+        if let Some(environment) = &self.ext_authz_environment
+            && !self.environments.contains(environment)
+        {
+            return Err(ConfigError::Invalid {
+                flag: "--ext-authz-environment",
+                problem: format!(
+                    "{} is not a configured environment ({})",
+                    keygate_domain::validation::quote(environment),
+                    self.environments.names().join(", ")
+                ),
+            });
+        }
+        if self.trusted_proxy_hops > MAX_TRUSTED_PROXY_HOPS {
+            return Err(ConfigError::TooLarge {
+                flag: "--trusted-proxy-hops",
+                max: MAX_TRUSTED_PROXY_HOPS.to_string(),
+                got: self.trusted_proxy_hops.to_string(),
+            });
+        }
         Ok(())
+    }
+
+    /// How proxy-facing endpoints read requests.
+    pub fn proxy_settings(&self) -> ProxySettings {
+        ProxySettings {
+            key_headers: self.key_headers.clone(),
+            default_environment: self
+                .ext_authz_environment
+                .clone()
+                .or_else(|| self.environments.names().first().cloned())
+                .unwrap_or_default(),
+            trusted_proxy_hops: self.trusted_proxy_hops,
+            forward_key: self.forward_key_header,
+        }
     }
 }
 
@@ -380,6 +473,33 @@ mod tests {
             config.default_rate_limit_per_hour = n;
             assert_eq!(config.validate(), Ok(()));
         }
+    }
+
+    #[test]
+    fn proxy_settings_are_checked_by_flag() {
+        let mut config = Config {
+            key_headers: vec![],
+            ..Config::default()
+        };
+        assert_eq!(refused(&config), "--key-headers: name at least one header");
+        config.key_headers = vec!["Authorization".into()];
+        assert!(refused(&config).starts_with("--key-headers: \"Authorization\" is not"));
+        config.key_headers = vec!["x-api-key".into()];
+        assert_eq!(config.validate(), Ok(()));
+        config.ext_authz_environment = Some("staging".into());
+        assert_eq!(
+            refused(&config),
+            "--ext-authz-environment: \"staging\" is not a configured environment (live, test)"
+        );
+        config.ext_authz_environment = Some("test".into());
+        assert_eq!(config.validate(), Ok(()));
+        assert_eq!(config.proxy_settings().default_environment, "test");
+        config.trusted_proxy_hops = MAX_TRUSTED_PROXY_HOPS + 1;
+        assert!(refused(&config).starts_with("--trusted-proxy-hops must be at most 16"));
+        assert_eq!(
+            Config::default().proxy_settings().default_environment,
+            "live"
+        );
     }
 
     #[test]

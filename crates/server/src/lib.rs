@@ -13,11 +13,14 @@ pub mod config;
 pub mod convert;
 mod dirty;
 pub mod error;
+pub mod ext_authz;
 #[cfg(test)]
 mod fixtures;
+pub mod http;
 pub mod interner;
 pub mod limiter;
 pub mod management;
+pub mod proxy;
 pub mod runtime;
 pub mod server;
 pub mod usage;

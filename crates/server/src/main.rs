@@ -112,6 +112,32 @@ struct ServeArgs {
     /// Largest request message accepted, in bytes (1024 to 67108864).
     #[arg(long, env = "KEYGATE_MAX_MESSAGE_BYTES", default_value_t = 256 * 1024)]
     max_message_bytes: usize,
+    /// Request headers that may carry the key in requests from a proxy
+    /// (Envoy ext_authz), tried in order; `authorization` takes `Bearer`.
+    #[arg(
+        long,
+        env = "KEYGATE_KEY_HEADERS",
+        value_delimiter = ',',
+        default_value = "authorization,x-api-key"
+    )]
+    key_headers: Vec<String>,
+    /// Environment of proxied requests whose route names none
+    /// (context extension `keygate_environment`); default: the first of
+    /// --environments.
+    #[arg(long, env = "KEYGATE_EXT_AUTHZ_ENVIRONMENT")]
+    ext_authz_environment: Option<String>,
+    /// Proxies in front of Keygate's proxy-facing endpoints whose
+    /// X-Forwarded-For entries are trusted (0: the connection's peer, or
+    /// Envoy's source address, is the client; at most 16).
+    #[arg(long, env = "KEYGATE_TRUSTED_PROXY_HOPS", default_value_t = 0)]
+    trusted_proxy_hops: usize,
+    /// Keep the key header on requests passed upstream (removed by default).
+    #[arg(long, env = "KEYGATE_FORWARD_KEY_HEADER")]
+    forward_key_header: bool,
+    /// Also serve HTTP here: /v1/authorize (forward-auth for nginx,
+    /// Traefik, Caddy), /healthz, /readyz. Off by default.
+    #[arg(long, env = "KEYGATE_HTTP_LISTEN")]
+    http_listen: Option<SocketAddr>,
 }
 
 /// Parses `250ms`, `5s`, `2m`, `1h` or `31d` (a bare number is seconds). Zero
@@ -186,6 +212,15 @@ async fn main() -> Result<()> {
             config.max_message_bytes = args.max_message_bytes;
             config.rate_limit_sync_interval = args.rate_limit_sync_interval;
             config.request_timeout = args.request_timeout;
+            config.key_headers = args
+                .key_headers
+                .iter()
+                .map(|h| h.trim().to_owned())
+                .collect();
+            config.ext_authz_environment = args.ext_authz_environment;
+            config.trusted_proxy_hops = args.trusted_proxy_hops;
+            config.forward_key_header = args.forward_key_header;
+            config.http_listen = args.http_listen;
             // Before binding or touching storage; `Keygate::open` checks again.
             config.validate().context("invalid configuration")?;
             let listener = tokio::net::TcpListener::bind(config.listen)

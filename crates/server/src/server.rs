@@ -4,10 +4,14 @@
 
 use std::{
     future::Future,
-    sync::{Arc, atomic::Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
+use envoy_types::ext_authz::v3::pb::AuthorizationServer as ExtAuthzServer;
 use keygate::v1::{
     authorization_service_server::AuthorizationServiceServer,
     key_management_service_server::KeyManagementServiceServer,
@@ -18,13 +22,15 @@ use keygate_domain::{
 };
 use keygate_persistence::{Backend, Change, ChangeListener, Store, StoreError};
 use tokio::{net::TcpListener, sync::watch};
-use tonic::transport::server::TcpIncoming;
+use tonic::{server::NamedService, transport::server::TcpIncoming};
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
     authorization::AuthorizeService,
     authorizer::Authorizer,
     config::{Config, ConfigError},
+    ext_authz::ExtAuthzService,
+    http::{self, HttpState},
     management::{ManagementService, issue_key},
     usage::FlushSchedule,
 };
@@ -81,11 +87,26 @@ impl Keygate {
         &self.store
     }
 
-    /// Serves on `listener` until `shutdown` completes, then lets in-flight
-    /// calls finish and flushes pending usage.
+    /// Serves gRPC on `listener`, and HTTP on `--http-listen` when
+    /// configured, until `shutdown` completes, then lets in-flight calls
+    /// finish and flushes pending usage.
     pub async fn serve(
         self,
         listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), ServeError> {
+        let http = match self.config.http_listen {
+            Some(addr) => Some(TcpListener::bind(addr).await?),
+            None => None,
+        };
+        self.serve_with_http(listener, http, shutdown).await
+    }
+
+    /// [`Keygate::serve`] with the HTTP listener given (tests bind port 0).
+    pub async fn serve_with_http(
+        self,
+        listener: TcpListener,
+        http_listener: Option<TcpListener>,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), ServeError> {
         let Self {
@@ -99,6 +120,9 @@ impl Keygate {
         set_storage_health(&health, true).await;
         health
             .set_serving::<AuthorizationServiceServer<AuthorizeService>>()
+            .await;
+        health
+            .set_serving::<ExtAuthzServer<ExtAuthzService>>()
             .await;
 
         let reflection_v1 = reflection().build_v1()?;
@@ -115,6 +139,25 @@ impl Keygate {
             config.environments.clone(),
         ))
         .max_decoding_message_size(config.max_message_bytes);
+        let proxy_settings = Arc::new(config.proxy_settings());
+        let ext_authz = ExtAuthzServer::new(ExtAuthzService::new(
+            authorizer.clone(),
+            config.environments.clone(),
+            proxy_settings.clone(),
+        ))
+        .max_decoding_message_size(config.max_message_bytes);
+        let storage_up = Arc::new(AtomicBool::new(true));
+        let http = http_listener.map(|listener| {
+            let local = listener.local_addr().ok();
+            tracing::info!(listen = ?local, "keygate serving HTTP (forward-auth, probes)");
+            let router = http::router(HttpState {
+                authorizer: authorizer.clone(),
+                environments: config.environments.clone(),
+                proxy: proxy_settings.clone(),
+                storage_up: storage_up.clone(),
+            });
+            tokio::spawn(http::serve(listener, router, stop_rx.clone()))
+        });
 
         let flusher = {
             let usage = authorizer.usage().clone();
@@ -150,6 +193,7 @@ impl Keygate {
         let watchdog = tokio::spawn(watch_storage(
             store.clone(),
             health.clone(),
+            storage_up,
             stop_rx.clone(),
         ));
         let rate_sync = tokio::spawn(share_rate_limits(
@@ -169,11 +213,17 @@ impl Keygate {
             .add_service(reflection_v1alpha)
             .add_service(management)
             .add_service(authorization)
+            .add_service(ext_authz)
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await;
 
         tracing::info!("stopping: in-flight calls finished, flushing usage");
         let _ = stop_tx.send(true);
+        if let Some(http) = http
+            && let Ok(Err(err)) = http.await
+        {
+            tracing::warn!(error = %err, "HTTP listener failed");
+        }
         let _ = flusher.await;
         let _ = rate_sync.await;
         invalidation.abort();
@@ -192,11 +242,25 @@ impl Keygate {
 
 /// Reflection over every message a client may meet: ours, health, and the
 /// google.rpc error details attached to errors (so grpcurl can print them).
+/// The services listed are named here, Envoy's ext_authz among them;
+/// envoy-types ships no descriptors, so describing Check needs Envoy's own
+/// protos (`grpcurl -import-path`).
 fn reflection() -> tonic_reflection::server::Builder<'static> {
-    tonic_reflection::server::Builder::configure()
+    let mut builder = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(keygate::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET);
+    for service in [
+        <KeyManagementServiceServer<ManagementService> as NamedService>::NAME,
+        <AuthorizationServiceServer<AuthorizeService> as NamedService>::NAME,
+        <ExtAuthzServer<ExtAuthzService> as NamedService>::NAME,
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
+    ] {
+        builder = builder.with_service_name(service);
+    }
+    builder
 }
 
 async fn set_storage_health(health: &HealthReporter, up: bool) {
@@ -252,7 +316,12 @@ async fn share_rate_limits(
 
 /// Turns KeyManagementService NOT_SERVING while storage is unreachable, and
 /// back to SERVING when it returns. Authorize keeps serving from the cache.
-async fn watch_storage(store: Store, health: HealthReporter, mut stop: watch::Receiver<bool>) {
+async fn watch_storage(
+    store: Store,
+    health: HealthReporter,
+    storage_up: Arc<AtomicBool>,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut up = true;
     loop {
         tokio::select! {
@@ -263,6 +332,7 @@ async fn watch_storage(store: Store, health: HealthReporter, mut stop: watch::Re
             tokio::time::timeout(Duration::from_secs(2), store.ping()).await,
             Ok(Ok(()))
         );
+        storage_up.store(now_up, std::sync::atomic::Ordering::Release);
         if now_up != up {
             up = now_up;
             if up {
