@@ -13,6 +13,7 @@
 #                    warm-up alone outlasts the default lifetime; "" keeps it)
 #   BENCH_DURATION   10s   (ghz -z, per round and per RPC)
 #   BENCH_ROUNDS     2     (Check/Authorize alternations)
+#   BENCH_SETTLE     65    (seconds between warming a seeded key set and the rounds)
 #   BENCH_COLD_KEYS  2000  (never-seen keys for the cold-miss run; 0 skips it)
 #   BENCH_CONCURRENCY 32, BENCH_CONNECTIONS 4
 #   BENCH_SERVER_ARGS extra `keygate serve` flags (word-split)
@@ -39,6 +40,11 @@ DEFAULT_CACHE_CAPACITY=1000000
 LARGE_KEYS=100000
 LARGE_CACHE_TTL=${BENCH_LARGE_CACHE_TTL-1h}
 ROUNDS=${BENCH_ROUNDS:-2}
+# Seconds to wait after warming more than BENCH_SEED_ABOVE keys, so the
+# warm-up's own usage writes (every key's first use, and one hourly-count
+# row per key after --usage-count-flush-interval, 60 s) are done before the
+# rounds: the rounds then measure the steady state of the keys they use.
+SETTLE=${BENCH_SETTLE:-65}
 COLD_KEYS=${BENCH_COLD_KEYS:-2000}
 CONCURRENCY=${BENCH_CONCURRENCY:-32}
 CONNECTIONS=${BENCH_CONNECTIONS:-4}
@@ -291,6 +297,10 @@ run_config() {
     --concurrency "$SETUP_CONCURRENCY"
   rss_after=$(rss_bytes "$SERVER_PID")
   log "RSS of a fresh server: $rss_before B before warm-up, $rss_after B with all $n keys cached"
+  if [[ $n -gt $SEED_ABOVE && $SETTLE -gt 0 ]]; then
+    log "settling for ${SETTLE}s: the warm-up's usage writes finish before the rounds"
+    sleep "$SETTLE"
+  fi
 
   local load=(-c "$CONCURRENCY" --connections "$CONNECTIONS" -z "$DURATION" --duration-stop wait)
   local writes_before="" writes_started
