@@ -8,8 +8,9 @@
 //! requests since the last sync to a per-key, per-hour counter in storage,
 //! reads back the total, and charges the requests the *other* replicas made
 //! to the local GCRA state. Together, replicas therefore allow at most the
-//! limit plus what the other replicas served during one sync interval (see
-//! ARCHITECTURE.md).
+//! limit plus what the other replicas served during one sync interval, plus
+//! fewer than 1% of the limit per other replica held back unreported
+//! ([`sync_threshold`]; see ARCHITECTURE.md).
 
 use std::{
     sync::{Arc, atomic::Ordering},
@@ -68,8 +69,10 @@ impl RateLimiter {
             runtime
                 .interval
                 .store(quota.emission_interval_nanos(), Ordering::Relaxed);
-            runtime.unsynced.fetch_add(1, Ordering::AcqRel);
-            self.dirty.mark(runtime);
+            let unsynced = runtime.unsynced.fetch_add(1, Ordering::AcqRel) + 1;
+            if unsynced >= sync_threshold(quota) {
+                self.dirty.mark(runtime);
+            }
         }
         decision
     }
@@ -154,6 +157,16 @@ impl RateLimiter {
             .unwrap_or(u64::MAX)
             .saturating_add(PERIOD_NANOS)
     }
+}
+
+/// Requests a replica allows on a key before it reports them at the next
+/// sync: 1% of the hourly limit, at least 1. A key far below its limit is
+/// thus not written to storage every second it is used (at 100 000 keys
+/// each used now and then, that was one row per key per second per
+/// replica), and the overshoot this adds is bounded: another replica
+/// holds back fewer than 1% of the limit, unreported.
+pub fn sync_threshold(quota: Quota) -> u64 {
+    u64::from(quota.limit() / 100).max(1)
 }
 
 /// The start of the shared counting window holding `unix_now`.
@@ -241,6 +254,34 @@ mod tests {
         assert!(!a.check(&key_a, quota).allowed);
         // Nothing to exchange when nothing was allowed.
         assert_eq!(a.sync(&store, now).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn keys_far_below_their_limit_are_reported_in_batches() {
+        let db = TestDatabase::sqlite();
+        let store = Store::connect(&db.url).await.unwrap();
+        store.migrate().await.unwrap();
+        let quota = Quota::per_hour(1000).unwrap();
+        assert_eq!(sync_threshold(quota), 10);
+        let limiter = RateLimiter::new(true);
+        let runtime = Runtimes::default().get_or_create("key");
+        for _ in 0..9 {
+            assert!(limiter.check(&runtime, quota).allowed);
+        }
+        assert_eq!(limiter.sync(&store, 0).await.unwrap(), 0, "below 1%: kept");
+        assert!(limiter.check(&runtime, quota).allowed);
+        assert_eq!(limiter.sync(&store, 0).await.unwrap(), 1);
+        let totals = store
+            .add_rate_usage(&[("key".to_owned(), 0, 0)])
+            .await
+            .unwrap();
+        assert_eq!(totals, vec![10], "all ten reported at once");
+        // Small limits report every request, as before.
+        assert_eq!(sync_threshold(Quota::per_hour(150).unwrap()), 1);
+        assert_eq!(
+            sync_threshold(Quota::per_hour(u32::MAX).unwrap()),
+            42_949_672
+        );
     }
 
     #[tokio::test]
