@@ -138,35 +138,12 @@ mod tests {
 
     use chrono::{DateTime, TimeDelta, Utc};
     use keygate_domain::scope::Scope;
-    use keygate_domain::{ApiKey, Credential, KeyState};
+    use keygate_domain::{ApiKey, KeyState};
 
     use crate::store::rows_per_statement;
     use crate::testing::TestDatabase;
-    use crate::{Change, Store, StoreError};
-
-    async fn open(db: &TestDatabase) -> Store {
-        let store = Store::connect(&db.url).await.expect("connect");
-        store.migrate().await.expect("migrate");
-        store
-    }
-
-    /// Now, truncated to microseconds (what both backends keep).
-    fn now() -> DateTime<Utc> {
-        DateTime::from_timestamp_micros(Utc::now().timestamp_micros()).expect("valid time")
-    }
-
-    fn credential(lookup_id: &str, created_at: DateTime<Utc>) -> Credential {
-        let seed = lookup_id.bytes().fold(0u8, |a, b| a.wrapping_add(b));
-        Credential {
-            lookup_id: lookup_id.to_owned(),
-            salt: [seed; 16],
-            hash: [seed.wrapping_add(1); 32],
-            hint: lookup_id[4..].to_owned(),
-            created_at,
-            expires_at: None,
-            last_used_at: None,
-        }
-    }
+    use crate::tests::{credential, now, open};
+    use crate::{Change, StoreError};
 
     fn key(i: usize, t: DateTime<Utc>) -> ApiKey {
         ApiKey {

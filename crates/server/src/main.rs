@@ -189,13 +189,23 @@ impl Common {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    tracing_subscriber::fmt()
+    let filter = EnvFilter::try_from_env("KEYGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(
-            EnvFilter::try_from_env("KEYGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .init();
+        .with_env_filter(filter);
+    match std::env::var("KEYGATE_LOG_FORMAT").as_deref() {
+        // One JSON object per line, span fields (method, target, actor of a
+        // management call) included.
+        Ok("json") => builder.json().with_current_span(true).init(),
+        Ok("text") | Err(_) => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        Ok(other) => {
+            builder.init();
+            anyhow::bail!(
+                "KEYGATE_LOG_FORMAT must be json or text, got {}",
+                quote(other)
+            );
+        }
+    }
     let cli = Cli::parse();
     let mut config = cli.common.config()?;
     match cli.command {

@@ -11,7 +11,7 @@
 //! applied on top of a state nobody checked, and a revoked key stays revoked
 //! (FAILED_PRECONDITION).
 
-use std::sync::Arc;
+use std::{future::Future, sync::Arc};
 
 use chrono::{DateTime, Utc};
 use keygate::v1::{self as pb, key_management_service_server::KeyManagementService};
@@ -27,6 +27,7 @@ use keygate_domain::{
 };
 use keygate_persistence::{KeyFilter, KeyUpdate, Store, StoreError};
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use crate::{authorizer::Authorizer, convert, error::ApiError};
 
@@ -44,6 +45,41 @@ pub struct ManagementService {
 }
 
 type RpcResult<T> = Result<Response<T>, Status>;
+
+/// Runs one management call in a span naming the method, the target
+/// `key_id` (empty for CreateKey and ListKeys) and, once authenticated, the actor's
+/// key id; logs its result (the gRPC code, never a message or a secret)
+/// when it ends. With `KEYGATE_LOG_FORMAT=json` that is one JSON object per
+/// call, carrying the span's fields.
+async fn logged<T>(
+    method: &'static str,
+    target: String,
+    call: impl Future<Output = RpcResult<T>>,
+) -> RpcResult<T> {
+    // Key ids are UUIDs; anything else is not logged (it may be a secret
+    // pasted into the wrong field).
+    let target = if target.is_empty() || uuid::Uuid::try_parse(&target).is_ok() {
+        target
+    } else {
+        "(not a key id)".to_owned()
+    };
+    let span = tracing::info_span!(
+        "management",
+        method,
+        key_id = %target,
+        actor = tracing::field::Empty
+    );
+    async move {
+        let result = call.await;
+        match &result {
+            Ok(_) => tracing::info!(result = "OK", "management call"),
+            Err(status) => tracing::info!(result = ?status.code(), "management call"),
+        }
+        result
+    }
+    .instrument(span)
+    .await
+}
 
 impl ManagementService {
     /// A service over `store`, authenticating through `authorizer`.
@@ -67,6 +103,7 @@ impl ManagementService {
             .map(|value| value.to_str().unwrap_or_default());
         let peer = request.remote_addr().map(|addr| addr.ip());
         let principal = self.authorizer.authenticate(bearer, peer, now).await?;
+        tracing::Span::current().record("actor", principal.key_id.as_str());
         principal.require(access)?;
         Ok(principal)
     }
@@ -526,76 +563,112 @@ impl KeyManagementService for ManagementService {
         &self,
         request: Request<pb::CreateKeyRequest>,
     ) -> RpcResult<pb::CreateKeyResponse> {
-        Ok(Response::new(self.create(request).await?))
+        let target = String::new();
+        logged("CreateKey", target, async move {
+            Ok(Response::new(self.create(request).await?))
+        })
+        .await
     }
 
     async fn get_key(&self, request: Request<pb::GetKeyRequest>) -> RpcResult<pb::GetKeyResponse> {
-        let now = Utc::now();
-        let principal = self.principal(&request, Access::Read, now).await?;
-        let key = self
-            .visible_key(&principal, &request.get_ref().key_id)
-            .await?;
-        Ok(Response::new(pb::GetKeyResponse {
-            key: Some(self.view(&key, now)),
-        }))
+        let target = request.get_ref().key_id.clone();
+        logged("GetKey", target, async move {
+            let now = Utc::now();
+            let principal = self.principal(&request, Access::Read, now).await?;
+            let key = self
+                .visible_key(&principal, &request.get_ref().key_id)
+                .await?;
+            Ok(Response::new(pb::GetKeyResponse {
+                key: Some(self.view(&key, now)),
+            }))
+        })
+        .await
     }
 
     async fn list_keys(
         &self,
         request: Request<pb::ListKeysRequest>,
     ) -> RpcResult<pb::ListKeysResponse> {
-        Ok(Response::new(self.list(request).await?))
+        let target = String::new();
+        logged("ListKeys", target, async move {
+            Ok(Response::new(self.list(request).await?))
+        })
+        .await
     }
 
     async fn rotate_key(
         &self,
         request: Request<pb::RotateKeyRequest>,
     ) -> RpcResult<pb::RotateKeyResponse> {
-        Ok(Response::new(self.rotate(request).await?))
+        let target = request.get_ref().key_id.clone();
+        logged("RotateKey", target, async move {
+            Ok(Response::new(self.rotate(request).await?))
+        })
+        .await
     }
 
     async fn revoke_key(
         &self,
         request: Request<pb::RevokeKeyRequest>,
     ) -> RpcResult<pb::RevokeKeyResponse> {
-        Ok(Response::new(self.revoke(request).await?))
+        let target = request.get_ref().key_id.clone();
+        logged("RevokeKey", target, async move {
+            Ok(Response::new(self.revoke(request).await?))
+        })
+        .await
     }
 
     async fn update_key_expiry(
         &self,
         request: Request<pb::UpdateKeyExpiryRequest>,
     ) -> RpcResult<pb::UpdateKeyExpiryResponse> {
-        Ok(Response::new(self.update_expiry(request).await?))
+        let target = request.get_ref().key_id.clone();
+        logged("UpdateKeyExpiry", target, async move {
+            Ok(Response::new(self.update_expiry(request).await?))
+        })
+        .await
     }
 
     async fn disable_key(
         &self,
         request: Request<pb::DisableKeyRequest>,
     ) -> RpcResult<pb::DisableKeyResponse> {
-        let key_id = request.get_ref().key_id.clone();
-        let etag = request.get_ref().etag.clone();
-        let key = self
-            .set_state(request, &key_id, &etag, KeyState::Disabled)
-            .await?;
-        Ok(Response::new(pb::DisableKeyResponse { key: Some(key) }))
+        let target = request.get_ref().key_id.clone();
+        logged("DisableKey", target, async move {
+            let key_id = request.get_ref().key_id.clone();
+            let etag = request.get_ref().etag.clone();
+            let key = self
+                .set_state(request, &key_id, &etag, KeyState::Disabled)
+                .await?;
+            Ok(Response::new(pb::DisableKeyResponse { key: Some(key) }))
+        })
+        .await
     }
 
     async fn enable_key(
         &self,
         request: Request<pb::EnableKeyRequest>,
     ) -> RpcResult<pb::EnableKeyResponse> {
-        let key_id = request.get_ref().key_id.clone();
-        let etag = request.get_ref().etag.clone();
-        let key = self
-            .set_state(request, &key_id, &etag, KeyState::Active)
-            .await?;
-        Ok(Response::new(pb::EnableKeyResponse { key: Some(key) }))
+        let target = request.get_ref().key_id.clone();
+        logged("EnableKey", target, async move {
+            let key_id = request.get_ref().key_id.clone();
+            let etag = request.get_ref().etag.clone();
+            let key = self
+                .set_state(request, &key_id, &etag, KeyState::Active)
+                .await?;
+            Ok(Response::new(pb::EnableKeyResponse { key: Some(key) }))
+        })
+        .await
     }
 
     async fn get_key_usage(
         &self,
         request: Request<pb::GetKeyUsageRequest>,
     ) -> RpcResult<pb::GetKeyUsageResponse> {
-        Ok(Response::new(self.usage(request).await?))
+        let target = request.get_ref().key_id.clone();
+        logged("GetKeyUsage", target, async move {
+            Ok(Response::new(self.usage(request).await?))
+        })
+        .await
     }
 }

@@ -662,3 +662,112 @@ fn a_kill_loses_at_most_one_flush_interval_of_usage() {
         stop(&mut child);
     }
 }
+
+/// `KEYGATE_LOG_FORMAT=json`: one JSON object per line; every management
+/// call is logged once with its method, target key, actor and result (the
+/// failed ones too), and no secret appears.
+#[test]
+fn json_logs_name_every_management_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = sqlite_url(&dir);
+    let log_path = dir.path().join("keygate.log");
+    let admin = Command::new(BIN)
+        .args(["bootstrap", "--owner", "acme", "--database-url", &url])
+        .stderr(Stdio::null())
+        .output()
+        .unwrap();
+    let admin = String::from_utf8(admin.stdout).unwrap().trim().to_owned();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut child = Command::new(BIN)
+        .args(["serve", "--listen", &listen])
+        .env("KEYGATE_DATABASE_URL", &url)
+        .env("KEYGATE_LOG_FORMAT", "json")
+        .stdout(Stdio::null())
+        .stderr(File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (key, secrets) = rt.block_on(async {
+        let mut admin = connect(&listen).await.with_management_key(&admin).unwrap();
+        let (key, secret) = create(&mut admin, key_request("logged", "live", &["dns:read"])).await;
+        admin
+            .keys
+            .revoke_key(pb::RevokeKeyRequest {
+                key_id: key.key_id.clone(),
+                reason: "done".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let missing = admin
+            .keys
+            .get_key(pb::GetKeyRequest {
+                key_id: "0190b5a2-0000-7000-8000-00000000dead".into(),
+            })
+            .await;
+        assert_eq!(missing.unwrap_err().code(), Code::NotFound);
+        // A secret pasted where a key id belongs is not logged.
+        let pasted = admin
+            .keys
+            .get_key(pb::GetKeyRequest {
+                key_id: secret.clone(),
+            })
+            .await;
+        assert!(pasted.is_err());
+        (key, vec![secret])
+    });
+    stop(&mut child);
+
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")))
+        .collect();
+    let calls: Vec<(String, String, String, String)> = lines
+        .iter()
+        .filter(|l| l["fields"]["message"] == "management call")
+        .map(|l| {
+            let field = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
+            (
+                field(&l["span"]["method"]),
+                field(&l["span"]["key_id"]),
+                field(&l["span"]["actor"]),
+                field(&l["fields"]["result"]),
+            )
+        })
+        .collect();
+    let admin_id = calls[0].2.clone();
+    assert!(!admin_id.is_empty(), "{calls:?}");
+    assert_eq!(
+        calls,
+        [
+            (
+                "CreateKey".into(),
+                String::new(),
+                admin_id.clone(),
+                "OK".into()
+            ),
+            (
+                "RevokeKey".into(),
+                key.key_id.clone(),
+                admin_id.clone(),
+                "OK".into()
+            ),
+            (
+                "GetKey".into(),
+                "0190b5a2-0000-7000-8000-00000000dead".into(),
+                admin_id.clone(),
+                "NotFound".into()
+            ),
+            (
+                "GetKey".into(),
+                "(not a key id)".into(),
+                admin_id,
+                "InvalidArgument".into()
+            ),
+        ]
+    );
+    for secret in &secrets {
+        assert!(!log.contains(secret.as_str()), "{secret} is in the log");
+    }
+}

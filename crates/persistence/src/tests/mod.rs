@@ -65,18 +65,18 @@ both_backends!(
     large_rate_batches_span_chunks,
 );
 
-async fn open(db: &TestDatabase) -> Store {
+pub(crate) async fn open(db: &TestDatabase) -> Store {
     let store = Store::connect(&db.url).await.expect("connect");
     store.migrate().await.expect("migrate");
     store
 }
 
 /// Now, truncated to microseconds (what both backends keep).
-fn now() -> DateTime<Utc> {
+pub(crate) fn now() -> DateTime<Utc> {
     DateTime::from_timestamp_micros(Utc::now().timestamp_micros()).expect("valid time")
 }
 
-fn credential(lookup_id: &str, created_at: DateTime<Utc>) -> Credential {
+pub(crate) fn credential(lookup_id: &str, created_at: DateTime<Utc>) -> Credential {
     let seed = lookup_id.bytes().fold(0u8, |a, b| a.wrapping_add(b));
     Credential {
         lookup_id: lookup_id.to_owned(),
