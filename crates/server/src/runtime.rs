@@ -213,14 +213,34 @@ impl PendingUsage {
             .map(HourTally::bucket)
     }
 
-    /// Takes every pending last use, leaving none.
-    pub(crate) fn take_last_uses(&mut self) -> Vec<LastUse> {
-        let mut taken: Vec<LastUse> = self.last_use.take().into_iter().collect();
+    /// Every pending last use (they stay pending until
+    /// [`PendingUsage::forget_written`]).
+    pub(crate) fn last_uses(&self) -> Vec<LastUse> {
+        self.last_use
+            .iter()
+            .chain(self.overflow.iter().flat_map(|o| o.last_uses.iter()))
+            .copied()
+            .collect()
+    }
+
+    /// Drops the pending last uses that `written` (now in storage) covers;
+    /// a use newer than what was written stays for the next flush.
+    pub(crate) fn forget_written(&mut self, written: &[LastUse]) {
+        let covered = |u: &LastUse| {
+            written
+                .iter()
+                .any(|w| w.lookup_id == u.lookup_id && u.at <= w.at)
+        };
+        if self.last_use.as_ref().is_some_and(covered) {
+            self.last_use = None;
+        }
         if let Some(overflow) = &mut self.overflow {
-            taken.append(&mut overflow.last_uses);
+            overflow.last_uses.retain(|u| !covered(u));
+            if self.last_use.is_none() && !overflow.last_uses.is_empty() {
+                self.last_use = Some(overflow.last_uses.remove(0));
+            }
         }
         self.shrink();
-        taken
     }
 
     /// Takes every pending count, leaving none.
@@ -442,9 +462,16 @@ mod tests {
         usage.note_use(*b"bbbbbbbb", t1);
         assert_eq!(usage.last_use(b"aaaaaaaa").map(|u| u.at), Some(t1));
         assert_eq!(usage.last_use(b"bbbbbbbb").map(|u| u.at), Some(t1));
-        assert_eq!(usage.take_last_uses().len(), 2);
+        let written = usage.last_uses();
+        assert_eq!(written.len(), 2);
+        // A newer use of one credential arrives while the two are written.
+        let t2 = t1 + chrono::Duration::seconds(1);
+        usage.note_use(*b"bbbbbbbb", t2);
+        usage.forget_written(&written);
         assert!(usage.last_use(b"aaaaaaaa").is_none());
-        assert!(usage.take_last_uses().is_empty());
+        assert_eq!(usage.last_use(b"bbbbbbbb").map(|u| u.at), Some(t2));
+        usage.forget_written(&usage.last_uses());
+        assert!(usage.last_uses().is_empty());
         assert!(usage.overflow.is_none(), "an empty overflow is freed");
     }
 

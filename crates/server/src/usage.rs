@@ -124,8 +124,10 @@ impl UsageRecorder {
     }
 
     /// Writes every pending last use in one batch; returns how many
-    /// credentials it covered. On failure the batch is kept for the next
-    /// attempt.
+    /// credentials it covered. The uses stay pending (and visible to
+    /// [`UsageRecorder::pending_last_used`]) until the write commits, so a
+    /// reader never sees a use in neither place; on failure they are simply
+    /// written by the next attempt.
     pub async fn flush_last_used(&self, store: &Store) -> Result<usize, StoreError> {
         let batch: Vec<(Arc<KeyRuntime>, Vec<LastUse>)> = self
             .last_used
@@ -136,7 +138,7 @@ impl UsageRecorder {
                     .usage
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .take_last_uses();
+                    .last_uses();
                 (runtime, uses)
             })
             .filter(|(_, uses)| !uses.is_empty())
@@ -158,17 +160,16 @@ impl UsageRecorder {
             Ok(()) => {
                 for (runtime, uses) in &batch {
                     Self::note_stored(runtime, uses.iter().map(|u| u.at).max());
+                    runtime
+                        .usage
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .forget_written(uses);
                 }
                 Ok(rows.len())
             }
             Err(err) => {
-                for (runtime, uses) in batch {
-                    {
-                        let mut usage = runtime.usage.lock().unwrap_or_else(|e| e.into_inner());
-                        for u in uses {
-                            usage.note_use(u.lookup_id, u.at);
-                        }
-                    }
+                for (runtime, _) in batch {
                     self.last_used.mark(&runtime);
                 }
                 Err(err)
@@ -341,7 +342,8 @@ mod tests {
         );
         // Stored at t0: uses within the precision are not kept…
         UsageRecorder::note_stored(&k1, Some(t0));
-        k1.usage.lock().unwrap().take_last_uses();
+        let pending = k1.usage.lock().unwrap().last_uses();
+        k1.usage.lock().unwrap().forget_written(&pending);
         let t1 = t0 + chrono::Duration::seconds(59);
         recorder.record(&k1, *b"aaaaaaaa", t1, UseOutcome::Allowed);
         assert_eq!(
