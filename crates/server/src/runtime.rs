@@ -353,6 +353,8 @@ pub struct Runtimes {
     shards: Box<[Shard]>,
     hasher: RandomState,
     origin: Instant,
+    /// The next shard [`Runtimes::prune_some`] looks at.
+    next_shard: AtomicU64,
 }
 
 impl Default for Runtimes {
@@ -361,6 +363,7 @@ impl Default for Runtimes {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             hasher: RandomState::new(),
             origin: Instant::now(),
+            next_shard: AtomicU64::new(0),
         }
     }
 }
@@ -422,14 +425,44 @@ impl Runtimes {
         self.prune_idle_for(MIN_IDLE, at_rest)
     }
 
+    /// [`Runtimes::prune`] over `shards` of the [`SHARDS`] shards, the
+    /// next ones after those the previous call looked at: a periodic caller
+    /// sweeps every runtime once per `SHARDS / shards` calls, and each call
+    /// costs a fraction of a full sweep (at a million keys a full one is
+    /// ~100 ms of cold memory reads). Returns how many runtimes the shards
+    /// looked at still hold.
+    pub fn prune_some(&self, shards: usize, at_rest: impl Fn(&KeyRuntime) -> bool) -> usize {
+        let count = shards.clamp(1, self.shards.len());
+        let start = self.next_shard.fetch_add(count as u64, Ordering::Relaxed);
+        let now = self.now_secs();
+        (0..count)
+            .map(|i| {
+                let index = (start as usize + i) % self.shards.len();
+                self.prune_shard(&self.shards[index], now, MIN_IDLE, &at_rest)
+            })
+            .sum()
+    }
+
     pub(crate) fn prune_idle_for(
         &self,
         idle: Duration,
         at_rest: impl Fn(&KeyRuntime) -> bool,
     ) -> usize {
         let now = self.now_secs();
-        let mut left = 0;
-        for shard in self.shards.iter() {
+        self.shards
+            .iter()
+            .map(|shard| self.prune_shard(shard, now, idle, &at_rest))
+            .sum()
+    }
+
+    fn prune_shard(
+        &self,
+        shard: &Shard,
+        now: u64,
+        idle: Duration,
+        at_rest: &impl Fn(&KeyRuntime) -> bool,
+    ) -> usize {
+        {
             let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
             shard.retain(|_, runtime| {
                 let idle_since = runtime.touched.load(Ordering::Relaxed);
@@ -441,9 +474,8 @@ impl Runtimes {
                     && at_rest(runtime);
                 !removable
             });
-            left += shard.len();
+            shard.len()
         }
-        left
     }
 }
 
@@ -551,6 +583,23 @@ mod tests {
             .store(false, Ordering::Release);
         assert_eq!(runtimes.prune_idle_for(Duration::ZERO, |_| true), 0);
         assert!(runtimes.get("k1").is_none());
+    }
+
+    #[test]
+    fn prune_some_sweeps_a_few_shards_per_call() {
+        let runtimes = Runtimes::default();
+        for i in 0..500 {
+            drop(runtimes.get_or_create(&format!("k{i}")));
+        }
+        // Not idle for MIN_IDLE yet: nothing goes, whichever shards.
+        let looked_at: usize = (0..SHARDS / 4)
+            .map(|_| runtimes.prune_some(4, |_| true))
+            .sum();
+        assert_eq!(
+            looked_at, 500,
+            "SHARDS / 4 calls of 4 shards see every runtime once"
+        );
+        assert_eq!(runtimes.len(), 500);
     }
 
     #[test]
