@@ -145,26 +145,14 @@ mod tests {
     use crate::tests::{credential, now, open};
     use crate::{Change, StoreError};
 
-    fn key(i: usize, t: DateTime<Utc>) -> ApiKey {
-        ApiKey {
-            id: format!("bulk-{i:06}"),
-            owner_id: "acme".to_owned(),
-            name: format!("bulk key {i}"),
-            environment: "live".to_owned(),
-            scopes: vec![Scope::parse("bench:read").expect("scope")],
-            ip_allowlist: vec![],
-            rate_limit_per_hour: None,
-            state: KeyState::Active,
-            expires_at: None,
-            prefix: "kg_live_".to_owned(),
-            created_at: t,
-            updated_at: t,
-            last_used_at: None,
-            revoked_at: None,
-            revoked_reason: None,
-            version: 1,
-            credentials: vec![credential(&format!("BULK{i:04}"), t)],
-        }
+    /// Key `i` of a bulk: the storage suite's fixture under a bulk id.
+    fn key(i: usize) -> ApiKey {
+        crate::tests::key(
+            &format!("bulk-{i:06}"),
+            "acme",
+            "live",
+            &format!("BULK{i:04}"),
+        )
     }
 
     /// Plain keys, one with every field set and two credentials (newest
@@ -176,7 +164,7 @@ mod tests {
         for backend in [sea_orm::DbBackend::Sqlite, sea_orm::DbBackend::Postgres] {
             assert!(count > 2 * rows_per_statement(backend, 16));
         }
-        let mut keys: Vec<ApiKey> = (0..count).map(|i| key(i, t)).collect();
+        let mut keys: Vec<ApiKey> = (0..count).map(key).collect();
         let full = &mut keys[1];
         full.name = "Zürich — ключ 🔑".to_owned();
         full.scopes = ["dns:read", "keys:*", "*"]
@@ -221,10 +209,9 @@ mod tests {
 
     async fn a_taken_lookup_id_stores_nothing(db: &TestDatabase) {
         let store = open(db).await;
-        let t = now();
-        store.insert_key(&key(0, t)).await.expect("insert one");
+        store.insert_key(&key(0)).await.expect("insert one");
         // Keys 1 and 2 are new, key 3 reuses key 0's lookup id.
-        let mut batch: Vec<ApiKey> = (1..4).map(|i| key(i, t)).collect();
+        let mut batch: Vec<ApiKey> = (1..4).map(key).collect();
         batch[2].credentials[0].lookup_id = "BULK0000".to_owned();
         let err = store.insert_keys(&batch).await.expect_err("conflict");
         assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");

@@ -19,7 +19,7 @@ use std::{
     collections::HashMap,
     hash::{BuildHasher, RandomState},
     sync::{
-        Arc, Mutex,
+        Arc, Mutex, MutexGuard,
         atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
@@ -140,60 +140,51 @@ impl PendingUsage {
 
     /// Counts `n` requests with `outcome` in the hour holding `unix_secs`.
     pub(crate) fn count(&mut self, unix_secs: i64, outcome: UseOutcome, n: u64) {
-        let hour = hour_of(unix_secs);
-        if self.tally.is_empty() {
-            self.tally.hour = hour;
-        }
-        if self.tally.hour == hour {
-            self.tally.add(outcome, n);
-            return;
-        }
-        let overflow = self.overflow.get_or_insert_with(Box::default);
-        if self.tally.hour < hour {
-            // A new hour: the current one moves aside until the next flush.
-            overflow.tallies.push(std::mem::replace(
-                &mut self.tally,
-                HourTally {
-                    hour,
-                    ..HourTally::default()
-                },
-            ));
-            self.tally.add(outcome, n);
-            return;
-        }
-        // An earlier hour (a request stamped before the hour turned).
-        match overflow.tallies.iter_mut().find(|t| t.hour == hour) {
-            Some(tally) => tally.add(outcome, n),
-            None => {
-                let mut tally = HourTally {
-                    hour,
-                    ..HourTally::default()
-                };
-                tally.add(outcome, n);
-                overflow.tallies.push(tally);
-            }
-        }
+        self.tally_for(hour_of(unix_secs)).add(outcome, n);
     }
 
     /// Adds counts taken earlier (a flush that failed) back.
     pub(crate) fn count_bucket(&mut self, bucket: &UsageBucket) {
-        let mut tally = HourTally {
-            hour: hour_of(bucket.hour_start),
-            ..HourTally::default()
-        };
-        tally.add_counts(&bucket.counts);
-        if tally.is_empty() {
-            return;
+        if !bucket.counts.is_empty() {
+            self.tally_for(hour_of(bucket.hour_start))
+                .add_counts(&bucket.counts);
         }
-        if self.tally.is_empty() || self.tally.hour == tally.hour {
-            self.tally.hour = tally.hour;
-            self.tally.add_counts(&bucket.counts);
-            return;
+    }
+
+    /// The tally of `hour`: the inline one when it is that hour (or holds
+    /// nothing yet); for a later hour the inline one moves aside until the
+    /// next flush; an earlier hour (a request stamped before the hour
+    /// turned, a failed flush put back) lives in the overflow.
+    fn tally_for(&mut self, hour: u32) -> &mut HourTally {
+        if self.tally.is_empty() {
+            self.tally.hour = hour;
+        }
+        if self.tally.hour == hour {
+            return &mut self.tally;
         }
         let overflow = self.overflow.get_or_insert_with(Box::default);
-        match overflow.tallies.iter_mut().find(|t| t.hour == tally.hour) {
-            Some(existing) => existing.add_counts(&bucket.counts),
-            None => overflow.tallies.push(tally),
+        if self.tally.hour < hour {
+            let fresh = HourTally {
+                hour,
+                ..HourTally::default()
+            };
+            overflow
+                .tallies
+                .push(std::mem::replace(&mut self.tally, fresh));
+            return &mut self.tally;
+        }
+        match overflow.tallies.iter().position(|t| t.hour == hour) {
+            Some(index) => &mut overflow.tallies[index],
+            None => {
+                overflow.tallies.push(HourTally {
+                    hour,
+                    ..HourTally::default()
+                });
+                overflow
+                    .tallies
+                    .last_mut()
+                    .unwrap_or_else(|| unreachable!("just pushed"))
+            }
         }
     }
 
@@ -326,6 +317,11 @@ impl KeyRuntime {
     /// The highest version of the key heard of; 0 if none yet.
     pub fn latest_version(&self) -> u64 {
         self.latest_version.load(Ordering::Acquire)
+    }
+
+    /// The key's unwritten usage, locked.
+    pub(crate) fn pending_usage(&self) -> MutexGuard<'_, PendingUsage> {
+        self.usage.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn touch(&self, now_secs: u64) {
@@ -462,20 +458,18 @@ impl Runtimes {
         idle: Duration,
         at_rest: &impl Fn(&KeyRuntime) -> bool,
     ) -> usize {
-        {
-            let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
-            shard.retain(|_, runtime| {
-                let idle_since = runtime.touched.load(Ordering::Relaxed);
-                let removable = Arc::strong_count(runtime) == 1
-                    && now.saturating_sub(idle_since) >= idle.as_secs()
-                    && !runtime.last_used_dirty.load(Ordering::Acquire)
-                    && !runtime.counts_dirty.load(Ordering::Acquire)
-                    && !runtime.rate_dirty.load(Ordering::Acquire)
-                    && at_rest(runtime);
-                !removable
-            });
-            shard.len()
-        }
+        let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+        shard.retain(|_, runtime| {
+            let idle_since = runtime.touched.load(Ordering::Relaxed);
+            let removable = Arc::strong_count(runtime) == 1
+                && now.saturating_sub(idle_since) >= idle.as_secs()
+                && !runtime.last_used_dirty.load(Ordering::Acquire)
+                && !runtime.counts_dirty.load(Ordering::Acquire)
+                && !runtime.rate_dirty.load(Ordering::Acquire)
+                && at_rest(runtime);
+            !removable
+        });
+        shard.len()
     }
 }
 

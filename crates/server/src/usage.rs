@@ -30,8 +30,24 @@ use tokio::{sync::watch, time::Instant};
 
 use crate::{
     dirty::DirtyList,
-    runtime::{KeyRuntime, LastUse, Runtimes},
+    runtime::{KeyRuntime, PendingUsage, Runtimes},
 };
+
+/// Takes the keys listed in `list` with what `extract` gets from each one's
+/// pending usage, leaving out keys with nothing to write.
+fn gather<T>(
+    list: &DirtyList,
+    extract: impl Fn(&mut PendingUsage) -> Vec<T>,
+) -> Vec<(Arc<KeyRuntime>, Vec<T>)> {
+    list.take()
+        .into_iter()
+        .map(|runtime| {
+            let items = extract(&mut runtime.pending_usage());
+            (runtime, items)
+        })
+        .filter(|(_, items)| !items.is_empty())
+        .collect()
+}
 
 /// How often hourly counts older than the retention are deleted.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
@@ -80,7 +96,7 @@ impl UsageRecorder {
             && secs.saturating_sub(runtime.last_used_stored.load(Ordering::Relaxed))
                 >= self.precision_secs;
         {
-            let mut usage = runtime.usage.lock().unwrap_or_else(|e| e.into_inner());
+            let mut usage = runtime.pending_usage();
             usage.count(secs, outcome, 1);
             if due {
                 usage.note_use(lookup_id, at);
@@ -110,7 +126,7 @@ impl UsageRecorder {
         lookup_id: &str,
     ) -> Option<DateTime<Utc>> {
         let runtime = runtimes.get(key_id)?;
-        let usage = runtime.usage.lock().unwrap_or_else(|e| e.into_inner());
+        let usage = runtime.pending_usage();
         usage.last_use(lookup_id.as_bytes()).map(|u| u.at)
     }
 
@@ -119,7 +135,7 @@ impl UsageRecorder {
         let Some(runtime) = runtimes.get(key_id) else {
             return Vec::new();
         };
-        let usage = runtime.usage.lock().unwrap_or_else(|e| e.into_inner());
+        let usage = runtime.pending_usage();
         usage.buckets().collect()
     }
 
@@ -129,20 +145,7 @@ impl UsageRecorder {
     /// reader never sees a use in neither place; on failure they are simply
     /// written by the next attempt.
     pub async fn flush_last_used(&self, store: &Store) -> Result<usize, StoreError> {
-        let batch: Vec<(Arc<KeyRuntime>, Vec<LastUse>)> = self
-            .last_used
-            .take()
-            .into_iter()
-            .map(|runtime| {
-                let uses = runtime
-                    .usage
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .last_uses();
-                (runtime, uses)
-            })
-            .filter(|(_, uses)| !uses.is_empty())
-            .collect();
+        let batch = gather(&self.last_used, |usage| usage.last_uses());
         if batch.is_empty() {
             return Ok(0);
         }
@@ -160,11 +163,7 @@ impl UsageRecorder {
             Ok(()) => {
                 for (runtime, uses) in &batch {
                     Self::note_stored(runtime, uses.iter().map(|u| u.at).max());
-                    runtime
-                        .usage
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .forget_written(uses);
+                    runtime.pending_usage().forget_written(uses);
                 }
                 Ok(rows.len())
             }
@@ -181,20 +180,7 @@ impl UsageRecorder {
     /// how many key-hours it covered. On failure the batch is kept for the
     /// next attempt.
     pub async fn flush_counts(&self, store: &Store) -> Result<usize, StoreError> {
-        let batch: Vec<(Arc<KeyRuntime>, Vec<UsageBucket>)> = self
-            .counts
-            .take()
-            .into_iter()
-            .map(|runtime| {
-                let buckets = runtime
-                    .usage
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .take_buckets();
-                (runtime, buckets)
-            })
-            .filter(|(_, buckets)| !buckets.is_empty())
-            .collect();
+        let batch = gather(&self.counts, PendingUsage::take_buckets);
         if batch.is_empty() {
             return Ok(0);
         }
@@ -212,12 +198,9 @@ impl UsageRecorder {
             Ok(()) => Ok(rows.len()),
             Err(err) => {
                 for (runtime, buckets) in batch {
-                    {
-                        let mut usage = runtime.usage.lock().unwrap_or_else(|e| e.into_inner());
-                        for bucket in &buckets {
-                            usage.count_bucket(bucket);
-                        }
-                    }
+                    let mut usage = runtime.pending_usage();
+                    buckets.iter().for_each(|bucket| usage.count_bucket(bucket));
+                    drop(usage);
                     self.counts.mark(&runtime);
                 }
                 Err(err)

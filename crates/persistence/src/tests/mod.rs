@@ -89,7 +89,7 @@ pub(crate) fn credential(lookup_id: &str, created_at: DateTime<Utc>) -> Credenti
     }
 }
 
-fn key(id: &str, owner: &str, env: &str, lookup_id: &str) -> ApiKey {
+pub(crate) fn key(id: &str, owner: &str, env: &str, lookup_id: &str) -> ApiKey {
     let t = now();
     ApiKey {
         id: id.to_owned(),
