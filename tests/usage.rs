@@ -20,6 +20,7 @@ on_both_backends!(
     get_key_usage_enforces_rights_and_ranges,
     last_used_is_written_once_per_precision,
     usage_survives_a_graceful_stop,
+    racing_requests_and_flushes_lose_no_count,
 );
 
 async fn usage(client: &mut Client, key_id: &str) -> Vec<pb::UsageBucket> {
@@ -375,4 +376,68 @@ async fn usage_survives_a_graceful_stop(db: TestDatabase) {
         shown.last_used_at.map(|t| t.seconds),
         stored.last_used_at.map(|t| t.timestamp())
     );
+}
+
+/// Many tasks authorize the same key while both flushers run every few
+/// milliseconds (taking the key's pending usage, writing, taking again):
+/// after the stop, storage holds exactly one count per request, and the
+/// key's last use.
+async fn racing_requests_and_flushes_lose_no_count(db: TestDatabase) {
+    let config = Config {
+        usage_flush_interval: Duration::from_millis(5),
+        usage_count_flush_interval: Duration::from_millis(7),
+        last_used_precision: Duration::from_millis(1),
+        ..test_config(&db)
+    };
+    let server = TestServer::start(config).await;
+    let mut admin = server.admin().await;
+    let (key, secret) = create(
+        &mut admin,
+        pb::CreateKeyRequest {
+            rate_limit_per_hour: Some(1_000_000),
+            ..new_key("raced", &["dns:read"])
+        },
+    )
+    .await;
+    const TASKS: usize = 8;
+    const CALLS: usize = 60;
+    let mut tasks = Vec::new();
+    for task in 0..TASKS {
+        let mut client = server.client().await;
+        let secret = secret.clone();
+        tasks.push(tokio::spawn(async move {
+            for call in 0..CALLS {
+                // Every fifth request is denied (scope): counted apart.
+                let scope = if (task + call) % 5 == 0 {
+                    "dns:write"
+                } else {
+                    "dns:read"
+                };
+                authorize(&mut client, authz(&secret, &[scope])).await;
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.expect("task");
+    }
+    server.stop().await;
+    let store = keygate_persistence::Store::connect(&db.url)
+        .await
+        .expect("store");
+    let mut total = keygate_domain::usage::UsageCounts::default();
+    for bucket in store
+        .usage_buckets(&key.key_id, 0, i64::MAX)
+        .await
+        .expect("stored usage")
+    {
+        total.merge(&bucket.counts);
+    }
+    let denied = (0..TASKS)
+        .flat_map(|t| (0..CALLS).map(move |c| (t + c) % 5 == 0))
+        .filter(|d| *d)
+        .count() as u64;
+    assert_eq!(total.denied_other, denied);
+    assert_eq!(total.allowed, (TASKS * CALLS) as u64 - denied);
+    let stored = store.get_key(&key.key_id).await.unwrap().unwrap();
+    assert!(stored.last_used_at.is_some());
 }
