@@ -6,7 +6,6 @@ mod common;
 use common::*;
 use keygate::v1 as pb;
 use keygate_persistence::testing::TestDatabase;
-use std::sync::atomic::Ordering;
 use tonic::Code;
 
 on_both_backends!(
@@ -269,13 +268,7 @@ async fn warm_path_makes_no_queries_and_unknown_keys_are_cached(db: TestDatabase
     let mut admin = server.admin().await;
     let (_, secret) = create(&mut admin, new_key("svc", &["dns:read"])).await;
     let mut client = server.client().await;
-    let queries = || {
-        server
-            .authorizer
-            .metrics()
-            .authorize_db_queries
-            .load(Ordering::Relaxed)
-    };
+    let queries = || server.authorizer.metrics().key_loads.get();
 
     assert_allowed(&authorize(&mut client, authz(&secret, &["dns:read"])).await);
     let warm = queries();

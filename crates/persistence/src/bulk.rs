@@ -38,20 +38,23 @@ impl Store {
     /// transaction holds every row of the call, so seed millions of keys in
     /// calls of some thousands.
     pub async fn insert_keys(&self, keys: &[ApiKey]) -> Result<(), StoreError> {
-        if keys.is_empty() {
-            return Ok(());
-        }
-        let key_rows: Vec<api_key::ActiveModel> = keys.iter().map(key_to_active).collect();
-        let credential_rows: Vec<credential::ActiveModel> = keys
-            .iter()
-            .flat_map(|k| k.credentials.iter().map(|c| credential_to_active(&k.id, c)))
-            .collect();
-        let txn = self.connection().begin().await?;
-        insert_rows(&txn, &key_rows).await?;
-        insert_rows(&txn, &credential_rows).await?;
-        notify_all(&txn, keys).await?;
-        txn.commit().await?;
-        Ok(())
+        self.observed("insert_keys", async move {
+            if keys.is_empty() {
+                return Ok(());
+            }
+            let key_rows: Vec<api_key::ActiveModel> = keys.iter().map(key_to_active).collect();
+            let credential_rows: Vec<credential::ActiveModel> = keys
+                .iter()
+                .flat_map(|k| k.credentials.iter().map(|c| credential_to_active(&k.id, c)))
+                .collect();
+            let txn = self.connection().begin().await?;
+            insert_rows(&txn, &key_rows).await?;
+            insert_rows(&txn, &credential_rows).await?;
+            notify_all(&txn, keys).await?;
+            txn.commit().await?;
+            Ok(())
+        })
+        .await
     }
 }
 

@@ -9,6 +9,7 @@
 //! the expiry and `last_used_at` comparisons below rely on.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -26,6 +27,7 @@ use crate::entity::{api_key, credential};
 use crate::error::StoreError;
 use crate::migration::Migrator;
 use crate::notify::{CHANGE_CHANNEL, ChangeListener, HEARTBEAT_PAYLOAD, notify_in};
+use crate::observe::StoreObserver;
 
 /// How long connecting or waiting for a pooled connection may take before the
 /// database is reported unavailable.
@@ -112,6 +114,7 @@ pub struct KeyFilter {
 pub struct Store {
     db: DatabaseConnection,
     pool_size: u32,
+    pub(crate) observer: Option<Arc<dyn StoreObserver>>,
 }
 
 impl Store {
@@ -160,7 +163,11 @@ impl Store {
         }
         let db = Database::connect(options).await?;
         tracing::debug!(backend = ?db.get_database_backend(), "database connected");
-        Ok(Store { db, pool_size })
+        Ok(Store {
+            db,
+            pool_size,
+            observer: None,
+        })
     }
 
     /// Wraps an existing SeaORM connection whose pool holds `pool_size`
@@ -169,7 +176,16 @@ impl Store {
         Store {
             db,
             pool_size: pool_size.max(1),
+            observer: None,
         }
+    }
+
+    /// This store, reporting every operation to `observer` (so do its
+    /// clones made from then on).
+    #[must_use]
+    pub fn with_observer(mut self, observer: Arc<dyn StoreObserver>) -> Store {
+        self.observer = Some(observer);
+        self
     }
 
     /// How many connections the pool holds at most; callers that share the
@@ -185,8 +201,11 @@ impl Store {
 
     /// Applies pending migrations; a no-op when the schema is current.
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        Migrator::up(&self.db, None).await?;
-        Ok(())
+        self.observed("migrate", async move {
+            Migrator::up(&self.db, None).await?;
+            Ok(())
+        })
+        .await
     }
 
     /// Which engine this store talks to.
@@ -199,39 +218,46 @@ impl Store {
 
     /// Checks that the database answers.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        self.db.ping().await?;
-        Ok(())
+        self.observed("ping", async move {
+            self.db.ping().await?;
+            Ok(())
+        })
+        .await
     }
 
     /// Stores a new key and all its credentials in one transaction. A taken
     /// key id or lookup id is a [`StoreError::Conflict`].
     pub async fn insert_key(&self, key: &ApiKey) -> Result<(), StoreError> {
-        let txn = self.db.begin().await?;
-        api_key::Entity::insert(key_to_active(key))
-            .exec_without_returning(&txn)
-            .await?;
-        if !key.credentials.is_empty() {
-            credential::Entity::insert_many(
-                key.credentials
-                    .iter()
-                    .map(|c| credential_to_active(&key.id, c)),
-            )
-            .exec_without_returning(&txn)
-            .await?;
-        }
-        let lookup_ids: Vec<String> = key
-            .credentials
-            .iter()
-            .map(|c| c.lookup_id.clone())
-            .collect();
-        notify_in(&txn, &key.id, key.version, &lookup_ids).await?;
-        txn.commit().await?;
-        Ok(())
+        self.observed("insert_key", async move {
+            let txn = self.db.begin().await?;
+            api_key::Entity::insert(key_to_active(key))
+                .exec_without_returning(&txn)
+                .await?;
+            if !key.credentials.is_empty() {
+                credential::Entity::insert_many(
+                    key.credentials
+                        .iter()
+                        .map(|c| credential_to_active(&key.id, c)),
+                )
+                .exec_without_returning(&txn)
+                .await?;
+            }
+            let lookup_ids: Vec<String> = key
+                .credentials
+                .iter()
+                .map(|c| c.lookup_id.clone())
+                .collect();
+            notify_in(&txn, &key.id, key.version, &lookup_ids).await?;
+            txn.commit().await?;
+            Ok(())
+        })
+        .await
     }
 
     /// The key with id `id`, credentials newest first.
     pub async fn get_key(&self, id: &str) -> Result<Option<ApiKey>, StoreError> {
-        load_key(&self.db, id).await
+        self.observed("get_key", async move { load_key(&self.db, id).await })
+            .await
     }
 
     /// The key owning the credential `lookup_id` (current or old), with all
@@ -239,33 +265,36 @@ impl Store {
     /// joined with the key row (one result row per credential), selected by
     /// the key id that owns `lookup_id`.
     pub async fn find_by_lookup_id(&self, lookup_id: &str) -> Result<Option<ApiKey>, StoreError> {
-        let owner = Query::select()
-            .column(credential::Column::KeyId)
-            .from(credential::Entity)
-            .and_where(credential::Column::LookupId.eq(lookup_id))
-            .to_owned();
-        let rows = credential::Entity::find()
-            .join(
-                JoinType::InnerJoin,
-                credential::Entity::belongs_to(api_key::Entity)
-                    .from(credential::Column::KeyId)
-                    .to(api_key::Column::Id)
-                    .into(),
-            )
-            .filter(credential::Column::KeyId.in_subquery(owner))
-            .order_by_desc(credential::Column::CreatedAt)
-            .order_by_desc(credential::Column::LookupId)
-            .select_two_required(api_key::Entity)
-            .all(&self.db)
-            .await?;
-        let mut rows = rows.into_iter();
-        let Some((first, key_row)) = rows.next() else {
-            return Ok(None);
-        };
-        let credentials = std::iter::once(first)
-            .chain(rows.map(|(credential, _)| credential))
-            .collect();
-        key_from_rows(key_row, credentials).map(Some)
+        self.observed("find_by_lookup_id", async move {
+            let owner = Query::select()
+                .column(credential::Column::KeyId)
+                .from(credential::Entity)
+                .and_where(credential::Column::LookupId.eq(lookup_id))
+                .to_owned();
+            let rows = credential::Entity::find()
+                .join(
+                    JoinType::InnerJoin,
+                    credential::Entity::belongs_to(api_key::Entity)
+                        .from(credential::Column::KeyId)
+                        .to(api_key::Column::Id)
+                        .into(),
+                )
+                .filter(credential::Column::KeyId.in_subquery(owner))
+                .order_by_desc(credential::Column::CreatedAt)
+                .order_by_desc(credential::Column::LookupId)
+                .select_two_required(api_key::Entity)
+                .all(&self.db)
+                .await?;
+            let mut rows = rows.into_iter();
+            let Some((first, key_row)) = rows.next() else {
+                return Ok(None);
+            };
+            let credentials = std::iter::once(first)
+                .chain(rows.map(|(credential, _)| credential))
+                .collect();
+            key_from_rows(key_row, credentials).map(Some)
+        })
+        .await
     }
 
     /// One page of keys matching `filter`, ordered by id, starting after the
@@ -278,54 +307,57 @@ impl Store {
         limit: u64,
         now: DateTime<Utc>,
     ) -> Result<Vec<ApiKey>, StoreError> {
-        let mut query = api_key::Entity::find();
-        if let Some(owner) = &filter.owner_id {
-            query = query.filter(api_key::Column::OwnerId.eq(owner.as_str()));
-        }
-        if let Some(env) = &filter.environment {
-            query = query.filter(api_key::Column::Environment.eq(env.as_str()));
-        }
-        if let Some(status) = filter.status {
-            query = query.filter(status_condition(status, now));
-        }
-        if let Some(before) = filter.last_used_before {
-            query = query.filter(
-                Condition::any()
-                    .add(api_key::Column::LastUsedAt.is_null())
-                    .add(api_key::Column::LastUsedAt.lt(before)),
-            );
-        }
-        if let Some(before) = filter.expires_before {
-            query = query.filter(api_key::Column::ExpiresAt.lt(before));
-        }
-        if let Some(after) = after {
-            query = query.filter(api_key::Column::Id.gt(after));
-        }
-        let rows = query
-            .order_by_asc(api_key::Column::Id)
-            .limit(limit)
-            .all(&self.db)
-            .await?;
-        if rows.is_empty() {
-            return Ok(Vec::new());
-        }
-        let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
-        let mut by_key: HashMap<String, Vec<credential::Model>> = HashMap::new();
-        for c in credential::Entity::find()
-            .filter(credential::Column::KeyId.is_in(ids))
-            .order_by_desc(credential::Column::CreatedAt)
-            .order_by_desc(credential::Column::LookupId)
-            .all(&self.db)
-            .await?
-        {
-            by_key.entry(c.key_id.clone()).or_default().push(c);
-        }
-        rows.into_iter()
-            .map(|row| {
-                let creds = by_key.remove(&row.id).unwrap_or_default();
-                key_from_rows(row, creds)
-            })
-            .collect()
+        self.observed("list_keys", async move {
+            let mut query = api_key::Entity::find();
+            if let Some(owner) = &filter.owner_id {
+                query = query.filter(api_key::Column::OwnerId.eq(owner.as_str()));
+            }
+            if let Some(env) = &filter.environment {
+                query = query.filter(api_key::Column::Environment.eq(env.as_str()));
+            }
+            if let Some(status) = filter.status {
+                query = query.filter(status_condition(status, now));
+            }
+            if let Some(before) = filter.last_used_before {
+                query = query.filter(
+                    Condition::any()
+                        .add(api_key::Column::LastUsedAt.is_null())
+                        .add(api_key::Column::LastUsedAt.lt(before)),
+                );
+            }
+            if let Some(before) = filter.expires_before {
+                query = query.filter(api_key::Column::ExpiresAt.lt(before));
+            }
+            if let Some(after) = after {
+                query = query.filter(api_key::Column::Id.gt(after));
+            }
+            let rows = query
+                .order_by_asc(api_key::Column::Id)
+                .limit(limit)
+                .all(&self.db)
+                .await?;
+            if rows.is_empty() {
+                return Ok(Vec::new());
+            }
+            let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
+            let mut by_key: HashMap<String, Vec<credential::Model>> = HashMap::new();
+            for c in credential::Entity::find()
+                .filter(credential::Column::KeyId.is_in(ids))
+                .order_by_desc(credential::Column::CreatedAt)
+                .order_by_desc(credential::Column::LookupId)
+                .all(&self.db)
+                .await?
+            {
+                by_key.entry(c.key_id.clone()).or_default().push(c);
+            }
+            rows.into_iter()
+                .map(|row| {
+                    let creds = by_key.remove(&row.id).unwrap_or_default();
+                    key_from_rows(row, creds)
+                })
+                .collect()
+        })
+        .await
     }
 
     /// Adds request counts to shared rate-limit windows (`window_start` in
@@ -337,101 +369,113 @@ impl Store {
         &self,
         deltas: &[(String, i64, u64)],
     ) -> Result<Vec<u64>, StoreError> {
-        if deltas.is_empty() {
-            return Ok(Vec::new());
-        }
-        // Merge duplicates (one row may be updated once per statement), in
-        // key order so concurrent replicas lock rows in the same order.
-        let mut merged: BTreeMap<(&str, i64), i64> = BTreeMap::new();
-        for (key_id, window_start, delta) in deltas {
-            let delta = i64::try_from(*delta).unwrap_or(i64::MAX);
-            let sum = merged.entry((key_id.as_str(), *window_start)).or_insert(0);
-            *sum = sum.saturating_add(delta);
-        }
-        let merged: Vec<_> = merged.into_iter().collect();
-        let backend = self.db.get_database_backend();
-        let mut totals: HashMap<(String, i64), u64> = HashMap::with_capacity(merged.len());
-        let txn = self.db.begin().await?;
-        for chunk in merged.chunks(rows_per_statement(backend, 3)) {
-            let mut values = Vec::with_capacity(chunk.len() * 3);
-            for ((key_id, window_start), delta) in chunk {
-                values.extend([(*key_id).into(), (*window_start).into(), (*delta).into()]);
+        self.observed("add_rate_usage", async move {
+            if deltas.is_empty() {
+                return Ok(Vec::new());
             }
-            let sql = format!(
-                "INSERT INTO rate_limit_windows (key_id, window_start, count) VALUES {} \
-                 ON CONFLICT (key_id, window_start) \
-                 DO UPDATE SET count = rate_limit_windows.count + excluded.count \
-                 RETURNING key_id, window_start, count",
-                placeholders(1, chunk.len(), 3)
-            );
-            let rows = txn
-                .query_all_raw(Statement::from_sql_and_values(backend, sql, values))
-                .await?;
-            for row in rows {
-                let key_id: String = row.try_get("", "key_id")?;
-                let window_start: i64 = row.try_get("", "window_start")?;
-                let count: i64 = row.try_get("", "count")?;
-                totals.insert((key_id, window_start), u64::try_from(count).unwrap_or(0));
+            // Merge duplicates (one row may be updated once per statement), in
+            // key order so concurrent replicas lock rows in the same order.
+            let mut merged: BTreeMap<(&str, i64), i64> = BTreeMap::new();
+            for (key_id, window_start, delta) in deltas {
+                let delta = i64::try_from(*delta).unwrap_or(i64::MAX);
+                let sum = merged.entry((key_id.as_str(), *window_start)).or_insert(0);
+                *sum = sum.saturating_add(delta);
             }
-        }
-        txn.commit().await?;
-        deltas
-            .iter()
-            .map(|(key_id, window_start, _)| {
-                totals
-                    .get(&(key_id.clone(), *window_start))
-                    .copied()
-                    .ok_or_else(|| {
-                        StoreError::Corrupt(format!(
-                            "rate_limit_windows: no total for key {key_id}"
-                        ))
-                    })
-            })
-            .collect()
+            let merged: Vec<_> = merged.into_iter().collect();
+            let backend = self.db.get_database_backend();
+            let mut totals: HashMap<(String, i64), u64> = HashMap::with_capacity(merged.len());
+            let txn = self.db.begin().await?;
+            for chunk in merged.chunks(rows_per_statement(backend, 3)) {
+                let mut values = Vec::with_capacity(chunk.len() * 3);
+                for ((key_id, window_start), delta) in chunk {
+                    values.extend([(*key_id).into(), (*window_start).into(), (*delta).into()]);
+                }
+                let sql = format!(
+                    "INSERT INTO rate_limit_windows (key_id, window_start, count) VALUES {} \
+                     ON CONFLICT (key_id, window_start) \
+                     DO UPDATE SET count = rate_limit_windows.count + excluded.count \
+                     RETURNING key_id, window_start, count",
+                    placeholders(1, chunk.len(), 3)
+                );
+                let rows = txn
+                    .query_all_raw(Statement::from_sql_and_values(backend, sql, values))
+                    .await?;
+                for row in rows {
+                    let key_id: String = row.try_get("", "key_id")?;
+                    let window_start: i64 = row.try_get("", "window_start")?;
+                    let count: i64 = row.try_get("", "count")?;
+                    totals.insert((key_id, window_start), u64::try_from(count).unwrap_or(0));
+                }
+            }
+            txn.commit().await?;
+            deltas
+                .iter()
+                .map(|(key_id, window_start, _)| {
+                    totals
+                        .get(&(key_id.clone(), *window_start))
+                        .copied()
+                        .ok_or_else(|| {
+                            StoreError::Corrupt(format!(
+                                "rate_limit_windows: no total for key {key_id}"
+                            ))
+                        })
+                })
+                .collect()
+        })
+        .await
     }
 
     /// Deletes rate-limit windows starting before `older_than` (unix seconds);
     /// returns how many.
     pub async fn prune_rate_windows(&self, older_than: i64) -> Result<u64, StoreError> {
-        let result = self
-            .db
-            .execute_raw(Statement::from_sql_and_values(
-                self.db.get_database_backend(),
-                "DELETE FROM rate_limit_windows WHERE window_start < $1",
-                [older_than.into()],
-            ))
-            .await?;
-        Ok(result.rows_affected())
+        self.observed("prune_rate_windows", async move {
+            let result = self
+                .db
+                .execute_raw(Statement::from_sql_and_values(
+                    self.db.get_database_backend(),
+                    "DELETE FROM rate_limit_windows WHERE window_start < $1",
+                    [older_than.into()],
+                ))
+                .await?;
+            Ok(result.rows_affected())
+        })
+        .await
     }
 
     /// Listens for key changes made by any replica: `None` on SQLite (one
     /// process; nothing to listen to), a [`ChangeListener`] on PostgreSQL.
     /// The listener holds one pooled connection.
     pub async fn listen(&self) -> Result<Option<ChangeListener>, StoreError> {
-        match self.backend() {
-            Backend::Sqlite => Ok(None),
-            Backend::Postgres => {
-                let pool = self.db.get_postgres_connection_pool();
-                ChangeListener::start(pool).await.map(Some)
+        self.observed("listen", async move {
+            match self.backend() {
+                Backend::Sqlite => Ok(None),
+                Backend::Postgres => {
+                    let pool = self.db.get_postgres_connection_pool();
+                    ChangeListener::start(pool).await.map(Some)
+                }
             }
-        }
+        })
+        .await
     }
 
     /// Sends a heartbeat notification that every listener receives as
     /// [`crate::Change::Heartbeat`], so a listener whose connection silently
     /// stopped delivering can tell (PostgreSQL only; a no-op on SQLite).
     pub async fn send_heartbeat(&self) -> Result<(), StoreError> {
-        if self.backend() != Backend::Postgres {
-            return Ok(());
-        }
-        self.db
-            .execute_raw(Statement::from_sql_and_values(
-                DbBackend::Postgres,
-                "SELECT pg_notify($1, $2)",
-                [CHANGE_CHANNEL.into(), HEARTBEAT_PAYLOAD.into()],
-            ))
-            .await?;
-        Ok(())
+        self.observed("send_heartbeat", async move {
+            if self.backend() != Backend::Postgres {
+                return Ok(());
+            }
+            self.db
+                .execute_raw(Statement::from_sql_and_values(
+                    DbBackend::Postgres,
+                    "SELECT pg_notify($1, $2)",
+                    [CHANGE_CHANNEL.into(), HEARTBEAT_PAYLOAD.into()],
+                ))
+                .await?;
+            Ok(())
+        })
+        .await
     }
 }
 

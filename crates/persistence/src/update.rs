@@ -53,41 +53,44 @@ impl Store {
         update: &KeyUpdate,
         now: DateTime<Utc>,
     ) -> Result<ApiKey, StoreError> {
-        let txn = self.connection().begin().await?;
-        let mut statement = api_key::Entity::update_many();
-        statement = match update {
-            KeyUpdate::Revoke { reason } => statement
-                .col_expr(
-                    api_key::Column::State,
-                    Expr::value(KeyState::Revoked.as_str()),
-                )
-                .col_expr(api_key::Column::RevokedAt, Expr::value(now))
-                .col_expr(api_key::Column::RevokedReason, Expr::value(reason.clone())),
-            KeyUpdate::SetState(KeyState::Revoked) => {
-                return Err(StoreError::Corrupt(
-                    "SetState(Revoked) is not a revocation; use KeyUpdate::Revoke".to_owned(),
-                ));
+        self.observed("update_key", async move {
+            let txn = self.connection().begin().await?;
+            let mut statement = api_key::Entity::update_many();
+            statement = match update {
+                KeyUpdate::Revoke { reason } => statement
+                    .col_expr(
+                        api_key::Column::State,
+                        Expr::value(KeyState::Revoked.as_str()),
+                    )
+                    .col_expr(api_key::Column::RevokedAt, Expr::value(now))
+                    .col_expr(api_key::Column::RevokedReason, Expr::value(reason.clone())),
+                KeyUpdate::SetState(KeyState::Revoked) => {
+                    return Err(StoreError::Corrupt(
+                        "SetState(Revoked) is not a revocation; use KeyUpdate::Revoke".to_owned(),
+                    ));
+                }
+                KeyUpdate::SetState(state) => {
+                    statement.col_expr(api_key::Column::State, Expr::value(state.as_str()))
+                }
+                KeyUpdate::SetExpiry(at) => {
+                    statement.col_expr(api_key::Column::ExpiresAt, Expr::value(*at))
+                }
+            };
+            let touched = conditional(statement, id, version, now).exec(&txn).await?;
+            if touched.rows_affected == 0 {
+                return Err(why_unchanged(&txn, id, version).await);
             }
-            KeyUpdate::SetState(state) => {
-                statement.col_expr(api_key::Column::State, Expr::value(state.as_str()))
-            }
-            KeyUpdate::SetExpiry(at) => {
-                statement.col_expr(api_key::Column::ExpiresAt, Expr::value(*at))
-            }
-        };
-        let touched = conditional(statement, id, version, now).exec(&txn).await?;
-        if touched.rows_affected == 0 {
-            return Err(why_unchanged(&txn, id, version).await);
-        }
-        let key = load_key(&txn, id).await?.ok_or(StoreError::NotFound)?;
-        let lookup_ids: Vec<String> = key
-            .credentials
-            .iter()
-            .map(|c| c.lookup_id.clone())
-            .collect();
-        notify_in(&txn, id, key.version, &lookup_ids).await?;
-        txn.commit().await?;
-        Ok(key)
+            let key = load_key(&txn, id).await?.ok_or(StoreError::NotFound)?;
+            let lookup_ids: Vec<String> = key
+                .credentials
+                .iter()
+                .map(|c| c.lookup_id.clone())
+                .collect();
+            notify_in(&txn, id, key.version, &lookup_ids).await?;
+            txn.commit().await?;
+            Ok(key)
+        })
+        .await
     }
 
     /// Rotates key `id` if it is still at `version` and not revoked, in one
@@ -103,42 +106,45 @@ impl Store {
         old_expire_at: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> Result<ApiKey, StoreError> {
-        let txn = self.connection().begin().await?;
-        // The conditional write comes first: it decides whether the rotation
-        // happens at all, and on SQLite it takes the write lock up front, so
-        // a concurrent writer waits (busy timeout) instead of failing to
-        // upgrade a read lock.
-        let touched = conditional(api_key::Entity::update_many(), id, version, now)
-            .exec(&txn)
-            .await?;
-        if touched.rows_affected == 0 {
-            return Err(why_unchanged(&txn, id, version).await);
-        }
-        // Lookup ids before the clean-up, so replicas also evict deleted ones.
-        let mut lookup_ids = lookup_ids_of(&txn, id).await?;
-        credential::Entity::update_many()
-            .col_expr(credential::Column::ExpiresAt, Expr::value(old_expire_at))
-            .filter(credential::Column::KeyId.eq(id))
-            .filter(
-                Condition::any()
-                    .add(credential::Column::ExpiresAt.is_null())
-                    .add(credential::Column::ExpiresAt.gt(old_expire_at)),
-            )
-            .exec(&txn)
-            .await?;
-        credential::Entity::delete_many()
-            .filter(credential::Column::KeyId.eq(id))
-            .filter(credential::Column::ExpiresAt.lt(now - CREDENTIAL_RETENTION))
-            .exec(&txn)
-            .await?;
-        credential::Entity::insert(credential_to_active(id, new))
-            .exec_without_returning(&txn)
-            .await?;
-        let key = load_key(&txn, id).await?.ok_or(StoreError::NotFound)?;
-        lookup_ids.push(new.lookup_id.clone());
-        notify_in(&txn, id, key.version, &lookup_ids).await?;
-        txn.commit().await?;
-        Ok(key)
+        self.observed("rotate_key", async move {
+            let txn = self.connection().begin().await?;
+            // The conditional write comes first: it decides whether the rotation
+            // happens at all, and on SQLite it takes the write lock up front, so
+            // a concurrent writer waits (busy timeout) instead of failing to
+            // upgrade a read lock.
+            let touched = conditional(api_key::Entity::update_many(), id, version, now)
+                .exec(&txn)
+                .await?;
+            if touched.rows_affected == 0 {
+                return Err(why_unchanged(&txn, id, version).await);
+            }
+            // Lookup ids before the clean-up, so replicas also evict deleted ones.
+            let mut lookup_ids = lookup_ids_of(&txn, id).await?;
+            credential::Entity::update_many()
+                .col_expr(credential::Column::ExpiresAt, Expr::value(old_expire_at))
+                .filter(credential::Column::KeyId.eq(id))
+                .filter(
+                    Condition::any()
+                        .add(credential::Column::ExpiresAt.is_null())
+                        .add(credential::Column::ExpiresAt.gt(old_expire_at)),
+                )
+                .exec(&txn)
+                .await?;
+            credential::Entity::delete_many()
+                .filter(credential::Column::KeyId.eq(id))
+                .filter(credential::Column::ExpiresAt.lt(now - CREDENTIAL_RETENTION))
+                .exec(&txn)
+                .await?;
+            credential::Entity::insert(credential_to_active(id, new))
+                .exec_without_returning(&txn)
+                .await?;
+            let key = load_key(&txn, id).await?.ok_or(StoreError::NotFound)?;
+            lookup_ids.push(new.lookup_id.clone());
+            notify_in(&txn, id, key.version, &lookup_ids).await?;
+            txn.commit().await?;
+            Ok(key)
+        })
+        .await
     }
 }
 

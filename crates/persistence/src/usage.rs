@@ -56,55 +56,58 @@ impl Store {
     /// write at all, which matters on PostgreSQL, where every update is a
     /// new row version). Unknown keys and credentials are ignored.
     pub async fn record_last_used(&self, uses: &[LastUsed]) -> Result<(), StoreError> {
-        if uses.is_empty() {
-            return Ok(());
-        }
-        let mut keys: BTreeMap<&str, DateTime<Utc>> = BTreeMap::new();
-        let mut creds: BTreeMap<(&str, &str), DateTime<Utc>> = BTreeMap::new();
-        for u in uses {
-            let at = keys.entry(u.key_id.as_str()).or_insert(u.at);
-            *at = (*at).max(u.at);
-            let at = creds
-                .entry((u.key_id.as_str(), u.lookup_id.as_str()))
-                .or_insert(u.at);
-            *at = (*at).max(u.at);
-        }
-        let backend = self.connection().get_database_backend();
-        let keys: Vec<_> = keys.into_iter().collect();
-        let creds: Vec<_> = creds.into_iter().collect();
-        let txn = self.connection().begin().await?;
-        for chunk in keys.chunks(rows_per_statement(backend, 2)) {
-            let mut values = Vec::with_capacity(chunk.len() * 2);
-            for (key_id, at) in chunk {
-                values.extend([(*key_id).into(), (*at).into()]);
+        self.observed("record_last_used", async move {
+            if uses.is_empty() {
+                return Ok(());
             }
-            let sql = format!(
-                "WITH v(id, t) AS (VALUES {}) \
-                 UPDATE api_keys SET last_used_at = v.t FROM v \
-                 WHERE api_keys.id = v.id \
-                 AND (api_keys.last_used_at IS NULL OR api_keys.last_used_at < v.t)",
-                placeholders(1, chunk.len(), 2)
-            );
-            txn.execute_raw(Statement::from_sql_and_values(backend, sql, values))
-                .await?;
-        }
-        for chunk in creds.chunks(rows_per_statement(backend, 3)) {
-            let mut values = Vec::with_capacity(chunk.len() * 3);
-            for ((key_id, lookup_id), at) in chunk {
-                values.extend([(*lookup_id).into(), (*key_id).into(), (*at).into()]);
+            let mut keys: BTreeMap<&str, DateTime<Utc>> = BTreeMap::new();
+            let mut creds: BTreeMap<(&str, &str), DateTime<Utc>> = BTreeMap::new();
+            for u in uses {
+                let at = keys.entry(u.key_id.as_str()).or_insert(u.at);
+                *at = (*at).max(u.at);
+                let at = creds
+                    .entry((u.key_id.as_str(), u.lookup_id.as_str()))
+                    .or_insert(u.at);
+                *at = (*at).max(u.at);
             }
-            let sql = format!(
-                "WITH v(lookup_id, key_id, t) AS (VALUES {}) \
-                 UPDATE credentials SET last_used_at = v.t FROM v \
-                 WHERE credentials.lookup_id = v.lookup_id AND credentials.key_id = v.key_id \
-                 AND (credentials.last_used_at IS NULL OR credentials.last_used_at < v.t)",
-                placeholders(1, chunk.len(), 3)
-            );
-            txn.execute_raw(Statement::from_sql_and_values(backend, sql, values))
-                .await?;
-        }
-        txn.commit().await?;
-        Ok(())
+            let backend = self.connection().get_database_backend();
+            let keys: Vec<_> = keys.into_iter().collect();
+            let creds: Vec<_> = creds.into_iter().collect();
+            let txn = self.connection().begin().await?;
+            for chunk in keys.chunks(rows_per_statement(backend, 2)) {
+                let mut values = Vec::with_capacity(chunk.len() * 2);
+                for (key_id, at) in chunk {
+                    values.extend([(*key_id).into(), (*at).into()]);
+                }
+                let sql = format!(
+                    "WITH v(id, t) AS (VALUES {}) \
+                     UPDATE api_keys SET last_used_at = v.t FROM v \
+                     WHERE api_keys.id = v.id \
+                     AND (api_keys.last_used_at IS NULL OR api_keys.last_used_at < v.t)",
+                    placeholders(1, chunk.len(), 2)
+                );
+                txn.execute_raw(Statement::from_sql_and_values(backend, sql, values))
+                    .await?;
+            }
+            for chunk in creds.chunks(rows_per_statement(backend, 3)) {
+                let mut values = Vec::with_capacity(chunk.len() * 3);
+                for ((key_id, lookup_id), at) in chunk {
+                    values.extend([(*lookup_id).into(), (*key_id).into(), (*at).into()]);
+                }
+                let sql = format!(
+                    "WITH v(lookup_id, key_id, t) AS (VALUES {}) \
+                     UPDATE credentials SET last_used_at = v.t FROM v \
+                     WHERE credentials.lookup_id = v.lookup_id AND credentials.key_id = v.key_id \
+                     AND (credentials.last_used_at IS NULL OR credentials.last_used_at < v.t)",
+                    placeholders(1, chunk.len(), 3)
+                );
+                txn.execute_raw(Statement::from_sql_and_values(backend, sql, values))
+                    .await?;
+            }
+            txn.commit().await?;
+            Ok(())
+        })
+        .await
     }
 
     /// Adds request counts to the hourly rows, in one transaction of
@@ -114,45 +117,48 @@ impl Store {
     /// stored too (a key deleted meanwhile leaves rows that retention
     /// prunes).
     pub async fn add_usage_counts(&self, counts: &[HourlyUsage]) -> Result<(), StoreError> {
-        let mut merged: BTreeMap<(&str, i64), UsageCounts> = BTreeMap::new();
-        for c in counts.iter().filter(|c| !c.counts.is_empty()) {
-            merged
-                .entry((c.key_id.as_str(), c.hour_start))
-                .or_default()
-                .merge(&c.counts);
-        }
-        if merged.is_empty() {
-            return Ok(());
-        }
-        let merged: Vec<_> = merged.into_iter().collect();
-        let backend = self.connection().get_database_backend();
-        let txn = self.connection().begin().await?;
-        for chunk in merged.chunks(rows_per_statement(backend, 5)) {
-            let mut values = Vec::with_capacity(chunk.len() * 5);
-            for ((key_id, hour_start), c) in chunk {
-                values.extend([
-                    (*key_id).into(),
-                    (*hour_start).into(),
-                    to_i64(c.allowed).into(),
-                    to_i64(c.denied_rate_limited).into(),
-                    to_i64(c.denied_other).into(),
-                ]);
+        self.observed("add_usage_counts", async move {
+            let mut merged: BTreeMap<(&str, i64), UsageCounts> = BTreeMap::new();
+            for c in counts.iter().filter(|c| !c.counts.is_empty()) {
+                merged
+                    .entry((c.key_id.as_str(), c.hour_start))
+                    .or_default()
+                    .merge(&c.counts);
             }
-            let sql = format!(
-                "INSERT INTO key_usage_hourly \
-                 (key_id, hour_start, allowed, denied_rate_limited, denied_other) VALUES {} \
-                 ON CONFLICT (key_id, hour_start) DO UPDATE SET \
-                 allowed = key_usage_hourly.allowed + excluded.allowed, \
-                 denied_rate_limited = key_usage_hourly.denied_rate_limited \
-                 + excluded.denied_rate_limited, \
-                 denied_other = key_usage_hourly.denied_other + excluded.denied_other",
-                placeholders(1, chunk.len(), 5)
-            );
-            txn.execute_raw(Statement::from_sql_and_values(backend, sql, values))
-                .await?;
-        }
-        txn.commit().await?;
-        Ok(())
+            if merged.is_empty() {
+                return Ok(());
+            }
+            let merged: Vec<_> = merged.into_iter().collect();
+            let backend = self.connection().get_database_backend();
+            let txn = self.connection().begin().await?;
+            for chunk in merged.chunks(rows_per_statement(backend, 5)) {
+                let mut values = Vec::with_capacity(chunk.len() * 5);
+                for ((key_id, hour_start), c) in chunk {
+                    values.extend([
+                        (*key_id).into(),
+                        (*hour_start).into(),
+                        to_i64(c.allowed).into(),
+                        to_i64(c.denied_rate_limited).into(),
+                        to_i64(c.denied_other).into(),
+                    ]);
+                }
+                let sql = format!(
+                    "INSERT INTO key_usage_hourly \
+                     (key_id, hour_start, allowed, denied_rate_limited, denied_other) VALUES {} \
+                     ON CONFLICT (key_id, hour_start) DO UPDATE SET \
+                     allowed = key_usage_hourly.allowed + excluded.allowed, \
+                     denied_rate_limited = key_usage_hourly.denied_rate_limited \
+                     + excluded.denied_rate_limited, \
+                     denied_other = key_usage_hourly.denied_other + excluded.denied_other",
+                    placeholders(1, chunk.len(), 5)
+                );
+                txn.execute_raw(Statement::from_sql_and_values(backend, sql, values))
+                    .await?;
+            }
+            txn.commit().await?;
+            Ok(())
+        })
+        .await
     }
 
     /// A key's stored hourly counts for hours starting in `[from, to)` (unix
@@ -163,42 +169,47 @@ impl Store {
         from: i64,
         to: i64,
     ) -> Result<Vec<UsageBucket>, StoreError> {
-        let backend = self.connection().get_database_backend();
-        let rows = self
-            .connection()
-            .query_all_raw(Statement::from_sql_and_values(
-                backend,
-                "SELECT hour_start, allowed, denied_rate_limited, denied_other \
-                 FROM key_usage_hourly WHERE key_id = $1 AND hour_start >= $2 AND hour_start < $3 \
-                 ORDER BY hour_start",
-                [key_id.into(), from.into(), to.into()],
-            ))
-            .await?;
-        rows.into_iter()
-            .map(|row| {
-                Ok(UsageBucket {
-                    hour_start: row.try_get("", "hour_start")?,
-                    counts: UsageCounts {
-                        allowed: to_u64(row.try_get("", "allowed")?),
-                        denied_rate_limited: to_u64(row.try_get("", "denied_rate_limited")?),
-                        denied_other: to_u64(row.try_get("", "denied_other")?),
-                    },
+        self.observed("usage_buckets", async move {
+            let backend = self.connection().get_database_backend();
+            let rows = self
+                .connection()
+                .query_all_raw(Statement::from_sql_and_values(
+                    backend,
+                    "SELECT hour_start, allowed, denied_rate_limited, denied_other \
+                     FROM key_usage_hourly WHERE key_id = $1 AND hour_start >= $2 AND hour_start < $3 \
+                     ORDER BY hour_start",
+                    [key_id.into(), from.into(), to.into()],
+                ))
+                .await?;
+            rows.into_iter()
+                .map(|row| {
+                    Ok(UsageBucket {
+                        hour_start: row.try_get("", "hour_start")?,
+                        counts: UsageCounts {
+                            allowed: to_u64(row.try_get("", "allowed")?),
+                            denied_rate_limited: to_u64(row.try_get("", "denied_rate_limited")?),
+                            denied_other: to_u64(row.try_get("", "denied_other")?),
+                        },
+                    })
                 })
-            })
-            .collect()
+                .collect()
+        }).await
     }
 
     /// Deletes hourly counts of hours starting before `older_than` (unix
     /// seconds); returns how many rows.
     pub async fn prune_usage(&self, older_than: i64) -> Result<u64, StoreError> {
-        let result = self
-            .connection()
-            .execute_raw(Statement::from_sql_and_values(
-                self.connection().get_database_backend(),
-                "DELETE FROM key_usage_hourly WHERE hour_start < $1",
-                [older_than.into()],
-            ))
-            .await?;
-        Ok(result.rows_affected())
+        self.observed("prune_usage", async move {
+            let result = self
+                .connection()
+                .execute_raw(Statement::from_sql_and_values(
+                    self.connection().get_database_backend(),
+                    "DELETE FROM key_usage_hourly WHERE hour_start < $1",
+                    [older_than.into()],
+                ))
+                .await?;
+            Ok(result.rows_affected())
+        })
+        .await
     }
 }

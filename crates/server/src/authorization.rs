@@ -2,7 +2,7 @@
 //! do this?". A deny is an answer (status OK); only a malformed request or a
 //! failure to decide is an RPC error.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Instant};
 
 use chrono::Utc;
 use keygate::v1::{self as pb, authorization_service_server::AuthorizationService};
@@ -15,6 +15,7 @@ use crate::{
     authorizer::{Authorizer, Outcome},
     convert,
     error::ApiError,
+    metrics::{Decided, Frontend},
 };
 
 /// The AuthorizationService implementation.
@@ -33,7 +34,10 @@ impl AuthorizeService {
         }
     }
 
-    async fn decide(&self, req: pb::AuthorizeRequest) -> Result<pb::AuthorizeResponse, ApiError> {
+    async fn decide(
+        &self,
+        req: pb::AuthorizeRequest,
+    ) -> Result<(pb::AuthorizeResponse, Decided), ApiError> {
         if req.environment.is_empty() {
             return Err(ApiError::invalid(
                 "environment",
@@ -59,7 +63,8 @@ impl AuthorizeService {
             client_ip,
         };
         let outcome = self.authorizer.authorize(&req.key, &access, now).await?;
-        Ok(match outcome {
+        let decided = Decided::of(&outcome);
+        let response = match outcome {
             Outcome::Allow { key, rate } => pb::AuthorizeResponse {
                 decision: pb::Decision::Allow.into(),
                 reason: pb::DenyReason::Unspecified.into(),
@@ -96,7 +101,8 @@ impl AuthorizeService {
                 }
                 response
             }
-        })
+        };
+        Ok((response, decided))
     }
 }
 
@@ -110,6 +116,15 @@ impl AuthorizationService for AuthorizeService {
         &self,
         request: Request<pb::AuthorizeRequest>,
     ) -> Result<Response<pb::AuthorizeResponse>, Status> {
-        Ok(Response::new(self.decide(request.into_inner()).await?))
+        let started = Instant::now();
+        let result = self.decide(request.into_inner()).await;
+        let decided = match &result {
+            Ok((_, decided)) => *decided,
+            Err(error) => Decided::failed(error),
+        };
+        self.authorizer
+            .metrics()
+            .decided(Frontend::Authorize, decided, started.elapsed());
+        Ok(Response::new(result?.0))
     }
 }

@@ -42,6 +42,7 @@ use crate::{
     error::ApiError,
     interner::Interner,
     limiter::RateLimiter,
+    metrics::Metrics,
     runtime::Runtimes,
     usage::UsageRecorder,
 };
@@ -68,22 +69,6 @@ enum Lane {
     Authorize,
     /// Management calls authenticating their bearer key.
     Management,
-}
-
-/// Counters a test or an operator reads to see what the hot path did.
-#[derive(Debug, Default)]
-pub struct Metrics {
-    /// Storage queries made for Authorize and management authentication
-    /// (cache misses and background refreshes). A warm path leaves this
-    /// unchanged.
-    pub authorize_db_queries: AtomicU64,
-    /// Authorize calls answered.
-    pub authorize_calls: AtomicU64,
-    /// Decisions taken from a stale cache entry because storage was down.
-    pub stale_served: AtomicU64,
-    /// Loads refused because their lane stayed full for [`LOAD_TIMEOUT`]
-    /// (the caller got UNAVAILABLE; storage was not marked down).
-    pub loads_shed: AtomicU64,
 }
 
 /// What Authorize decided.
@@ -133,8 +118,15 @@ pub struct Authorizer {
 }
 
 impl Authorizer {
-    /// Builds the hot path over `store` with `config`'s cache and limits.
+    /// Builds the hot path over `store` with `config`'s cache and limits,
+    /// with metrics of its own.
     pub fn new(store: Store, config: &Config) -> Self {
+        Self::with_metrics(store, config, Arc::new(Metrics::default()))
+    }
+
+    /// [`Authorizer::new`], counting in `metrics` (which the store may
+    /// report to as well).
+    pub fn with_metrics(store: Store, config: &Config, metrics: Arc<Metrics>) -> Self {
         let pool = usize::try_from(store.pool_size()).unwrap_or(1);
         Self {
             format: config.key_format.clone(),
@@ -147,11 +139,12 @@ impl Authorizer {
                 config.cache_capacity,
                 config.cache_ttl,
                 config.negative_cache_ttl,
-            ),
+            )
+            .with_counters(metrics.cache.clone()),
             runtimes: Arc::new(Runtimes::default()),
             limiter: RateLimiter::new(store.backend() == Backend::Postgres),
             usage: Arc::new(UsageRecorder::new(config.last_used_precision)),
-            metrics: Arc::new(Metrics::default()),
+            metrics,
             origin: Instant::now(),
             unavailable_until: AtomicU64::new(0),
             refreshes: Arc::new(Semaphore::new(MAX_CONCURRENT_REFRESHES)),
@@ -182,7 +175,7 @@ impl Authorizer {
         &self.usage
     }
 
-    /// Hot-path counters.
+    /// Keygate's metrics.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
     }
@@ -257,14 +250,12 @@ impl Authorizer {
             Lane::Management => &self.management_loads,
         };
         let Ok(Ok(_permit)) = tokio::time::timeout(LOAD_TIMEOUT, semaphore.acquire()).await else {
-            self.metrics.loads_shed.fetch_add(1, Ordering::Relaxed);
+            self.metrics.loads_shed.inc();
             return Err(ApiError::Unavailable(format!(
                 "{lane:?} loads stayed busy for {LOAD_TIMEOUT:?}; load shed"
             )));
         };
-        self.metrics
-            .authorize_db_queries
-            .fetch_add(1, Ordering::Relaxed);
+        self.metrics.key_loads.inc();
         let budget = LOAD_TIMEOUT.saturating_sub(started.elapsed());
         let found =
             match tokio::time::timeout(budget, self.store.find_by_lookup_id(lookup_id)).await {
@@ -337,7 +328,7 @@ impl Authorizer {
                 error: ApiError::Unavailable(_),
                 stale: Some(stale),
             }) => {
-                self.metrics.stale_served.fetch_add(1, Ordering::Relaxed);
+                self.metrics.stale_served.inc();
                 stale
             }
             Err(LoadError { error, .. }) => return Err(error),
@@ -355,7 +346,6 @@ impl Authorizer {
         request: &AccessRequest<'_>,
         now: DateTime<Utc>,
     ) -> Result<Outcome, ApiError> {
-        self.metrics.authorize_calls.fetch_add(1, Ordering::Relaxed);
         let invalid = || Outcome::Deny {
             reason: DenyReason::KeyInvalid,
             key: None,

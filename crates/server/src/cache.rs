@@ -43,6 +43,7 @@ use std::{
 };
 
 use keygate_domain::snapshot::{KeySnapshot, lookup_id_bytes};
+use prometheus_client::metrics::counter::Counter;
 use quick_cache::sync::Cache;
 use tokio::sync::Mutex;
 
@@ -179,6 +180,17 @@ fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
+/// What lookups found, counted for the metrics.
+#[derive(Clone, Debug, Default)]
+pub struct CacheCounters {
+    /// Answered by a known key.
+    pub hits: Counter,
+    /// Answered by a remembered unknown lookup id.
+    pub negative_hits: Counter,
+    /// Had to load (absent, untrusted or outdated).
+    pub misses: Counter,
+}
+
 /// Bounded cache of verified key snapshots, keyed by lookup id.
 #[derive(Clone, Debug)]
 pub struct KeyCache {
@@ -195,6 +207,7 @@ pub struct KeyCache {
     /// Cache-clock nanoseconds of the last [`KeyCache::clear`]: entries
     /// read before it are untrusted.
     cleared_at: Arc<AtomicU64>,
+    counters: CacheCounters,
 }
 
 impl KeyCache {
@@ -214,7 +227,22 @@ impl KeyCache {
             origin: Instant::now(),
             changes: Arc::new(AtomicU64::new(0)),
             cleared_at: Arc::new(AtomicU64::new(0)),
+            counters: CacheCounters::default(),
         }
+    }
+
+    /// This cache, counting its lookups in `counters`.
+    #[must_use]
+    pub fn with_counters(mut self, counters: CacheCounters) -> Self {
+        self.counters = counters;
+        self
+    }
+
+    fn count_hit(&self, entry: &Entry) {
+        match entry {
+            Entry::Known(_) => self.counters.hits.inc(),
+            Entry::Unknown => self.counters.negative_hits.inc(),
+        };
     }
 
     /// Nanoseconds on the cache's clock; starts at 1 so that 0 means "never".
@@ -244,12 +272,14 @@ impl KeyCache {
         let stale = match self.slot(&key) {
             Some(slot) => match slot.state(now, self.cleared_at.load(Ordering::Acquire)) {
                 SlotState::Fresh => {
+                    self.count_hit(&slot.entry);
                     return Ok(Lookup {
                         entry: slot.entry.clone(),
                         refresh: false,
                     });
                 }
                 SlotState::Aging => {
+                    self.count_hit(&slot.entry);
                     return Ok(Lookup {
                         entry: slot.entry.clone(),
                         refresh: slot.claim_refresh(now),
@@ -260,6 +290,7 @@ impl KeyCache {
             },
             None => None,
         };
+        self.counters.misses.inc();
         match self.load_into(key, load, false).await {
             Ok(entry) => Ok(Lookup {
                 entry,

@@ -30,6 +30,7 @@ use tonic::{Code, Request, Response, Status};
 
 use crate::{
     authorizer::Authorizer,
+    metrics::Frontend,
     proxy::{self, Header, ProxyRequest, ProxySettings, Verdict},
 };
 
@@ -122,6 +123,7 @@ impl Authorization for ExtAuthzService {
             self.settings.trusted_proxy_hops,
         );
         let verdict = proxy::decide(
+            Frontend::ExtAuthz,
             &self.authorizer,
             &self.environments,
             &self.settings,

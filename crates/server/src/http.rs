@@ -11,6 +11,7 @@
 //!   / 429 with a JSON body, as [`crate::proxy`] decides; 503 when Keygate
 //!   cannot decide, 400 when the proxy's scopes or environment are wrong.
 //! - `/healthz`: the process answers. `/readyz`: storage is reachable too.
+//! - `/metrics`: Prometheus metrics ([`crate::metrics`]).
 
 use std::{
     collections::HashMap,
@@ -34,6 +35,7 @@ use tokio::{net::TcpListener, sync::watch};
 use crate::{
     authorizer::Authorizer,
     error::ApiError,
+    metrics::{self, Frontend},
     proxy::{self, Header, ProxyRequest, ProxySettings, Verdict},
 };
 
@@ -61,6 +63,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/v1/authorize", any(forward_auth))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(prometheus))
         .with_state(state)
 }
 
@@ -87,6 +90,18 @@ async fn readyz(State(state): State<HttpState>) -> Response {
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "storage unreachable\n").into_response()
     }
+}
+
+async fn prometheus(State(state): State<HttpState>) -> Response {
+    let text = state
+        .authorizer
+        .metrics()
+        .render(state.authorizer.cache().len());
+    (
+        [(axum::http::header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
+        text,
+    )
+        .into_response()
 }
 
 fn with_headers(mut response: Response, headers: Vec<Header>) -> Response {
@@ -142,6 +157,7 @@ async fn forward_auth(
         .map(|e| ("environment", e.as_str()))
         .or_else(|| header(ENVIRONMENT_HEADER).map(|e| (ENVIRONMENT_HEADER, e)));
     let verdict = proxy::decide(
+        Frontend::ForwardAuth,
         &state.authorizer,
         &state.environments,
         &state.proxy,

@@ -20,6 +20,7 @@ pub mod http;
 pub mod interner;
 pub mod limiter;
 pub mod management;
+pub mod metrics;
 pub mod proxy;
 pub mod runtime;
 pub mod server;

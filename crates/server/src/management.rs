@@ -29,7 +29,7 @@ use keygate_persistence::{KeyFilter, KeyUpdate, Store, StoreError};
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
-use crate::{authorizer::Authorizer, convert, error::ApiError};
+use crate::{authorizer::Authorizer, convert, error::ApiError, metrics::Metrics};
 
 /// Keys per ListKeys page when the request names no page size.
 pub const DEFAULT_PAGE_SIZE: u64 = 50;
@@ -52,6 +52,7 @@ type RpcResult<T> = Result<Response<T>, Status>;
 /// when it ends. With `KEYGATE_LOG_FORMAT=json` that is one JSON object per
 /// call, carrying the span's fields.
 async fn logged<T>(
+    metrics: &Metrics,
     method: &'static str,
     target: String,
     call: impl Future<Output = RpcResult<T>>,
@@ -75,6 +76,10 @@ async fn logged<T>(
             Ok(_) => tracing::info!(result = "OK", "management call"),
             Err(status) => tracing::info!(result = ?status.code(), "management call"),
         }
+        let code = result
+            .as_ref()
+            .map_or_else(Status::code, |_| tonic::Code::Ok);
+        metrics.management_call(method, code);
         result
     }
     .instrument(span)
@@ -564,7 +569,7 @@ impl KeyManagementService for ManagementService {
         request: Request<pb::CreateKeyRequest>,
     ) -> RpcResult<pb::CreateKeyResponse> {
         let target = String::new();
-        logged("CreateKey", target, async move {
+        logged(self.authorizer.metrics(), "CreateKey", target, async move {
             Ok(Response::new(self.create(request).await?))
         })
         .await
@@ -572,7 +577,7 @@ impl KeyManagementService for ManagementService {
 
     async fn get_key(&self, request: Request<pb::GetKeyRequest>) -> RpcResult<pb::GetKeyResponse> {
         let target = request.get_ref().key_id.clone();
-        logged("GetKey", target, async move {
+        logged(self.authorizer.metrics(), "GetKey", target, async move {
             let now = Utc::now();
             let principal = self.principal(&request, Access::Read, now).await?;
             let key = self
@@ -590,7 +595,7 @@ impl KeyManagementService for ManagementService {
         request: Request<pb::ListKeysRequest>,
     ) -> RpcResult<pb::ListKeysResponse> {
         let target = String::new();
-        logged("ListKeys", target, async move {
+        logged(self.authorizer.metrics(), "ListKeys", target, async move {
             Ok(Response::new(self.list(request).await?))
         })
         .await
@@ -601,7 +606,7 @@ impl KeyManagementService for ManagementService {
         request: Request<pb::RotateKeyRequest>,
     ) -> RpcResult<pb::RotateKeyResponse> {
         let target = request.get_ref().key_id.clone();
-        logged("RotateKey", target, async move {
+        logged(self.authorizer.metrics(), "RotateKey", target, async move {
             Ok(Response::new(self.rotate(request).await?))
         })
         .await
@@ -612,7 +617,7 @@ impl KeyManagementService for ManagementService {
         request: Request<pb::RevokeKeyRequest>,
     ) -> RpcResult<pb::RevokeKeyResponse> {
         let target = request.get_ref().key_id.clone();
-        logged("RevokeKey", target, async move {
+        logged(self.authorizer.metrics(), "RevokeKey", target, async move {
             Ok(Response::new(self.revoke(request).await?))
         })
         .await
@@ -623,9 +628,12 @@ impl KeyManagementService for ManagementService {
         request: Request<pb::UpdateKeyExpiryRequest>,
     ) -> RpcResult<pb::UpdateKeyExpiryResponse> {
         let target = request.get_ref().key_id.clone();
-        logged("UpdateKeyExpiry", target, async move {
-            Ok(Response::new(self.update_expiry(request).await?))
-        })
+        logged(
+            self.authorizer.metrics(),
+            "UpdateKeyExpiry",
+            target,
+            async move { Ok(Response::new(self.update_expiry(request).await?)) },
+        )
         .await
     }
 
@@ -634,14 +642,19 @@ impl KeyManagementService for ManagementService {
         request: Request<pb::DisableKeyRequest>,
     ) -> RpcResult<pb::DisableKeyResponse> {
         let target = request.get_ref().key_id.clone();
-        logged("DisableKey", target, async move {
-            let key_id = request.get_ref().key_id.clone();
-            let etag = request.get_ref().etag.clone();
-            let key = self
-                .set_state(request, &key_id, &etag, KeyState::Disabled)
-                .await?;
-            Ok(Response::new(pb::DisableKeyResponse { key: Some(key) }))
-        })
+        logged(
+            self.authorizer.metrics(),
+            "DisableKey",
+            target,
+            async move {
+                let key_id = request.get_ref().key_id.clone();
+                let etag = request.get_ref().etag.clone();
+                let key = self
+                    .set_state(request, &key_id, &etag, KeyState::Disabled)
+                    .await?;
+                Ok(Response::new(pb::DisableKeyResponse { key: Some(key) }))
+            },
+        )
         .await
     }
 
@@ -650,7 +663,7 @@ impl KeyManagementService for ManagementService {
         request: Request<pb::EnableKeyRequest>,
     ) -> RpcResult<pb::EnableKeyResponse> {
         let target = request.get_ref().key_id.clone();
-        logged("EnableKey", target, async move {
+        logged(self.authorizer.metrics(), "EnableKey", target, async move {
             let key_id = request.get_ref().key_id.clone();
             let etag = request.get_ref().etag.clone();
             let key = self
@@ -666,9 +679,12 @@ impl KeyManagementService for ManagementService {
         request: Request<pb::GetKeyUsageRequest>,
     ) -> RpcResult<pb::GetKeyUsageResponse> {
         let target = request.get_ref().key_id.clone();
-        logged("GetKeyUsage", target, async move {
-            Ok(Response::new(self.usage(request).await?))
-        })
+        logged(
+            self.authorizer.metrics(),
+            "GetKeyUsage",
+            target,
+            async move { Ok(Response::new(self.usage(request).await?)) },
+        )
         .await
     }
 }

@@ -1,5 +1,5 @@
 //! What a proxy in front of a service is told: the decision shared by
-//! Envoy's ext_authz (`ext_authz.rs`) and, later, HTTP forward-auth (nginx
+//! Envoy's ext_authz (`ext_authz.rs`) and HTTP forward-auth (`http.rs`, for nginx
 //! `auth_request`, Traefik `ForwardAuth`, Caddy `forward_auth`).
 //!
 //! Both read the key from a request header, the required scopes and the
@@ -10,7 +10,7 @@
 //! headers either way. Keygate unable to decide is an error, never a deny, so
 //! the proxy's own failure policy (`failure_mode_allow`) applies.
 
-use std::{net::IpAddr, sync::Arc};
+use std::{net::IpAddr, sync::Arc, time::Instant};
 
 use chrono::Utc;
 use keygate_domain::{
@@ -24,6 +24,7 @@ use keygate_domain::{
 use crate::{
     authorizer::{Authorizer, Outcome},
     error::ApiError,
+    metrics::{Decided, Frontend},
 };
 
 /// Headers sent upstream on allow: the key's id, owner and scopes. Any copy
@@ -141,11 +142,30 @@ fn rate_headers(rate: &RateDecision, now_unix: i64) -> Vec<Header> {
 /// cannot judge (misconfigured scopes or environment: INVALID_ARGUMENT) or
 /// could not decide (storage down: UNAVAILABLE).
 pub async fn decide(
+    frontend: Frontend,
     authorizer: &Arc<Authorizer>,
     environments: &Environments,
     settings: &ProxySettings,
     request: ProxyRequest<'_>,
 ) -> Result<Verdict, ApiError> {
+    let started = Instant::now();
+    let result = decide_counted(authorizer, environments, settings, request).await;
+    let decided = match &result {
+        Ok((_, decided)) => *decided,
+        Err(error) => Decided::failed(error),
+    };
+    authorizer
+        .metrics()
+        .decided(frontend, decided, started.elapsed());
+    result.map(|(verdict, _)| verdict)
+}
+
+async fn decide_counted(
+    authorizer: &Arc<Authorizer>,
+    environments: &Environments,
+    settings: &ProxySettings,
+    request: ProxyRequest<'_>,
+) -> Result<(Verdict, Decided), ApiError> {
     let environment = match request.environment {
         Some((field, name)) if !environments.contains(name) => {
             return Err(ApiError::invalid(
@@ -181,7 +201,8 @@ pub async fn decide(
     let outcome = authorizer
         .authorize(request.key.unwrap_or_default(), &access, now)
         .await?;
-    Ok(match outcome {
+    let decided = Decided::of(&outcome);
+    let verdict = match outcome {
         Outcome::Allow { key, rate } => {
             let scopes: Vec<&str> = key.snapshot.scopes.iter().map(Scope::as_str).collect();
             Verdict::Allow {
@@ -225,7 +246,8 @@ pub async fn decide(
                 body: body.to_string(),
             }
         }
-    })
+    };
+    Ok((verdict, decided))
 }
 
 #[cfg(test)]

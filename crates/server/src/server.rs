@@ -4,10 +4,7 @@
 
 use std::{
     future::Future,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::{Arc, atomic::AtomicBool},
     time::Duration,
 };
 
@@ -32,6 +29,7 @@ use crate::{
     ext_authz::ExtAuthzService,
     http::{self, HttpState},
     management::{ManagementService, issue_key},
+    metrics::Metrics,
     usage::FlushSchedule,
 };
 
@@ -68,8 +66,10 @@ impl Keygate {
     pub async fn open(config: Config) -> Result<Self, ServeError> {
         config.validate()?;
         let store = Store::connect(&config.database_url).await?;
+        let metrics = Arc::new(Metrics::new(store.backend() == Backend::Postgres));
+        let store = store.with_observer(metrics.clone());
         store.migrate().await?;
-        let authorizer = Arc::new(Authorizer::new(store.clone(), &config));
+        let authorizer = Arc::new(Authorizer::with_metrics(store.clone(), &config, metrics));
         Ok(Self {
             config,
             store,
@@ -169,9 +169,16 @@ impl Keygate {
                 retention: config.usage_retention,
             };
             let stop = stop_rx.clone();
+            let metrics = authorizer.metrics().clone();
             tokio::spawn(async move {
                 usage
-                    .run_flusher(store, move || housekeeper.housekeeping(), schedule, stop)
+                    .run_flusher(
+                        store,
+                        move || housekeeper.housekeeping(),
+                        schedule,
+                        &metrics,
+                        stop,
+                    )
                     .await
             })
         };
@@ -231,8 +238,9 @@ impl Keygate {
         watchdog.abort();
         let metrics = authorizer.metrics();
         tracing::info!(
-            authorize_calls = metrics.authorize_calls.load(Ordering::Relaxed),
-            authorize_db_queries = metrics.authorize_db_queries.load(Ordering::Relaxed),
+            key_loads = metrics.key_loads.get(),
+            cache_hits = metrics.cache.hits.get(),
+            cache_misses = metrics.cache.misses.get(),
             "hot path totals"
         );
         result?;
@@ -361,9 +369,11 @@ async fn follow_changes(
     mut stop: watch::Receiver<bool>,
 ) {
     let cache = authorizer.cache();
+    let metrics = authorizer.metrics();
     if store.backend() != Backend::Postgres {
         return;
     }
+    let mut started_once = false;
     let mut backoff = Duration::from_millis(100);
     loop {
         let listener = match first.take() {
@@ -386,12 +396,19 @@ async fn follow_changes(
         };
         // Anything missed before LISTEN started is gone: revalidate.
         cache.clear();
+        if std::mem::replace(&mut started_once, true) {
+            metrics.listener_reconnected();
+        }
+        metrics.notified();
         backoff = Duration::from_millis(100);
         loop {
             let change = tokio::select! {
                 change = tokio::time::timeout(LISTENER_SILENCE_LIMIT, listener.next()) => change,
                 _ = stop.wait_for(|s| *s) => return,
             };
+            if matches!(change, Ok(Ok(_))) {
+                metrics.notified();
+            }
             match change {
                 Ok(Ok(Change::Key {
                     key_id,
@@ -405,6 +422,7 @@ async fn follow_changes(
                 Ok(Ok(Change::Heartbeat)) => {}
                 Ok(Ok(Change::Reset)) => {
                     tracing::warn!("key change listener reconnected; cache marked stale");
+                    metrics.listener_reconnected();
                     cache.clear();
                 }
                 Ok(Err(err)) => {

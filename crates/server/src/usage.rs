@@ -30,6 +30,7 @@ use tokio::{sync::watch, time::Instant};
 
 use crate::{
     dirty::DirtyList,
+    metrics::{Flush, Metrics},
     runtime::{KeyRuntime, PendingUsage, Runtimes},
 };
 
@@ -216,6 +217,7 @@ impl UsageRecorder {
         store: Store,
         housekeeping: impl Fn(),
         schedule: FlushSchedule,
+        metrics: &Metrics,
         mut stop: watch::Receiver<bool>,
     ) {
         let ticker = |every: Duration| {
@@ -242,13 +244,19 @@ impl UsageRecorder {
             };
             match due {
                 Due::LastUsed => {
-                    if let Err(err) = self.flush_last_used(&store).await {
+                    let started = std::time::Instant::now();
+                    let result = self.flush_last_used(&store).await;
+                    metrics.flushed(Flush::LastUsed, started.elapsed(), result.is_ok());
+                    if let Err(err) = result {
                         tracing::warn!(error = %err, "last-used flush failed; will retry");
                     }
                     housekeeping();
                 }
                 Due::Counts => {
-                    if let Err(err) = self.flush_counts(&store).await {
+                    let started = std::time::Instant::now();
+                    let result = self.flush_counts(&store).await;
+                    metrics.flushed(Flush::Counts, started.elapsed(), result.is_ok());
+                    if let Err(err) = result {
                         tracing::warn!(error = %err, "usage count flush failed; will retry");
                     }
                 }
@@ -422,6 +430,7 @@ mod tests {
                             counts: Duration::from_secs(3600),
                             retention: Duration::from_secs(3600),
                         },
+                        &Metrics::default(),
                         stop_rx,
                     )
                     .await
@@ -475,7 +484,8 @@ mod tests {
             counts: Duration::from_secs(3600),
             retention: Duration::from_secs(24 * 3600),
         };
-        let run = recorder.run_flusher(store.clone(), || {}, schedule, stop_rx);
+        let metrics = Metrics::default();
+        let run = recorder.run_flusher(store.clone(), || {}, schedule, &metrics, stop_rx);
         let stopper = async {
             tokio::time::sleep(Duration::from_millis(200)).await;
             stop_tx.send(true).unwrap();
