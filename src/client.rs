@@ -63,10 +63,24 @@ pub struct Client {
 impl Client {
     /// Connects to `endpoint` (for example `http://127.0.0.1:50051`).
     pub async fn connect(endpoint: impl Into<String>) -> Result<Self, tonic::transport::Error> {
-        let channel = Endpoint::from_shared(endpoint.into())?
-            .tcp_nodelay(true)
-            .connect()
-            .await?;
+        Self::connect_with(Endpoint::from_shared(endpoint.into())?).await
+    }
+
+    /// Connects through `endpoint` as configured by the caller: TLS (CA
+    /// to trust, client certificate for mutual TLS), timeouts, and so on.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+    /// let tls = ClientTlsConfig::new()
+    ///     .ca_certificate(Certificate::from_pem(std::fs::read("ca.pem")?))
+    ///     .identity(Identity::from_pem(std::fs::read("client.pem")?, std::fs::read("client.key")?));
+    /// let endpoint = Endpoint::from_static("https://keygate.internal:50051").tls_config(tls)?;
+    /// let client = keygate::Client::connect_with(endpoint).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn connect_with(endpoint: Endpoint) -> Result<Self, tonic::transport::Error> {
+        let channel = endpoint.tcp_nodelay(true).connect().await?;
         Ok(Self::from_channel(channel, BearerAuth::default()))
     }
 

@@ -7,7 +7,7 @@ use std::{net::SocketAddr, time::Duration};
 
 use keygate_domain::{environment::Environments, keyformat::KeyFormat, ratelimit::Quota};
 
-use crate::proxy::ProxySettings;
+use crate::{proxy::ProxySettings, tls::TlsFiles};
 
 /// The SQLite database used when none is configured.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://keygate.db?mode=rwc";
@@ -62,6 +62,8 @@ pub struct Config {
     pub forward_key_header: bool,
     /// Where to serve HTTP (forward-auth, probes); `None`: not at all.
     pub http_listen: Option<SocketAddr>,
+    /// Serve gRPC over TLS with these files; `None`: plaintext.
+    pub tls: Option<TlsFiles>,
 }
 
 impl Default for Config {
@@ -87,6 +89,7 @@ impl Default for Config {
             trusted_proxy_hops: 0,
             forward_key_header: false,
             http_listen: None,
+            tls: None,
         }
     }
 }

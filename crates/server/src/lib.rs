@@ -24,6 +24,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod runtime;
 pub mod server;
+pub mod tls;
 pub mod usage;
 
 pub use config::Config;

@@ -1,7 +1,7 @@
 //! `keygate`: serve, migrate, bootstrap. Flags and `KEYGATE_*` environment
 //! variables become a [`Config`]; everything else lives in the library.
 
-use std::{io::IsTerminal, net::SocketAddr, time::Duration};
+use std::{io::IsTerminal, net::SocketAddr, path::PathBuf, time::Duration};
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -10,6 +10,7 @@ use keygate_persistence::Store;
 use keygate_server::{
     Config, Keygate, bootstrap,
     config::{DEFAULT_DATABASE_URL, DEFAULT_LISTEN},
+    tls::TlsFiles,
 };
 use tracing_subscriber::EnvFilter;
 
@@ -138,6 +139,17 @@ struct ServeArgs {
     /// Traefik, Caddy), /healthz, /readyz. Off by default.
     #[arg(long, env = "KEYGATE_HTTP_LISTEN")]
     http_listen: Option<SocketAddr>,
+    /// Serve gRPC over TLS with this PEM certificate chain (needs
+    /// --tls-key).
+    #[arg(long, env = "KEYGATE_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "KEYGATE_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Require client certificates signed by this PEM CA (mutual TLS;
+    /// needs --tls-cert).
+    #[arg(long, env = "KEYGATE_TLS_CLIENT_CA", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
 }
 
 /// Parses `250ms`, `5s`, `2m`, `1h` or `31d` (a bare number is seconds). Zero
@@ -231,12 +243,21 @@ async fn main() -> Result<()> {
             config.trusted_proxy_hops = args.trusted_proxy_hops;
             config.forward_key_header = args.forward_key_header;
             config.http_listen = args.http_listen;
+            config.tls = match (args.tls_cert, args.tls_key) {
+                (Some(cert), Some(key)) => Some(TlsFiles {
+                    cert,
+                    key,
+                    client_ca: args.tls_client_ca,
+                }),
+                // clap requires both or neither.
+                _ => None,
+            };
             // Before binding or touching storage; `Keygate::open` checks again.
             config.validate().context("invalid configuration")?;
             let listener = tokio::net::TcpListener::bind(config.listen)
                 .await
                 .with_context(|| format!("cannot listen on {}", config.listen))?;
-            let keygate = Keygate::open(config).await.context("cannot open storage")?;
+            let keygate = Keygate::open(config).await.context("cannot start")?;
             keygate.serve(listener, shutdown_signal()).await?;
             tracing::info!("keygate stopped");
         }

@@ -19,7 +19,10 @@ use keygate_domain::{
 };
 use keygate_persistence::{Backend, Change, ChangeListener, Store, StoreError};
 use tokio::{net::TcpListener, sync::watch};
-use tonic::{server::NamedService, transport::server::TcpIncoming};
+use tonic::{
+    server::NamedService,
+    transport::{ServerTlsConfig, server::TcpIncoming},
+};
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
@@ -30,6 +33,7 @@ use crate::{
     http::{self, HttpState},
     management::{ManagementService, issue_key},
     metrics::Metrics,
+    tls::TlsFiles,
     usage::FlushSchedule,
 };
 
@@ -59,12 +63,14 @@ pub struct Keygate {
     config: Config,
     store: Store,
     authorizer: Arc<Authorizer>,
+    tls: Option<ServerTlsConfig>,
 }
 
 impl Keygate {
     /// Connects to the configured database and applies migrations.
     pub async fn open(config: Config) -> Result<Self, ServeError> {
         config.validate()?;
+        let tls = config.tls.as_ref().map(TlsFiles::load).transpose()?;
         let store = Store::connect(&config.database_url).await?;
         let metrics = Arc::new(Metrics::new(store.backend() == Backend::Postgres));
         let store = store.with_observer(metrics.clone());
@@ -74,6 +80,7 @@ impl Keygate {
             config,
             store,
             authorizer,
+            tls,
         })
     }
 
@@ -113,6 +120,7 @@ impl Keygate {
             config,
             store,
             authorizer,
+            tls,
         } = self;
         let (stop_tx, stop_rx) = watch::channel(false);
 
@@ -211,10 +219,18 @@ impl Keygate {
         ));
 
         let local = listener.local_addr()?;
-        tracing::info!(listen = %local, "keygate serving");
+        tracing::info!(
+            listen = %local,
+            tls = tls.is_some(),
+            client_certificates = config.tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
+            "keygate serving"
+        );
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-        let result = tonic::transport::Server::builder()
-            .timeout(config.request_timeout)
+        let mut builder = tonic::transport::Server::builder().timeout(config.request_timeout);
+        if let Some(tls) = tls {
+            builder = builder.tls_config(tls)?;
+        }
+        let result = builder
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
