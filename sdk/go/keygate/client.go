@@ -5,14 +5,21 @@
 // and sends a management key as bearer metadata on every call. [Authorizer]
 // protects your own services with Keygate: [Authorizer.Require] is a net/http
 // middleware and [Authorizer.UnaryServerInterceptor] a gRPC interceptor.
+//
+// [NewClient] uses TLS with the system's root certificates by default.
+// [WithTLSFiles] takes PEM files for a private CA and, for a Keygate that
+// requires mutual TLS, a client certificate and key; [WithTLSConfig] takes a
+// *tls.Config of your own; [WithInsecure] connects in plaintext.
 package keygate
 
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"iter"
+	"os"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
@@ -48,6 +55,7 @@ type Option func(*clientConfig)
 
 type clientConfig struct {
 	tls           *tls.Config
+	tlsFiles      *tlsFiles
 	insecure      bool
 	managementKey string
 	dialOptions   []grpc.DialOption
@@ -60,10 +68,20 @@ func WithInsecure() Option {
 }
 
 // WithTLSConfig connects with TLS using cfg (for a private CA or client
-// certificates). Without this option and without [WithInsecure], the client
-// uses TLS with the system's root certificates.
+// certificates). Without this option, [WithTLSFiles] and [WithInsecure], the
+// client uses TLS with the system's root certificates.
 func WithTLSConfig(cfg *tls.Config) Option {
 	return func(c *clientConfig) { c.tls = cfg }
+}
+
+// WithTLSFiles connects with TLS configured from PEM files: caFile holds the
+// CA certificates the server's certificate must be signed by (empty: the
+// system's roots); certFile and keyFile are a client certificate and its
+// private key, for a Keygate that requires mutual TLS (both empty: no client
+// certificate). [NewClient] reads the files and fails, naming the file, when
+// one cannot be read or holds no usable PEM.
+func WithTLSFiles(caFile, certFile, keyFile string) Option {
+	return func(c *clientConfig) { c.tlsFiles = &tlsFiles{ca: caFile, cert: certFile, key: keyFile} }
 }
 
 // WithManagementKey sends key as "authorization: Bearer <key>" metadata on
@@ -88,6 +106,15 @@ func NewClient(target string, opts ...Option) (*Client, error) {
 	}
 	if cfg.insecure && cfg.tls != nil {
 		return nil, errors.New("keygate: WithInsecure and WithTLSConfig exclude each other")
+	}
+	if cfg.tlsFiles != nil {
+		if cfg.insecure || cfg.tls != nil {
+			return nil, errors.New("keygate: WithTLSFiles excludes WithInsecure and WithTLSConfig")
+		}
+		var err error
+		if cfg.tls, err = cfg.tlsFiles.load(); err != nil {
+			return nil, err
+		}
 	}
 
 	dialOptions := make([]grpc.DialOption, 0, len(cfg.dialOptions)+2)
@@ -223,6 +250,43 @@ func call[Req, Resp any](
 		return zero, wrapError(err)
 	}
 	return resp, nil
+}
+
+// tlsFiles are the PEM files of [WithTLSFiles].
+type tlsFiles struct{ ca, cert, key string }
+
+// load builds the TLS configuration, failing with the file at fault.
+func (f *tlsFiles) load() (*tls.Config, error) {
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
+	if f.ca != "" {
+		pem, err := os.ReadFile(f.ca)
+		if err != nil {
+			return nil, fmt.Errorf("keygate: reading TLS CA file: %w", err)
+		}
+		cfg.RootCAs = x509.NewCertPool()
+		if !cfg.RootCAs.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("keygate: TLS CA file %s holds no PEM certificate", f.ca)
+		}
+	}
+	if (f.cert == "") != (f.key == "") {
+		return nil, errors.New("keygate: WithTLSFiles needs both a client certificate file and its key file, or neither")
+	}
+	if f.cert != "" {
+		certPEM, err := os.ReadFile(f.cert)
+		if err != nil {
+			return nil, fmt.Errorf("keygate: reading TLS client certificate: %w", err)
+		}
+		keyPEM, err := os.ReadFile(f.key)
+		if err != nil {
+			return nil, fmt.Errorf("keygate: reading TLS client key: %w", err)
+		}
+		cert, err := tls.X509KeyPair(certPEM, keyPEM)
+		if err != nil {
+			return nil, fmt.Errorf("keygate: TLS client certificate %s with key %s: %w", f.cert, f.key, err)
+		}
+		cfg.Certificates = []tls.Certificate{cert}
+	}
+	return cfg, nil
 }
 
 // bearerToken sends "authorization: Bearer <token>" on every call.

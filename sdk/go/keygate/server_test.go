@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
@@ -48,6 +49,7 @@ func TestMain(m *testing.M) {
 type keygateServer struct {
 	addr     string
 	adminKey string
+	creds    credentials.TransportCredentials // what waitServing connects with
 	cmd      *exec.Cmd
 	dir      string
 	log      *bytes.Buffer
@@ -58,7 +60,7 @@ type keygateServer struct {
 // fails the test, never skips it, when the server cannot be started.
 func live(t testing.TB) *keygateServer {
 	t.Helper()
-	liveOnce.Do(func() { liveServer, liveErr = startKeygate() })
+	liveOnce.Do(func() { liveServer, liveErr = startKeygate(insecure.NewCredentials()) })
 	if liveErr != nil {
 		t.Fatalf("starting keygate: %v", liveErr)
 	}
@@ -77,7 +79,10 @@ func adminClient(t testing.TB) *keygate.Client {
 	return client
 }
 
-func startKeygate() (*keygateServer, error) {
+// startKeygate starts `keygate serve` with serveArgs added (such as the TLS
+// flags) and waits until its health service, reached with creds, answers
+// SERVING.
+func startKeygate(creds credentials.TransportCredentials, serveArgs ...string) (*keygateServer, error) {
 	bin, err := keygateBinary()
 	if err != nil {
 		return nil, err
@@ -104,8 +109,9 @@ func startKeygate() (*keygateServer, error) {
 		_ = os.RemoveAll(dir)
 		return nil, err
 	}
-	srv := &keygateServer{addr: addr, adminKey: adminKey, dir: dir, log: &bytes.Buffer{}, exited: make(chan error, 1)}
-	srv.cmd = exec.Command(bin, "serve", "--listen", addr, "--database-url", dbURL)
+	srv := &keygateServer{addr: addr, adminKey: adminKey, creds: creds, dir: dir, log: &bytes.Buffer{}, exited: make(chan error, 1)}
+	args := append([]string{"serve", "--listen", addr, "--database-url", dbURL}, serveArgs...)
+	srv.cmd = exec.Command(bin, args...)
 	srv.cmd.Stdout = srv.log
 	srv.cmd.Stderr = srv.log
 	if err := srv.cmd.Start(); err != nil {
@@ -123,7 +129,7 @@ func startKeygate() (*keygateServer, error) {
 
 // waitServing polls grpc.health.v1.Health/Check for the overall status.
 func (s *keygateServer) waitServing(timeout time.Duration) error {
-	conn, err := grpc.NewClient(s.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient(s.addr, grpc.WithTransportCredentials(s.creds))
 	if err != nil {
 		return err
 	}

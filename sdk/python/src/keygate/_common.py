@@ -7,9 +7,11 @@ key's current state.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -18,6 +20,7 @@ from google.protobuf import duration_pb2, timestamp_pb2
 from keygate.v1 import authorization_pb2, keys_pb2
 
 ChannelOptions = Sequence[tuple[str, Any]]
+StrPath = str | os.PathLike[str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,14 +41,53 @@ class RotatedKey:
 
 
 def channel_credentials(
-    insecure: bool, credentials: grpc.ChannelCredentials | None
+    insecure: bool,
+    credentials: grpc.ChannelCredentials | None,
+    *,
+    tls_ca_file: StrPath | None = None,
+    tls_cert_file: StrPath | None = None,
+    tls_key_file: StrPath | None = None,
 ) -> grpc.ChannelCredentials | None:
-    """The transport credentials to use; None means plaintext."""
+    """The transport credentials to use; None means plaintext.
+
+    The ``tls_*`` files are PEM: the CA certificates the server's certificate
+    must be signed by (None: gRPC's default roots), and a client certificate
+    with its private key for mutual TLS (both or neither).
+    """
+    tls_files = tls_ca_file is not None or tls_cert_file is not None or tls_key_file is not None
+    if insecure and credentials is not None:
+        raise ValueError("insecure=True and credentials exclude each other")
+    if tls_files and insecure:
+        raise ValueError("insecure=True and tls_ca_file/tls_cert_file/tls_key_file exclude each other")
+    if tls_files and credentials is not None:
+        raise ValueError("credentials and tls_ca_file/tls_cert_file/tls_key_file exclude each other")
+    if (tls_cert_file is None) != (tls_key_file is None):
+        raise ValueError("tls_cert_file and tls_key_file go together: give both or neither")
     if insecure:
-        if credentials is not None:
-            raise ValueError("insecure=True and credentials exclude each other")
         return None
-    return credentials if credentials is not None else grpc.ssl_channel_credentials()
+    if credentials is not None:
+        return credentials
+    return grpc.ssl_channel_credentials(
+        root_certificates=_read_pem("tls_ca_file", tls_ca_file, "CERTIFICATE"),
+        private_key=_read_pem("tls_key_file", tls_key_file, "PRIVATE KEY"),
+        certificate_chain=_read_pem("tls_cert_file", tls_cert_file, "CERTIFICATE"),
+    )
+
+
+def _read_pem(option: str, path: StrPath | None, label: str) -> bytes | None:
+    """The contents of ``path``, which must hold a PEM block whose label has ``label``."""
+    if path is None:
+        return None
+    try:
+        data = Path(path).read_bytes()
+    except OSError as error:
+        # OSError(errno, ...) is the matching subclass, e.g. FileNotFoundError.
+        raise OSError(error.errno, f"{option}: {error.strerror}", os.fspath(path)) from error
+    if not any(
+        line.startswith(b"-----BEGIN ") and label.encode() in line for line in data.splitlines()
+    ):
+        raise ValueError(f"{option}: {os.fspath(path)} holds no PEM {label}")
+    return data
 
 
 def bearer_metadata(management_key: str | None) -> tuple[tuple[str, str], ...]:

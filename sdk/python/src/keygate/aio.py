@@ -11,7 +11,7 @@ import grpc
 import grpc.aio
 
 from keygate import _common
-from keygate._common import ChannelOptions, CreatedKey, RotatedKey
+from keygate._common import ChannelOptions, CreatedKey, RotatedKey, StrPath
 from keygate.errors import from_rpc_error
 from keygate.v1 import (
     authorization_pb2,
@@ -43,10 +43,19 @@ class AsyncClient:
         management_key: str | None = None,
         insecure: bool = False,
         credentials: grpc.ChannelCredentials | None = None,
+        tls_ca_file: StrPath | None = None,
+        tls_cert_file: StrPath | None = None,
+        tls_key_file: StrPath | None = None,
         options: ChannelOptions = (),
     ) -> None:
         """Opens a channel to ``target``; the arguments are those of :class:`keygate.Client`."""
-        transport = _common.channel_credentials(insecure, credentials)
+        transport = _common.channel_credentials(
+            insecure,
+            credentials,
+            tls_ca_file=tls_ca_file,
+            tls_cert_file=tls_cert_file,
+            tls_key_file=tls_key_file,
+        )
         metadata = _common.bearer_metadata(management_key)
         interceptors = [_MetadataInterceptor(metadata)] if metadata else None
         self._channel = (

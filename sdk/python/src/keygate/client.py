@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 import grpc
 
 from keygate import _common
-from keygate._common import ChannelOptions, CreatedKey, RotatedKey
+from keygate._common import ChannelOptions, CreatedKey, RotatedKey, StrPath
 from keygate.errors import from_rpc_error
 from keygate.v1 import (
     authorization_pb2,
@@ -48,15 +48,31 @@ class Client:
         management_key: str | None = None,
         insecure: bool = False,
         credentials: grpc.ChannelCredentials | None = None,
+        tls_ca_file: StrPath | None = None,
+        tls_cert_file: StrPath | None = None,
+        tls_key_file: StrPath | None = None,
         options: ChannelOptions = (),
     ) -> None:
         """Opens a channel to ``target`` (such as ``"keygate.internal:50051"``).
 
-        TLS with the system's roots by default; ``credentials`` for your own
-        (``grpc.ssl_channel_credentials(...)``); ``insecure=True`` for
-        plaintext. The channel connects lazily, on the first call.
+        TLS with gRPC's default roots by default; ``insecure=True`` for
+        plaintext. For a private CA or mutual TLS, give PEM files:
+        ``tls_ca_file`` (the CA that signs the server's certificate) and, when
+        Keygate requires client certificates, ``tls_cert_file`` with
+        ``tls_key_file``; or your own ``credentials``
+        (``grpc.ssl_channel_credentials(...)``). ``insecure``, ``credentials``
+        and the ``tls_*`` files exclude each other (``ValueError``). The files
+        are read here: an unreadable one raises ``OSError``, one without PEM
+        ``ValueError``, naming it. The channel connects lazily, on the first
+        call.
         """
-        transport = _common.channel_credentials(insecure, credentials)
+        transport = _common.channel_credentials(
+            insecure,
+            credentials,
+            tls_ca_file=tls_ca_file,
+            tls_cert_file=tls_cert_file,
+            tls_key_file=tls_key_file,
+        )
         channel = (
             grpc.insecure_channel(target, options=options)
             if transport is None
