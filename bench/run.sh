@@ -17,6 +17,8 @@
 #   BENCH_COLD_KEYS  2000  (never-seen keys for the cold-miss run; 0 skips it)
 #   BENCH_CONCURRENCY 32, BENCH_CONNECTIONS 4
 #   BENCH_SERVER_ARGS extra `keygate serve` flags (word-split)
+#   BENCH_EXT_AUTHZ  1     (also run Envoy ext_authz Check rounds with the same
+#                    keys, as CheckRequests; 0 skips them)
 #   KEYGATE_BENCH_POSTGRES_URL or KEYGATE_TEST_POSTGRES_URL: a PostgreSQL
 #     server URL; a fresh database is created on it per configuration.
 set -euo pipefail
@@ -58,6 +60,7 @@ else
   BACKENDS="sqlite"
 fi
 read -r -a EXTRA_SERVER_ARGS <<<"${BENCH_SERVER_ARGS:-}"
+EXT_AUTHZ=${BENCH_EXT_AUTHZ:-1}
 
 log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "FAIL: $*"; exit 1; }
@@ -96,6 +99,12 @@ if [[ ! -x "$GHZ" ]]; then
   go install "github.com/bojand/ghz/cmd/ghz@$GHZ_VERSION"
 fi
 log "ghz: $GHZ (pinned $GHZ_VERSION when installed here)"
+
+PROTOSET="$WORK/envoy-ext-authz.protoset"
+if [[ $EXT_AUTHZ -eq 1 ]]; then
+  log "writing Envoy's ext_authz descriptors for ghz (bench/envoy-protoset)"
+  (cd "$ROOT/bench/envoy-protoset" && go run . "$PROTOSET")
+fi
 
 log "building (release)"
 (cd "$ROOT" && cargo build --release --quiet -p keygate-server --bin keygate)
@@ -199,7 +208,7 @@ extra_flag() {
 CONFIG_SERVER_ARGS=()
 start_server() {
   "$KEYGATE" serve --listen "127.0.0.1:$PORT" --database-url "$1" \
-    --default-rate-limit 4000000000 \
+    --http-listen "127.0.0.1:$HTTP_PORT" --default-rate-limit 4000000000 \
     "${CONFIG_SERVER_ARGS[@]}" "${EXTRA_SERVER_ARGS[@]}" 2>>"$2/server.log" &
   SERVER_PID=$!
   "$SETUP" wait --endpoint "http://127.0.0.1:$PORT" --timeout-secs 30 ||
@@ -217,6 +226,8 @@ stop_server() {
 
 RESULTS="$WORK/results.tsv"
 : >"$RESULTS"
+EXT_RESULTS="$WORK/ext-authz.tsv"
+: >"$EXT_RESULTS"
 
 # --- one configuration ---------------------------------------------------
 run_config() {
@@ -250,6 +261,7 @@ run_config() {
   [[ ${#CONFIG_SERVER_ARGS[@]} -eq 0 ]] || log "server flags for $n keys: ${CONFIG_SERVER_ARGS[*]}"
 
   PORT=$(free_port)
+  HTTP_PORT=$(free_port)
   if [[ $n -gt $SEED_ABOVE ]]; then
     notes="seeded"
     log "seeding $total keys ($n for load, $COLD_KEYS never used until the cold run) straight into the database"
@@ -271,9 +283,11 @@ run_config() {
     # entry among all n.
     shuf -n "$DATA_ENTRIES" "$dir/warm.txt" >"$dir/warm-sample.txt"
     "$SETUP" data-file --keys "$dir/warm-sample.txt" --out "$dir/warm.json"
+    "$SETUP" data-file --keys "$dir/warm-sample.txt" --out "$dir/warm-ext.json" --format ext-authz
     notes="$notes, ghz data: random $DATA_ENTRIES of the $n keys"
   else
     "$SETUP" data-file --keys "$dir/warm.txt" --out "$dir/warm.json"
+    "$SETUP" data-file --keys "$dir/warm.txt" --out "$dir/warm-ext.json" --format ext-authz
   fi
   # ghz's own cost per call grows with the data file (measured here: 15.4k
   # rps with 1k entries, 12.8k with the same 1k keys repeated to 100k), so
@@ -314,7 +328,15 @@ run_config() {
     measured_run "$dir/authz-$i.json" "${load[@]}" --call keygate.v1.AuthorizationService/Authorize \
       --data-file "$dir/warm.json"
     ghz_check_ok "$dir/authz-$i.json" "Authorize round $i"
-    for rpc in check authz; do
+    local rpcs=(check authz)
+    if [[ $EXT_AUTHZ -eq 1 ]]; then
+      log "round $i/$ROUNDS: ext_authz Check for $DURATION"
+      measured_run "$dir/ext-$i.json" "${load[@]}" --protoset "$PROTOSET" \
+        --call envoy.service.auth.v3.Authorization/Check --data-file "$dir/warm-ext.json"
+      ghz_check_ok "$dir/ext-$i.json" "ext_authz Check round $i"
+      rpcs+=(ext)
+    fi
+    for rpc in "${rpcs[@]}"; do
       log "  $rpc round $i: $(printf '%.0f' "$(ghz_stat "$dir/$rpc-$i.json" rps)") rps," \
         "p50 $(ms "$(ghz_stat "$dir/$rpc-$i.json" p50)") ms, p99 $(ms "$(ghz_stat "$dir/$rpc-$i.json" p99)") ms," \
         "$(ghz_stat "$dir/$rpc-$i.json" count) calls, server CPU $(cat "$dir/$rpc-$i.json.cpu") µs/call"
@@ -340,6 +362,20 @@ run_config() {
     ghz_check_ok "$dir/authz-cycled.json" "Authorize (cycled data file)"
     equal_rps=$(ghz_stat "$dir/authz-cycled.json" rps)
     log "  authz cycled: $(printf '%.0f' "$equal_rps") rps"
+  fi
+
+  if [[ $EXT_AUTHZ -eq 1 ]]; then
+    # A deny is an OK Check too: the server's own count says they all allowed.
+    local ext_not_allowed
+    ext_not_allowed=$(curl -fsS "http://127.0.0.1:$HTTP_PORT/metrics" |
+      awk '/^keygate_decisions_total\{/ && /service="ext_authz"/ && !/decision="allow"/ { s += $NF } END { print s + 0 }')
+    [[ "$ext_not_allowed" -eq 0 ]] || die "$ext_not_allowed ext_authz Checks were not allowed (see /metrics)"
+    local ext_cpu authz_cpu_min
+    ext_cpu=$(cat "$dir"/ext-*.json.cpu | sort -g | head -1)
+    authz_cpu_min=$(cat "$dir"/authz-*.json.cpu | sort -g | head -1)
+    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$backend" "$n" "$authz_cpu_min" "$ext_cpu" \
+      "$(for f in "$dir"/authz-*.json; do ghz_stat "$f" rps; done | sort -gr | head -1)" \
+      "$(for f in "$dir"/ext-*.json; do ghz_stat "$f" rps; done | sort -gr | head -1)" >>"$EXT_RESULTS"
   fi
 
   log "verifying: every load key is still DECISION_ALLOW (none was denied or rate limited)"
@@ -481,3 +517,12 @@ for backend in $BACKENDS; do
 done
 echo
 echo "All Authorize calls returned status OK, and every key answered DECISION_ALLOW before and after load."
+if [[ -s "$EXT_RESULTS" ]]; then
+  echo "Envoy ext_authz Check against Authorize, same keys and server, same ghz load (server CPU"
+  echo "per call, lowest round; rps, best round); target: Check within 10% of Authorize:"
+  awk -F'\t' '{
+    r = $4 / $3
+    printf "  %-9s %8s keys: Authorize %s µs, ext_authz %s µs: %.2fx %s; rps %.0f vs %.0f\n", $1, $2, $3, $4, r, (r <= 1.1 ? "(within 10%)" : "(MORE than 10% above)"), $5, $6
+  }' "$EXT_RESULTS"
+  echo
+fi

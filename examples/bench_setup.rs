@@ -13,6 +13,7 @@
 //! bench_setup authorize --endpoint URL --keys FILE [--concurrency 32]
 //!                       [--scope bench:read] [--client-ip 10.0.0.1]
 //! bench_setup data-file --keys FILE --out FILE [--scope bench:read] [--client-ip 10.0.0.1]
+//!                        [--format authorize|ext-authz]
 //! ```
 //!
 //! `create` writes one secret per line to `--out`. `seed` writes the same
@@ -25,7 +26,8 @@
 //! bootstrap` does that). `authorize` calls
 //! Authorize once per key and exits non-zero unless every answer is
 //! `DECISION_ALLOW`. `data-file` writes a JSON array of AuthorizeRequest
-//! messages for ghz's `--data-file` (sent round robin).
+//! messages for ghz's `--data-file` (sent round robin), or with `--format
+//! ext-authz` the same questions as Envoy ext_authz CheckRequests.
 //!
 //! Arguments are parsed by hand so the example needs no extra dependencies.
 
@@ -386,6 +388,13 @@ fn data_file(args: &Args) -> Result<(), Error> {
     let keys = read_keys(&args.get("keys")?)?;
     let scope = args.get_or("scope", "bench:read");
     let client_ip = args.get_or("client-ip", "10.0.0.1");
+    let ext_authz = match args.get_or("format", "authorize").as_str() {
+        "authorize" => false,
+        "ext-authz" => true,
+        other => {
+            return Err(format!("--format must be authorize or ext-authz, got {other}").into());
+        }
+    };
     let mut file = std::io::BufWriter::new(std::fs::File::create(args.get("out")?)?);
     // Keys, scopes and addresses are plain ASCII without quotes or
     // backslashes, so no JSON escaping is needed; refuse anything else.
@@ -402,10 +411,20 @@ fn data_file(args: &Args) -> Result<(), Error> {
             return Err(format!("key #{i} is not plain ASCII").into());
         }
         let comma = if i + 1 < keys.len() { "," } else { "" };
-        writeln!(
-            file,
-            r#"{{"key":"{key}","required_scopes":["{scope}"],"environment":"live","client_ip":"{client_ip}"}}{comma}"#
-        )?;
+        if ext_authz {
+            // The same question as an Envoy CheckRequest: the key in the
+            // authorization header, the scope as the route's context
+            // extension, the client as the source address.
+            writeln!(
+                file,
+                r#"{{"attributes":{{"source":{{"address":{{"socketAddress":{{"address":"{client_ip}","portValue":40000}}}}}},"request":{{"http":{{"method":"GET","path":"/bench","headers":{{"authorization":"Bearer {key}"}}}}}},"contextExtensions":{{"keygate_scopes":"{scope}","keygate_environment":"live"}}}}}}{comma}"#
+            )?;
+        } else {
+            writeln!(
+                file,
+                r#"{{"key":"{key}","required_scopes":["{scope}"],"environment":"live","client_ip":"{client_ip}"}}{comma}"#
+            )?;
+        }
     }
     writeln!(file, "]")?;
     file.flush()?;
