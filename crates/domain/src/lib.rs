@@ -8,6 +8,7 @@
 //! in and out.
 
 pub mod allowlist;
+pub mod audit;
 pub mod environment;
 pub mod etag;
 pub mod forwarded;

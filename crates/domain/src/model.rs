@@ -2,6 +2,8 @@
 //! or more [`Credential`]s (secrets). Plain data; the rules that act on it live
 //! in the sibling modules.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 use ipnet::IpNet;
 
@@ -51,6 +53,8 @@ pub enum KeyStatus {
     Expired,
     /// Permanently ended.
     Revoked,
+    /// Soft-deleted (whatever its stored state), until restored or purged.
+    Deleted,
 }
 
 /// One secret of a key. The secret itself is never held: only its salted hash.
@@ -118,11 +122,22 @@ pub struct ApiKey {
     pub version: u64,
     /// Secrets, newest first. Never empty for a stored key.
     pub credentials: Vec<Credential>,
+    /// The owner's own data about the key, returned by Authorize.
+    pub metadata: BTreeMap<String, String>,
+    /// When soft-deleted; `None` unless deleted. Deletion leaves `state`
+    /// as it was, so restoring the key restores its state.
+    pub deleted_at: Option<DateTime<Utc>>,
+    /// When a deleted key is removed for good.
+    pub purge_at: Option<DateTime<Utc>>,
 }
 
 impl ApiKey {
-    /// The status a user sees at `now`. Revoked and disabled win over expired.
+    /// The status a user sees at `now`. Deleted wins over everything,
+    /// revoked and disabled over expired.
     pub fn status_at(&self, now: DateTime<Utc>) -> KeyStatus {
+        if self.deleted_at.is_some() {
+            return KeyStatus::Deleted;
+        }
         match self.state {
             KeyState::Revoked => KeyStatus::Revoked,
             KeyState::Disabled => KeyStatus::Disabled,

@@ -185,6 +185,9 @@ mod tests {
             revoked_reason: None,
             version: 1,
             credentials: vec![cred.clone()],
+            metadata: Default::default(),
+            deleted_at: None,
+            purge_at: None,
         };
         (key, cred, generated.secret)
     }

@@ -296,6 +296,9 @@ mod tests {
             revoked_reason: None,
             version: 1,
             credentials: vec![],
+            metadata: Default::default(),
+            deleted_at: None,
+            purge_at: None,
         };
         let pr = Principal::from_key(&key);
         assert_eq!(pr.key_id, "id1");

@@ -66,6 +66,9 @@ impl From<&Credential> for SecretCheck {
     }
 }
 
+/// A key's metadata entries, in key order, shared by its snapshots.
+pub type Metadata = Arc<[(Box<str>, Box<str>)]>;
+
 /// What Authorize needs to know about a key.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KeySnapshot {
@@ -90,6 +93,8 @@ pub struct KeySnapshot {
     /// The stored version this snapshot was read at: a snapshot with a lower
     /// version than one already heard of is out of date.
     pub version: u64,
+    /// The key's metadata, returned on allow; `None` when it has none.
+    pub metadata: Option<Metadata>,
 }
 
 impl KeySnapshot {
@@ -121,6 +126,12 @@ impl From<&ApiKey> for KeySnapshot {
             expires_at: key.expires_at,
             secrets: key.credentials.iter().map(SecretCheck::from).collect(),
             version: key.version,
+            metadata: (!key.metadata.is_empty()).then(|| {
+                key.metadata
+                    .iter()
+                    .map(|(k, v)| (k.as_str().into(), v.as_str().into()))
+                    .collect()
+            }),
         }
     }
 }
@@ -147,6 +158,7 @@ mod tests {
             expires_at: None,
             secrets: vec![SecretCheck::from(&new), SecretCheck::from(&old)].into(),
             version: 1,
+            metadata: None,
         };
         let found = snapshot
             .find_secret(&old.lookup_id, &old_key.secret)
@@ -174,7 +186,7 @@ mod tests {
     fn a_snapshot_is_small() {
         // The hot-path cache holds one per key: keep the inline part tight.
         assert!(
-            std::mem::size_of::<KeySnapshot>() <= 136,
+            std::mem::size_of::<KeySnapshot>() <= 152,
             "{}",
             std::mem::size_of::<KeySnapshot>()
         );

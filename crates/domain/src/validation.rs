@@ -8,7 +8,7 @@
 //! Error messages quote user input only through [`quote`], which cuts it to
 //! [`MAX_QUOTED_CHARS`] characters, so no request can make an error large.
 
-use std::fmt;
+use std::{collections::BTreeMap, fmt};
 
 use chrono::{DateTime, Duration, Utc};
 use ipnet::IpNet;
@@ -32,6 +32,12 @@ pub const MAX_REASON_CHARS: usize = 500;
 pub const MAX_KEY_ID_CHARS: usize = 64;
 /// Longest rotation grace period, in days.
 pub const MAX_GRACE_DAYS: i64 = 30;
+/// Most metadata entries on one key.
+pub const MAX_METADATA_ENTRIES: usize = 32;
+/// Longest metadata key, in characters (of `[a-zA-Z0-9_.-]`).
+pub const MAX_METADATA_KEY_CHARS: usize = 64;
+/// Longest metadata value, in bytes.
+pub const MAX_METADATA_VALUE_BYTES: usize = 512;
 /// Most field violations reported for one request; the rest are counted in
 /// one extra violation.
 pub const MAX_VIOLATIONS: usize = 10;
@@ -222,6 +228,8 @@ pub struct NewKeyInput {
     pub rate_limit_per_hour: Option<u32>,
     /// Expiry.
     pub expiry: Expiry,
+    /// The owner's own data, unchecked.
+    pub metadata: BTreeMap<String, String>,
 }
 
 /// A validated CreateKey request.
@@ -241,6 +249,8 @@ pub struct NewKey {
     pub rate_limit_per_hour: Option<u32>,
     /// In the future, if set.
     pub expires_at: Option<DateTime<Utc>>,
+    /// Within the metadata limits.
+    pub metadata: BTreeMap<String, String>,
 }
 
 /// Trims a required text field and checks its length and characters.
@@ -283,30 +293,9 @@ pub fn validate_new_key(
 
     let scopes = scopes_into(&mut v, "scopes", &input.scopes);
 
-    let mut ip_allowlist: Vec<IpNet> = Vec::new();
-    if input.ip_allowlist.len() > MAX_ALLOWLIST {
-        v.add(
-            "ip_allowlist",
-            format!(
-                "must have at most {MAX_ALLOWLIST} entries, got {}",
-                input.ip_allowlist.len()
-            ),
-        );
-    } else {
-        for (i, raw) in input.ip_allowlist.iter().enumerate() {
-            match allowlist::parse_network(raw) {
-                Ok(net) if !ip_allowlist.contains(&net) => ip_allowlist.push(net),
-                Ok(_) => {}
-                Err(e) => v.add(format!("ip_allowlist[{i}]"), e.to_string()),
-            }
-        }
-    }
-
-    if let Some(n) = input.rate_limit_per_hour
-        && Quota::per_hour(n).is_none()
-    {
-        v.add("rate_limit_per_hour", "must be at least 1 when set");
-    }
+    let ip_allowlist = allowlist_into(&mut v, "", &input.ip_allowlist);
+    rate_limit_into(&mut v, "", input.rate_limit_per_hour);
+    metadata_into(&mut v, "", &input.metadata);
 
     let expires_at = match input.expiry {
         Expiry::Never => None,
@@ -335,7 +324,201 @@ pub fn validate_new_key(
         ip_allowlist,
         rate_limit_per_hour: input.rate_limit_per_hour,
         expires_at,
+        metadata: input.metadata,
     })
+}
+
+/// Parses allowlist entries (field `{prefix}ip_allowlist`): at most
+/// [`MAX_ALLOWLIST`], duplicates removed preserving order.
+fn allowlist_into(v: &mut Violations, prefix: &str, raw: &[String]) -> Vec<IpNet> {
+    let mut out: Vec<IpNet> = Vec::new();
+    if raw.len() > MAX_ALLOWLIST {
+        v.add(
+            format!("{prefix}ip_allowlist"),
+            format!(
+                "must have at most {MAX_ALLOWLIST} entries, got {}",
+                raw.len()
+            ),
+        );
+        return out;
+    }
+    for (i, entry) in raw.iter().enumerate() {
+        match allowlist::parse_network(entry) {
+            Ok(net) if !out.contains(&net) => out.push(net),
+            Ok(_) => {}
+            Err(e) => v.add(format!("{prefix}ip_allowlist[{i}]"), e.to_string()),
+        }
+    }
+    out
+}
+
+/// Checks a per-key rate limit (field `{prefix}rate_limit_per_hour`), if set.
+fn rate_limit_into(v: &mut Violations, prefix: &str, limit: Option<u32>) {
+    if let Some(n) = limit
+        && Quota::per_hour(n).is_none()
+    {
+        v.add(
+            format!("{prefix}rate_limit_per_hour"),
+            "must be at least 1 when set",
+        );
+    }
+}
+
+/// Checks metadata (field `{prefix}metadata`): at most [`MAX_METADATA_ENTRIES`]
+/// entries, keys of 1 to [`MAX_METADATA_KEY_CHARS`] characters of
+/// `[a-zA-Z0-9_.-]`, values of at most [`MAX_METADATA_VALUE_BYTES`] bytes
+/// without control characters. A bad entry is named `metadata["<key>"]`.
+fn metadata_into(v: &mut Violations, prefix: &str, metadata: &BTreeMap<String, String>) {
+    if metadata.len() > MAX_METADATA_ENTRIES {
+        v.add(
+            format!("{prefix}metadata"),
+            format!(
+                "must have at most {MAX_METADATA_ENTRIES} entries, got {}",
+                metadata.len()
+            ),
+        );
+        return;
+    }
+    for (key, value) in metadata {
+        let field = || format!("{prefix}metadata[{}]", quote(key));
+        if key.is_empty() || key.len() > MAX_METADATA_KEY_CHARS {
+            v.add(
+                field(),
+                format!("key must be 1 to {MAX_METADATA_KEY_CHARS} characters"),
+            );
+        } else if !key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+        {
+            v.add(
+                field(),
+                "key must contain only letters, digits, '_', '.' and '-'",
+            );
+        } else if value.len() > MAX_METADATA_VALUE_BYTES {
+            v.add(
+                field(),
+                format!(
+                    "value must be at most {MAX_METADATA_VALUE_BYTES} bytes, got {}",
+                    value.len()
+                ),
+            );
+        } else if value.chars().any(char::is_control) {
+            v.add(field(), "value must not contain control characters");
+        }
+    }
+}
+
+/// The fields UpdateKey may change, as named in its `update_mask`.
+pub const UPDATABLE_FIELDS: [&str; 6] = [
+    "name",
+    "scopes",
+    "ip_allowlist",
+    "rate_limit_per_hour",
+    "metadata",
+    "expires_at",
+];
+
+/// An UpdateKey request as received: the mask's paths and the values the
+/// request carries for them (the others are ignored).
+#[derive(Clone, Debug, Default)]
+pub struct KeyPatchInput {
+    /// `update_mask.paths`.
+    pub paths: Vec<String>,
+    /// New name.
+    pub name: String,
+    /// New scopes, unparsed.
+    pub scopes: Vec<String>,
+    /// New allowlist, unparsed.
+    pub ip_allowlist: Vec<String>,
+    /// New rate limit; `None` = the server default.
+    pub rate_limit_per_hour: Option<u32>,
+    /// New metadata.
+    pub metadata: BTreeMap<String, String>,
+    /// New expiry; `None` = never.
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// A validated UpdateKey request: `Some` for each field to change.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KeyPatch {
+    /// Trimmed name.
+    pub name: Option<String>,
+    /// Parsed scopes, duplicates removed.
+    pub scopes: Option<Vec<Scope>>,
+    /// Parsed networks, duplicates removed.
+    pub ip_allowlist: Option<Vec<IpNet>>,
+    /// `Some(None)`: back to the server default.
+    pub rate_limit_per_hour: Option<Option<u32>>,
+    /// The whole new metadata.
+    pub metadata: Option<BTreeMap<String, String>>,
+    /// `Some(None)`: never expires.
+    pub expires_at: Option<Option<DateTime<Utc>>>,
+}
+
+/// Validates an UpdateKey request, reporting every problem at once: the
+/// mask must name at least one field, only [`UPDATABLE_FIELDS`], each once;
+/// the named values are checked as CreateKey checks them (a name is
+/// required, an expiry must be in the future).
+pub fn validate_key_patch(
+    input: KeyPatchInput,
+    now: DateTime<Utc>,
+) -> Result<KeyPatch, ValidationError> {
+    let mut v = Violations::default();
+    let mut patch = KeyPatch::default();
+    if input.paths.is_empty() {
+        v.add(
+            "update_mask",
+            format!(
+                "must name the fields to change, of: {}",
+                UPDATABLE_FIELDS.join(", ")
+            ),
+        );
+    }
+    let mut seen: Vec<&str> = Vec::new();
+    for (i, path) in input.paths.iter().enumerate() {
+        let field = format!("update_mask.paths[{i}]");
+        let path = path.as_str();
+        if seen.contains(&path) {
+            v.add(field, format!("{} is named twice", quote(path)));
+            continue;
+        }
+        seen.push(path);
+        match path {
+            "name" => {
+                patch.name = Some(text_field(&mut v, "key.name", &input.name, MAX_NAME_CHARS));
+            }
+            "scopes" => patch.scopes = Some(scopes_into(&mut v, "key.scopes", &input.scopes)),
+            "ip_allowlist" => {
+                patch.ip_allowlist = Some(allowlist_into(&mut v, "key.", &input.ip_allowlist));
+            }
+            "rate_limit_per_hour" => {
+                rate_limit_into(&mut v, "key.", input.rate_limit_per_hour);
+                patch.rate_limit_per_hour = Some(input.rate_limit_per_hour);
+            }
+            "metadata" => {
+                metadata_into(&mut v, "key.", &input.metadata);
+                patch.metadata = Some(input.metadata.clone());
+            }
+            "expires_at" => {
+                let at = validate_expiry(input.expires_at, now).unwrap_or_else(|e| {
+                    for violation in e.violations {
+                        v.add(format!("key.{}", violation.field), violation.description);
+                    }
+                    None
+                });
+                patch.expires_at = Some(at);
+            }
+            other => v.add(
+                field,
+                format!(
+                    "{} cannot be updated; updatable: {}",
+                    quote(other),
+                    UPDATABLE_FIELDS.join(", ")
+                ),
+            ),
+        }
+    }
+    v.finish(patch)
 }
 
 /// Parses scopes for `field` (such as `scopes` or `required_scopes`): at most
@@ -447,14 +630,152 @@ mod tests {
             ip_allowlist: vec!["10.0.0.1/8".into(), "10.0.0.0/8".into(), "::1".into()],
             rate_limit_per_hour: Some(100),
             expiry: Expiry::Ttl(Duration::days(1)),
+            metadata: [("plan".to_owned(), "pro".to_owned())].into(),
         }
+    }
+
+    fn metadata(entries: &[(&str, &str)]) -> BTreeMap<String, String> {
+        entries
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn metadata_limits_name_the_entry() {
+        let long_key = "k".repeat(MAX_METADATA_KEY_CHARS + 1);
+        let long_value = "v".repeat(MAX_METADATA_VALUE_BYTES + 1);
+        let input = NewKeyInput {
+            metadata: metadata(&[
+                ("plan", "pro"),
+                ("bad key", "x"),
+                ("", "x"),
+                (&long_key, "x"),
+                ("big", &long_value),
+                ("ctl", "a\nb"),
+                ("fits", &"v".repeat(MAX_METADATA_VALUE_BYTES)),
+            ]),
+            ..good()
+        };
+        let err = validate(input).unwrap_err();
+        let described: Vec<String> = err.violations.iter().map(ToString::to_string).collect();
+        assert_eq!(err.violations.len(), 5, "{described:?}");
+        assert!(
+            described
+                .iter()
+                .any(|d| d.contains("metadata[\"bad key\"]") && d.contains("only letters"))
+        );
+        assert!(
+            described
+                .iter()
+                .any(|d| d.contains("metadata[\"big\"]") && d.contains("at most 512 bytes"))
+        );
+        assert!(
+            described
+                .iter()
+                .any(|d| d.contains("metadata[\"ctl\"]") && d.contains("control"))
+        );
+
+        let too_many: BTreeMap<String, String> = (0..=MAX_METADATA_ENTRIES)
+            .map(|i| (format!("k{i}"), "v".to_owned()))
+            .collect();
+        let err = validate(NewKeyInput {
+            metadata: too_many,
+            ..good()
+        })
+        .unwrap_err();
+        assert_eq!(err.violations[0].field, "metadata");
+        assert!(err.violations[0].description.contains("at most 32 entries"));
+        let k = validate(good()).unwrap();
+        assert_eq!(k.metadata, metadata(&[("plan", "pro")]));
+    }
+
+    fn patch(paths: &[&str]) -> KeyPatchInput {
+        KeyPatchInput {
+            paths: paths.iter().map(|p| (*p).to_owned()).collect(),
+            name: " renamed ".into(),
+            scopes: vec!["dns:read".into(), "dns:read".into()],
+            ip_allowlist: vec!["10.0.0.0/8".into()],
+            rate_limit_per_hour: Some(60),
+            metadata: metadata(&[("tier", "gold")]),
+            expires_at: Some(now() + Duration::days(1)),
+        }
+    }
+
+    #[test]
+    fn a_patch_changes_only_the_masked_fields() {
+        let p = validate_key_patch(patch(&["name", "rate_limit_per_hour"]), now()).unwrap();
+        assert_eq!(p.name.as_deref(), Some("renamed"));
+        assert_eq!(p.rate_limit_per_hour, Some(Some(60)));
+        assert_eq!(
+            (p.scopes, p.ip_allowlist, p.metadata, p.expires_at),
+            (None, None, None, None)
+        );
+
+        let all = validate_key_patch(patch(&UPDATABLE_FIELDS), now()).unwrap();
+        assert_eq!(all.scopes.unwrap().len(), 1);
+        assert_eq!(all.metadata.unwrap(), metadata(&[("tier", "gold")]));
+        assert_eq!(all.expires_at, Some(Some(now() + Duration::days(1))));
+
+        // Named but unset: cleared.
+        let cleared = validate_key_patch(
+            KeyPatchInput {
+                rate_limit_per_hour: None,
+                expires_at: None,
+                metadata: BTreeMap::new(),
+                scopes: Vec::new(),
+                ..patch(&["rate_limit_per_hour", "expires_at", "metadata", "scopes"])
+            },
+            now(),
+        )
+        .unwrap();
+        assert_eq!(cleared.rate_limit_per_hour, Some(None));
+        assert_eq!(cleared.expires_at, Some(None));
+        assert_eq!(cleared.metadata, Some(BTreeMap::new()));
+        assert_eq!(cleared.scopes, Some(Vec::new()));
+    }
+
+    #[test]
+    fn a_bad_patch_names_every_problem() {
+        let err = validate_key_patch(patch(&[]), now()).unwrap_err();
+        assert_eq!(fields::<KeyPatch>(Err(err)), ["update_mask"]);
+
+        let input = KeyPatchInput {
+            name: "  ".into(),
+            rate_limit_per_hour: Some(0),
+            expires_at: Some(now()),
+            ..patch(&[
+                "name",
+                "state",
+                "rate_limit_per_hour",
+                "expires_at",
+                "name",
+                "owner_id",
+            ])
+        };
+        let err = validate_key_patch(input, now()).unwrap_err();
+        let described: Vec<String> = err.violations.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            fields::<KeyPatch>(Err(err)),
+            [
+                "key.name",
+                "update_mask.paths[1]",
+                "key.rate_limit_per_hour",
+                "key.expires_at",
+                "update_mask.paths[4]",
+                "update_mask.paths[5]",
+            ],
+            "{described:?}"
+        );
+        assert!(described[1].contains("\"state\" cannot be updated; updatable: name, scopes"));
+        assert!(described[4].contains("named twice"));
     }
 
     fn validate(input: NewKeyInput) -> Result<NewKey, ValidationError> {
         validate_new_key(input, &Environments::default(), now())
     }
 
-    fn fields(r: Result<NewKey, ValidationError>) -> Vec<String> {
+    fn fields<T: std::fmt::Debug>(r: Result<T, ValidationError>) -> Vec<String> {
         r.unwrap_err()
             .violations
             .into_iter()
@@ -508,6 +829,7 @@ mod tests {
             ip_allowlist: vec!["10.0.0.0/8".into(), "nope".into()],
             rate_limit_per_hour: Some(0),
             expiry: Expiry::At(now()),
+            metadata: Default::default(),
         };
         assert_eq!(
             fields(validate(input)),
@@ -879,6 +1201,7 @@ mod tests {
             let input = NewKeyInput {
                 owner_id, name, environment, scopes, ip_allowlist, rate_limit_per_hour,
                 expiry: Expiry::Never,
+                metadata: Default::default(),
             };
             if let Err(err) = validate(input) {
                 prop_assert!(!err.violations.is_empty());

@@ -212,7 +212,10 @@ mod tests {
 
     async fn a_taken_lookup_id_stores_nothing(db: &TestDatabase) {
         let store = open(db).await;
-        store.insert_key(&key(0)).await.expect("insert one");
+        store
+            .insert_key(&key(0), &keygate_domain::audit::Actor::default())
+            .await
+            .expect("insert one");
         // Keys 1 and 2 are new, key 3 reuses key 0's lookup id.
         let mut batch: Vec<ApiKey> = (1..4).map(key).collect();
         batch[2].credentials[0].lookup_id = "BULK0000".to_owned();

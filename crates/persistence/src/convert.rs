@@ -2,6 +2,8 @@
 //! never trusted blindly: anything unparsable becomes
 //! [`StoreError::Corrupt`] naming the column, never a panic.
 
+use std::collections::BTreeMap;
+
 use ipnet::IpNet;
 use keygate_domain::scope::Scope;
 use keygate_domain::{ApiKey, Credential, KeyState};
@@ -31,6 +33,9 @@ pub(crate) fn key_to_active(key: &ApiKey) -> api_key::ActiveModel {
         revoked_reason: Set(key.revoked_reason.clone()),
         request_count: Default::default(),
         version: Set(i64::try_from(key.version).unwrap_or(i64::MAX)),
+        metadata: Set(metadata_json(&key.metadata)),
+        deleted_at: Set(key.deleted_at),
+        purge_at: Set(key.purge_at),
     }
 }
 
@@ -57,6 +62,12 @@ pub(crate) fn scopes_json(scopes: &[Scope]) -> String {
 pub(crate) fn allowlist_json(nets: &[IpNet]) -> String {
     let strings: Vec<String> = nets.iter().map(IpNet::to_string).collect();
     json_array(strings.iter().map(String::as_str))
+}
+
+/// Metadata as a JSON object of strings.
+pub(crate) fn metadata_json(metadata: &BTreeMap<String, String>) -> String {
+    // Serializing a map of strings cannot fail.
+    serde_json::to_string(metadata).unwrap_or_else(|_| "{}".to_owned())
 }
 
 fn json_array<'a>(items: impl Iterator<Item = &'a str>) -> String {
@@ -98,6 +109,8 @@ pub(crate) fn key_from_rows(
         .ok()
         .filter(|v| *v >= 1)
         .ok_or_else(|| corrupt("version", row.version.to_string()))?;
+    let metadata: BTreeMap<String, String> =
+        serde_json::from_str(&row.metadata).map_err(|e| corrupt("metadata", e.to_string()))?;
     let credentials = credentials
         .into_iter()
         .map(credential_from_row)
@@ -120,6 +133,9 @@ pub(crate) fn key_from_rows(
         revoked_reason: row.revoked_reason,
         version,
         credentials,
+        metadata,
+        deleted_at: row.deleted_at,
+        purge_at: row.purge_at,
     })
 }
 

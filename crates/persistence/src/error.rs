@@ -22,6 +22,15 @@ pub enum StoreError {
     /// The key is revoked, and a revoked key never changes again.
     #[error("the key is revoked")]
     KeyRevoked,
+    /// The key is deleted: nothing but UndeleteKey changes it.
+    #[error("the key is deleted")]
+    KeyDeleted,
+    /// UndeleteKey of a key that is not deleted.
+    #[error("the key is not deleted")]
+    NotDeleted,
+    /// UndeleteKey after the key's purge time.
+    #[error("the key's purge time has passed")]
+    Purged,
     /// The key is no longer at the version the change was conditional on.
     #[error("the key changed: now at version {current}")]
     VersionMismatch {

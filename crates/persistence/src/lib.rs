@@ -6,6 +6,7 @@
 //! it holds no rules of its own. No secret is ever stored: a credential is
 //! its lookup id, salt, hash and hint.
 
+mod audit;
 mod bulk;
 mod convert;
 pub mod entity;
@@ -23,6 +24,7 @@ pub mod testing;
 #[cfg(test)]
 mod tests;
 
+pub use audit::AuditFilter;
 pub use error::StoreError;
 pub use migration::Migrator;
 pub use notify::{CHANGE_CHANNEL, Change, ChangeListener};

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use keygate_domain::{ApiKey, KeyStatus};
+use keygate_domain::{ApiKey, KeyStatus, audit::Actor};
 use sea_orm::sea_query::Query;
 use sea_orm::{
     ColumnTrait, Condition, ConnectOptions, ConnectionTrait, Database, DatabaseConnection,
@@ -22,6 +22,7 @@ use sea_orm::{
 };
 use sea_orm_migration::MigratorTrait;
 
+use crate::audit;
 use crate::convert::{credential_to_active, key_from_rows, key_to_active};
 use crate::entity::{api_key, credential};
 use crate::error::StoreError;
@@ -106,6 +107,8 @@ pub struct KeyFilter {
     pub last_used_before: Option<DateTime<Utc>>,
     /// Only keys with an expiry before this time.
     pub expires_before: Option<DateTime<Utc>>,
+    /// Include soft-deleted keys (left out otherwise).
+    pub show_deleted: bool,
 }
 
 /// Keygate's storage: keys, credentials, usage and shared rate-limit windows.
@@ -225,9 +228,10 @@ impl Store {
         .await
     }
 
-    /// Stores a new key and all its credentials in one transaction. A taken
-    /// key id or lookup id is a [`StoreError::Conflict`].
-    pub async fn insert_key(&self, key: &ApiKey) -> Result<(), StoreError> {
+    /// Stores a new key and all its credentials, and `actor`'s audit event
+    /// of it, in one transaction. A taken key id or lookup id is a
+    /// [`StoreError::Conflict`].
+    pub async fn insert_key(&self, key: &ApiKey, actor: &Actor) -> Result<(), StoreError> {
         self.observed("insert_key", async move {
             let txn = self.db.begin().await?;
             api_key::Entity::insert(key_to_active(key))
@@ -248,8 +252,41 @@ impl Store {
                 .map(|c| c.lookup_id.clone())
                 .collect();
             notify_in(&txn, &key.id, key.version, &lookup_ids).await?;
+            audit::record(&txn, actor, None, key, key.created_at).await?;
             txn.commit().await?;
             Ok(())
+        })
+        .await
+    }
+
+    /// Removes for good the deleted keys whose purge time has come, with
+    /// their credentials and usage counts (their audit events stay);
+    /// returns how many.
+    pub async fn purge_deleted(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
+        self.observed("purge_deleted", async move {
+            let txn = self.db.begin().await?;
+            let due = Query::select()
+                .column(api_key::Column::Id)
+                .from(api_key::Entity)
+                .and_where(api_key::Column::PurgeAt.lte(now))
+                .to_owned();
+            txn.execute_raw(Statement::from_sql_and_values(
+                self.db.get_database_backend(),
+                "DELETE FROM key_usage_hourly WHERE key_id IN \
+                 (SELECT id FROM api_keys WHERE purge_at <= $1)",
+                [now.into()],
+            ))
+            .await?;
+            credential::Entity::delete_many()
+                .filter(credential::Column::KeyId.in_subquery(due))
+                .exec(&txn)
+                .await?;
+            let purged = api_key::Entity::delete_many()
+                .filter(api_key::Column::PurgeAt.lte(now))
+                .exec(&txn)
+                .await?;
+            txn.commit().await?;
+            Ok(purged.rows_affected)
         })
         .await
     }
@@ -280,6 +317,9 @@ impl Store {
                         .into(),
                 )
                 .filter(credential::Column::KeyId.in_subquery(owner))
+                // A deleted key authorizes nothing: to Authorize it is
+                // unknown, as if it never existed.
+                .filter(api_key::Column::DeletedAt.is_null())
                 .order_by_desc(credential::Column::CreatedAt)
                 .order_by_desc(credential::Column::LookupId)
                 .select_two_required(api_key::Entity)
@@ -314,6 +354,9 @@ impl Store {
             }
             if let Some(env) = &filter.environment {
                 query = query.filter(api_key::Column::Environment.eq(env.as_str()));
+            }
+            if !filter.show_deleted {
+                query = query.filter(api_key::Column::DeletedAt.is_null());
             }
             if let Some(status) = filter.status {
                 query = query.filter(status_condition(status, now));
@@ -483,17 +526,19 @@ impl Store {
 fn status_condition(status: KeyStatus, now: DateTime<Utc>) -> Condition {
     use keygate_domain::KeyState;
     let state = |s: KeyState| api_key::Column::State.eq(s.as_str());
+    let live = Condition::all().add(api_key::Column::DeletedAt.is_null());
     match status {
-        KeyStatus::Active => Condition::all().add(state(KeyState::Active)).add(
+        KeyStatus::Deleted => Condition::all().add(api_key::Column::DeletedAt.is_not_null()),
+        KeyStatus::Active => live.add(state(KeyState::Active)).add(
             Condition::any()
                 .add(api_key::Column::ExpiresAt.is_null())
                 .add(api_key::Column::ExpiresAt.gt(now)),
         ),
-        KeyStatus::Expired => Condition::all()
+        KeyStatus::Expired => live
             .add(state(KeyState::Active))
             .add(api_key::Column::ExpiresAt.lte(now)),
-        KeyStatus::Disabled => Condition::all().add(state(KeyState::Disabled)),
-        KeyStatus::Revoked => Condition::all().add(state(KeyState::Revoked)),
+        KeyStatus::Disabled => live.add(state(KeyState::Disabled)),
+        KeyStatus::Revoked => live.add(state(KeyState::Revoked)),
     }
 }
 

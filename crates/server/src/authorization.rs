@@ -75,6 +75,13 @@ impl AuthorizeService {
                 scopes: scope_names(&key.snapshot.scopes),
                 missing_scopes: Vec::new(),
                 rate_limit: Some(convert::rate_limit(&rate, now)),
+                metadata: key
+                    .snapshot
+                    .metadata
+                    .iter()
+                    .flat_map(|entries| entries.iter())
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
             },
             Outcome::Deny {
                 reason,

@@ -454,6 +454,7 @@ mod tests {
 
     use keygate_domain::{
         KeyState,
+        audit::Actor,
         environment::Environments,
         validation::{self, NewKeyInput},
     };
@@ -490,7 +491,10 @@ mod tests {
         let new =
             validation::validate_new_key(input, &Environments::default(), now).expect("valid");
         let (secret, key) = issue_key(new, &config.key_format, now);
-        store.insert_key(&key).await.expect("insert");
+        store
+            .insert_key(&key, &Actor::default())
+            .await
+            .expect("insert");
         Fixture {
             authorizer: Arc::new(Authorizer::new(store.clone(), &config)),
             store,
@@ -589,6 +593,8 @@ mod tests {
                 key.version,
                 &KeyUpdate::Revoke { reason: None },
                 Utc::now(),
+                &Actor::default(),
+                None,
             )
             .await
             .expect("revoke");

@@ -64,6 +64,8 @@ pub struct Config {
     pub http_listen: Option<SocketAddr>,
     /// Serve gRPC over TLS with these files; `None`: plaintext.
     pub tls: Option<TlsFiles>,
+    /// How long a deleted key can be restored before it is removed for good.
+    pub purge_after: Duration,
 }
 
 impl Default for Config {
@@ -90,6 +92,7 @@ impl Default for Config {
             forward_key_header: false,
             http_listen: None,
             tls: None,
+            purge_after: Duration::from_secs(30 * 24 * 3600),
         }
     }
 }
@@ -191,6 +194,7 @@ impl Config {
             MAX_INTERVAL,
         )?;
         duration_within("--request-timeout", self.request_timeout, MAX_INTERVAL)?;
+        duration_within("--purge-after", self.purge_after, MAX_USAGE_RETENTION)?;
         duration_within("--cache-ttl", self.cache_ttl, MAX_INTERVAL)?;
         duration_within(
             "--negative-cache-ttl",

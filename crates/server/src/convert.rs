@@ -5,10 +5,11 @@ use chrono::{DateTime, TimeZone, Utc};
 use keygate::v1 as pb;
 use keygate_domain::{
     ApiKey, Credential, KeyStatus,
+    audit::AuditEvent,
     policy::DenyReason,
     ratelimit::RateDecision,
     usage::{self, UsageBucket},
-    validation::{Expiry, NewKeyInput},
+    validation::{Expiry, KeyPatchInput, NewKeyInput},
 };
 
 use crate::error::ApiError;
@@ -76,6 +77,7 @@ pub fn status(status: KeyStatus) -> pb::KeyStatus {
         KeyStatus::Disabled => pb::KeyStatus::Disabled,
         KeyStatus::Expired => pb::KeyStatus::Expired,
         KeyStatus::Revoked => pb::KeyStatus::Revoked,
+        KeyStatus::Deleted => pb::KeyStatus::Deleted,
     }
 }
 
@@ -87,6 +89,7 @@ pub fn status_filter(raw: i32) -> Result<Option<KeyStatus>, ApiError> {
         Ok(pb::KeyStatus::Disabled) => Ok(Some(KeyStatus::Disabled)),
         Ok(pb::KeyStatus::Expired) => Ok(Some(KeyStatus::Expired)),
         Ok(pb::KeyStatus::Revoked) => Ok(Some(KeyStatus::Revoked)),
+        Ok(pb::KeyStatus::Deleted) => Ok(Some(KeyStatus::Deleted)),
         Err(_) => Err(ApiError::invalid(
             "status",
             format!("unknown key status {raw}"),
@@ -137,7 +140,59 @@ pub fn new_key_input(req: pb::CreateKeyRequest) -> Result<NewKeyInput, ApiError>
         ip_allowlist: req.ip_allowlist,
         rate_limit_per_hour: req.rate_limit_per_hour,
         expiry,
+        metadata: req.metadata.into_iter().collect(),
     })
+}
+
+/// The fields of an UpdateKey request, before validation: the key's id
+/// and the patch.
+pub fn key_patch_input(req: pb::UpdateKeyRequest) -> Result<(String, KeyPatchInput), ApiError> {
+    let key = req
+        .key
+        .ok_or_else(|| ApiError::invalid("key", "must be set, with key_id naming the key"))?;
+    let expires_at = key
+        .expires_at
+        .as_ref()
+        .map(|ts| from_timestamp("key.expires_at", ts))
+        .transpose()?;
+    let paths = req.update_mask.map(|mask| mask.paths).unwrap_or_default();
+    Ok((
+        key.key_id,
+        KeyPatchInput {
+            paths,
+            name: key.name,
+            scopes: key.scopes,
+            ip_allowlist: key.ip_allowlist,
+            rate_limit_per_hour: key.rate_limit_per_hour,
+            metadata: key.metadata.into_iter().collect(),
+            expires_at,
+        },
+    ))
+}
+
+/// An audit event on the wire.
+pub fn audit_event(event: &AuditEvent) -> pb::AuditEvent {
+    pb::AuditEvent {
+        event_id: event.event_id.clone(),
+        time: Some(timestamp(event.time)),
+        actor_key_id: event.actor_key_id.clone(),
+        actor_owner_id: event.actor_owner_id.clone(),
+        method: event.method.clone(),
+        key_id: event.key_id.clone(),
+        owner_id: event.owner_id.clone(),
+        environment: event.environment.clone(),
+        peer_address: event.peer_address.clone(),
+        changes: event
+            .changes
+            .iter()
+            .map(|c| pb::FieldChange {
+                field: c.field.clone(),
+                old_value: c.old_value.clone(),
+                new_value: c.new_value.clone(),
+            })
+            .collect(),
+        reason: event.reason.clone(),
+    }
 }
 
 fn credential(c: &Credential, pending: &impl Fn(&str) -> Option<DateTime<Utc>>) -> pb::Credential {
@@ -188,6 +243,13 @@ pub fn api_key(
             .map(|c| credential(c, &pending))
             .collect(),
         etag: keygate_domain::etag::encode(key.version),
+        metadata: key
+            .metadata
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        delete_time: key.deleted_at.map(timestamp),
+        purge_time: key.purge_at.map(timestamp),
     }
 }
 

@@ -32,5 +32,8 @@ pub(crate) fn api_key(id: &str, lookup_id: &str) -> ApiKey {
             expires_at: None,
             last_used_at: None,
         }],
+        metadata: Default::default(),
+        deleted_at: None,
+        purge_at: None,
     }
 }

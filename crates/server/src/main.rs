@@ -52,7 +52,7 @@ struct Common {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve the gRPC API (applies migrations first).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Apply database migrations and exit.
     Migrate,
     /// Create a management key (scope keys:admin) and print it on stdout, once.
@@ -139,6 +139,10 @@ struct ServeArgs {
     /// Traefik, Caddy), /healthz, /readyz. Off by default.
     #[arg(long, env = "KEYGATE_HTTP_LISTEN")]
     http_listen: Option<SocketAddr>,
+    /// How long a deleted key can be restored (UndeleteKey) before it is
+    /// removed for good (at most 3650d).
+    #[arg(long, env = "KEYGATE_PURGE_AFTER", default_value = "30d", value_parser = parse_duration)]
+    purge_after: Duration,
     /// Serve gRPC over TLS with this PEM certificate chain (needs
     /// --tls-key).
     #[arg(long, env = "KEYGATE_TLS_CERT", requires = "tls_key")]
@@ -243,6 +247,7 @@ async fn main() -> Result<()> {
             config.trusted_proxy_hops = args.trusted_proxy_hops;
             config.forward_key_header = args.forward_key_header;
             config.http_listen = args.http_listen;
+            config.purge_after = args.purge_after;
             config.tls = match (args.tls_cert, args.tls_key) {
                 (Some(cert), Some(key)) => Some(TlsFiles {
                     cert,

@@ -14,6 +14,7 @@ use keygate::v1::{
     key_management_service_server::KeyManagementServiceServer,
 };
 use keygate_domain::{
+    audit::Actor,
     scope::KEYS_ADMIN,
     validation::{self, NewKeyInput, ValidationError},
 };
@@ -140,6 +141,7 @@ impl Keygate {
             store.clone(),
             authorizer.clone(),
             config.environments.clone(),
+            config.purge_after,
         ))
         .max_decoding_message_size(config.max_message_bytes);
         let authorization = AuthorizationServiceServer::new(AuthorizeService::new(
@@ -205,6 +207,11 @@ impl Keygate {
             stop_rx.clone(),
         ));
         let heartbeat = tokio::spawn(send_heartbeats(store.clone(), stop_rx.clone()));
+        let purger = tokio::spawn(purge_deleted_keys(
+            store.clone(),
+            config.purge_after,
+            stop_rx.clone(),
+        ));
         let watchdog = tokio::spawn(watch_storage(
             store.clone(),
             health.clone(),
@@ -251,6 +258,7 @@ impl Keygate {
         let _ = rate_sync.await;
         invalidation.abort();
         heartbeat.abort();
+        purger.abort();
         watchdog.abort();
         let metrics = authorizer.metrics();
         tracing::info!(
@@ -461,6 +469,26 @@ async fn follow_changes(
     }
 }
 
+/// Removes deleted keys whose purge time has come, every
+/// `min(purge_after / 4, 1 min)`. Every replica runs it; a purge is one
+/// idempotent statement set, so they do not conflict.
+async fn purge_deleted_keys(store: Store, purge_after: Duration, mut stop: watch::Receiver<bool>) {
+    let every = (purge_after / 4).clamp(Duration::from_millis(100), Duration::from_secs(60));
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        match store.purge_deleted(chrono::Utc::now()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(keys = n, "purged deleted keys past their purge time"),
+            Err(err) => tracing::warn!(error = %err, "purging deleted keys failed; will retry"),
+        }
+    }
+}
+
 /// How often each replica sends a heartbeat notification.
 const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 /// How long a listener may hear nothing (not even a heartbeat) before its
@@ -505,7 +533,11 @@ pub async fn bootstrap(
     };
     let new = validation::validate_new_key(input, &config.environments, now)?;
     let (secret, key) = issue_key(new, &config.key_format, now);
-    store.insert_key(&key).await?;
+    let actor = Actor {
+        method: "Bootstrap".to_owned(),
+        ..Actor::default()
+    };
+    store.insert_key(&key, &actor).await?;
     tracing::info!(key_id = %key.id, owner_id = %key.owner_id, "bootstrap management key created");
     Ok(secret)
 }

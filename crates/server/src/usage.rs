@@ -293,7 +293,7 @@ impl UsageRecorder {
 
 #[cfg(test)]
 mod tests {
-    use keygate_domain::usage::UsageCounts;
+    use keygate_domain::{audit::Actor, usage::UsageCounts};
     use keygate_persistence::testing::TestDatabase;
 
     use super::*;
@@ -374,7 +374,10 @@ mod tests {
         let db = TestDatabase::sqlite();
         let store = Store::connect(&db.url).await.unwrap();
         store.migrate().await.unwrap();
-        store.insert_key(&stored_key()).await.unwrap();
+        store
+            .insert_key(&stored_key(), &Actor::default())
+            .await
+            .unwrap();
         let (recorder, runtimes) = (UsageRecorder::new(MINUTE), Runtimes::default());
         let runtime = runtimes.get_or_create(KEY_ID);
         let t0 = Utc::now();
@@ -411,7 +414,10 @@ mod tests {
         let db = TestDatabase::sqlite();
         let store = Store::connect(&db.url).await.unwrap();
         store.migrate().await.unwrap();
-        store.insert_key(&stored_key()).await.unwrap();
+        store
+            .insert_key(&stored_key(), &Actor::default())
+            .await
+            .unwrap();
         let recorder = Arc::new(UsageRecorder::new(MINUTE));
         let runtimes = Arc::new(Runtimes::default());
         let runtime = runtimes.get_or_create(KEY_ID);
@@ -519,7 +525,10 @@ mod tests {
         // Requests counted meanwhile join the kept batch.
         recorder.record(&runtime, *b"aaaaaaaa", now, UseOutcome::Allowed);
         store.migrate().await.unwrap();
-        store.insert_key(&stored_key()).await.unwrap();
+        store
+            .insert_key(&stored_key(), &Actor::default())
+            .await
+            .unwrap();
         assert_eq!(recorder.flush_last_used(&store).await.unwrap(), 1);
         assert_eq!(recorder.flush_counts(&store).await.unwrap(), 1);
         assert_eq!(

@@ -41,6 +41,9 @@ pub struct Model {
     pub request_count: i64,
     /// Bumped by every change to the key (not by usage); starts at 1.
     pub version: i64,
+    pub metadata: String,
+    pub deleted_at: Option<DateTimeUtc>,
+    pub purge_at: Option<DateTimeUtc>,
 }
 
 /// No relations are declared: queries join by hand where needed.

@@ -4,4 +4,5 @@
 //! translates between the two.
 
 pub mod api_key;
+pub mod audit_event;
 pub mod credential;

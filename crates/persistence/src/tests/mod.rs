@@ -12,7 +12,7 @@ use std::time::Duration;
 use chrono::{DateTime, TimeDelta, Utc};
 use keygate_domain::scope::Scope;
 use keygate_domain::usage::{UsageBucket, UsageCounts};
-use keygate_domain::{ApiKey, Credential, KeyState, KeyStatus};
+use keygate_domain::{ApiKey, Credential, KeyState, KeyStatus, audit::Actor};
 use sea_orm::{ConnectionTrait, Statement, TransactionTrait};
 
 use crate::testing::TestDatabase;
@@ -109,6 +109,9 @@ pub(crate) fn key(id: &str, owner: &str, env: &str, lookup_id: &str) -> ApiKey {
         revoked_reason: None,
         version: 1,
         credentials: vec![credential(lookup_id, t)],
+        metadata: Default::default(),
+        deleted_at: None,
+        purge_at: None,
     }
 }
 
@@ -137,7 +140,10 @@ async fn roundtrip_every_field(db: &TestDatabase) {
     old.expires_at = Some(t + TimeDelta::microseconds(7));
     old.last_used_at = Some(t - TimeDelta::microseconds(3));
     k.credentials = vec![credential("AAAAaaaa", t), old];
-    store.insert_key(&k).await.expect("insert");
+    store
+        .insert_key(&k, &Actor::default())
+        .await
+        .expect("insert");
 
     let got = store.get_key(&k.id).await.expect("get").expect("present");
     assert_eq!(got, k);
@@ -147,9 +153,15 @@ async fn roundtrip_every_field(db: &TestDatabase) {
 async fn find_by_lookup_id_current_and_old(db: &TestDatabase) {
     let store = open(db).await;
     let k = key("0001-find", "acme", "live", "OLDlook1");
-    store.insert_key(&k).await.expect("insert");
     store
-        .insert_key(&key("0002-other", "acme", "live", "OTHERxx1"))
+        .insert_key(&k, &Actor::default())
+        .await
+        .expect("insert");
+    store
+        .insert_key(
+            &key("0002-other", "acme", "live", "OTHERxx1"),
+            &Actor::default(),
+        )
         .await
         .expect("insert other");
     let t = now();
@@ -160,6 +172,8 @@ async fn find_by_lookup_id_current_and_old(db: &TestDatabase) {
             &credential("NEWlook1", t + TimeDelta::seconds(1)),
             t + TimeDelta::hours(1),
             t,
+            &Actor::default(),
+            None,
         )
         .await
         .expect("rotate");
@@ -181,6 +195,8 @@ async fn find_by_lookup_id_current_and_old(db: &TestDatabase) {
             &credential("NEWERlk1", t + TimeDelta::seconds(2)),
             t + TimeDelta::hours(1),
             t,
+            &Actor::default(),
+            None,
         )
         .await
         .expect("rotate again");
@@ -214,9 +230,15 @@ async fn find_by_lookup_id_current_and_old(db: &TestDatabase) {
 async fn duplicate_lookup_id_is_conflict(db: &TestDatabase) {
     let store = open(db).await;
     let first = key("0001-dup", "acme", "live", "SAMElook");
-    store.insert_key(&first).await.expect("insert");
+    store
+        .insert_key(&first, &Actor::default())
+        .await
+        .expect("insert");
     let err = store
-        .insert_key(&key("0002-dup", "acme", "live", "SAMElook"))
+        .insert_key(
+            &key("0002-dup", "acme", "live", "SAMElook"),
+            &Actor::default(),
+        )
         .await
         .expect_err("duplicate lookup id");
     assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
@@ -228,7 +250,10 @@ async fn duplicate_lookup_id_is_conflict(db: &TestDatabase) {
     );
     // A reused key id is a conflict too.
     let err = store
-        .insert_key(&key("0001-dup", "acme", "live", "FRESHlk1"))
+        .insert_key(
+            &key("0001-dup", "acme", "live", "FRESHlk1"),
+            &Actor::default(),
+        )
         .await
         .expect_err("duplicate key id");
     assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
@@ -252,7 +277,10 @@ async fn list_filters_and_statuses(db: &TestDatabase) {
     keys[5].state = KeyState::Revoked;
     keys[5].expires_at = Some(t - TimeDelta::hours(1));
     for k in &keys {
-        store.insert_key(k).await.expect("insert");
+        store
+            .insert_key(k, &Actor::default())
+            .await
+            .expect("insert");
     }
     let ids = |filter: KeyFilter| {
         let store = store.clone();
@@ -353,7 +381,10 @@ async fn list_filters_by_last_use_and_expiry(db: &TestDatabase) {
     keys[4].expires_at = Some(t + TimeDelta::days(60));
     keys[5].expires_at = Some(t - TimeDelta::days(1));
     for k in &keys {
-        store.insert_key(k).await.expect("insert");
+        store
+            .insert_key(k, &Actor::default())
+            .await
+            .expect("insert");
     }
     let ids = |filter: KeyFilter, after: Option<&'static str>, limit: u64| {
         let store = store.clone();
@@ -435,12 +466,15 @@ async fn keyset_pagination_is_stable_under_inserts(db: &TestDatabase) {
     let store = open(db).await;
     for i in (0..20).step_by(2) {
         store
-            .insert_key(&key(
-                &format!("key-{i:03}"),
-                "acme",
-                "live",
-                &format!("LKP{i:05}"),
-            ))
+            .insert_key(
+                &key(
+                    &format!("key-{i:03}"),
+                    "acme",
+                    "live",
+                    &format!("LKP{i:05}"),
+                ),
+                &Actor::default(),
+            )
             .await
             .expect("insert");
     }
@@ -461,12 +495,15 @@ async fn keyset_pagination_is_stable_under_inserts(db: &TestDatabase) {
         // Between pages, insert keys both before and after the cursor.
         if inserted < 20 {
             store
-                .insert_key(&key(
-                    &format!("key-{inserted:03}"),
-                    "acme",
-                    "live",
-                    &format!("LKP{inserted:05}"),
-                ))
+                .insert_key(
+                    &key(
+                        &format!("key-{inserted:03}"),
+                        "acme",
+                        "live",
+                        &format!("LKP{inserted:05}"),
+                    ),
+                    &Actor::default(),
+                )
                 .await
                 .expect("insert between pages");
             inserted += 2;
@@ -485,11 +522,21 @@ async fn keyset_pagination_is_stable_under_inserts(db: &TestDatabase) {
 async fn update_key_is_conditional_on_version_and_state(db: &TestDatabase) {
     let store = open(db).await;
     let k = key("0001-update", "acme", "live", "UPDlook1");
-    store.insert_key(&k).await.expect("insert");
+    store
+        .insert_key(&k, &Actor::default())
+        .await
+        .expect("insert");
     let t = now() + TimeDelta::seconds(5);
 
     let disabled = store
-        .update_key(&k.id, 1, &KeyUpdate::SetState(KeyState::Disabled), t)
+        .update_key(
+            &k.id,
+            1,
+            &KeyUpdate::SetState(KeyState::Disabled),
+            t,
+            &Actor::default(),
+            None,
+        )
         .await
         .expect("disable at version 1");
     assert_eq!(
@@ -503,7 +550,14 @@ async fn update_key_is_conditional_on_version_and_state(db: &TestDatabase) {
 
     // A change conditional on the old version touches nothing.
     let err = store
-        .update_key(&k.id, 1, &KeyUpdate::SetState(KeyState::Active), t)
+        .update_key(
+            &k.id,
+            1,
+            &KeyUpdate::SetState(KeyState::Active),
+            t,
+            &Actor::default(),
+            None,
+        )
         .await
         .expect_err("stale version");
     assert!(
@@ -514,7 +568,14 @@ async fn update_key_is_conditional_on_version_and_state(db: &TestDatabase) {
 
     let expiry = Some(t + TimeDelta::days(1));
     let expiring = store
-        .update_key(&k.id, 2, &KeyUpdate::SetExpiry(expiry), t)
+        .update_key(
+            &k.id,
+            2,
+            &KeyUpdate::SetExpiry(expiry),
+            t,
+            &Actor::default(),
+            None,
+        )
         .await
         .expect("expiry");
     assert_eq!((expiring.expires_at, expiring.version), (expiry, 3));
@@ -527,6 +588,8 @@ async fn update_key_is_conditional_on_version_and_state(db: &TestDatabase) {
                 reason: Some("leaked".into()),
             },
             t,
+            &Actor::default(),
+            None,
         )
         .await
         .expect("revoke");
@@ -544,7 +607,7 @@ async fn update_key_is_conditional_on_version_and_state(db: &TestDatabase) {
     ] {
         for version in [3, 4, 5] {
             let err = store
-                .update_key(&k.id, version, &update, t)
+                .update_key(&k.id, version, &update, t, &Actor::default(), None)
                 .await
                 .expect_err("revoked key changed");
             assert!(
@@ -554,14 +617,29 @@ async fn update_key_is_conditional_on_version_and_state(db: &TestDatabase) {
         }
     }
     let err = store
-        .rotate_key(&k.id, 4, &credential("UPDlook2", t), t, t)
+        .rotate_key(
+            &k.id,
+            4,
+            &credential("UPDlook2", t),
+            t,
+            t,
+            &Actor::default(),
+            None,
+        )
         .await
         .expect_err("revoked key rotated");
     assert!(matches!(err, StoreError::KeyRevoked), "{err:?}");
     assert_eq!(store.get_key(&k.id).await.expect("get"), Some(revoked));
 
     let err = store
-        .update_key("no-such-key", 1, &KeyUpdate::SetExpiry(None), t)
+        .update_key(
+            "no-such-key",
+            1,
+            &KeyUpdate::SetExpiry(None),
+            t,
+            &Actor::default(),
+            None,
+        )
         .await
         .expect_err("not found");
     assert!(matches!(err, StoreError::NotFound), "{err:?}");
@@ -572,9 +650,19 @@ async fn update_key_is_conditional_on_version_and_state(db: &TestDatabase) {
 async fn storage_refuses_to_unrevoke(db: &TestDatabase) {
     let store = open(db).await;
     let k = key("0001-terminal", "acme", "live", "TERMloo1");
-    store.insert_key(&k).await.expect("insert");
     store
-        .update_key(&k.id, 1, &KeyUpdate::Revoke { reason: None }, now())
+        .insert_key(&k, &Actor::default())
+        .await
+        .expect("insert");
+    store
+        .update_key(
+            &k.id,
+            1,
+            &KeyUpdate::Revoke { reason: None },
+            now(),
+            &Actor::default(),
+            None,
+        )
         .await
         .expect("revoke");
     let conn = store.connection();
@@ -609,7 +697,10 @@ async fn storage_refuses_to_unrevoke(db: &TestDatabase) {
 async fn racing_changes_are_serialized(db: &TestDatabase) {
     let store = open(db).await;
     let k = key("0001-race", "acme", "live", "RACEloo1");
-    store.insert_key(&k).await.expect("insert");
+    store
+        .insert_key(&k, &Actor::default())
+        .await
+        .expect("insert");
     let tasks = 12;
     let mut handles = Vec::new();
     for task in 0..tasks {
@@ -623,7 +714,17 @@ async fn racing_changes_are_serialized(db: &TestDatabase) {
             };
             loop {
                 let current = store.get_key(&id).await.expect("get").expect("present");
-                match store.update_key(&id, current.version, &update, now()).await {
+                match store
+                    .update_key(
+                        &id,
+                        current.version,
+                        &update,
+                        now(),
+                        &Actor::default(),
+                        None,
+                    )
+                    .await
+                {
                     Ok(changed) => return changed.version,
                     Err(StoreError::VersionMismatch { .. }) => continue,
                     Err(err) => panic!("task {task}: {err:?}"),
@@ -655,7 +756,9 @@ async fn racing_changes_are_serialized(db: &TestDatabase) {
             } else {
                 KeyUpdate::SetState(KeyState::Active)
             };
-            store.update_key(&id, version, &update, now()).await
+            store
+                .update_key(&id, version, &update, now(), &Actor::default(), None)
+                .await
         }));
     }
     let mut applied = 0;
@@ -689,12 +792,15 @@ async fn rotate_expires_old_adds_new_and_cleans_up(db: &TestDatabase) {
         ending_soon.clone(),
         long_gone,
     ];
-    store.insert_key(&k).await.expect("insert");
+    store
+        .insert_key(&k, &Actor::default())
+        .await
+        .expect("insert");
 
     let grace_end = t + TimeDelta::hours(1);
     let new = credential("NEWcred1", t);
     let rotated = store
-        .rotate_key(&k.id, 1, &new, grace_end, t)
+        .rotate_key(&k.id, 1, &new, grace_end, t, &Actor::default(), None)
         .await
         .expect("rotate");
 
@@ -728,7 +834,15 @@ async fn rotate_expires_old_adds_new_and_cleans_up(db: &TestDatabase) {
     // Immediate rotation ends every older credential now.
     let t2 = t + TimeDelta::seconds(1);
     let rotated = store
-        .rotate_key(&k.id, 2, &credential("NEWcred2", t2), t2, t2)
+        .rotate_key(
+            &k.id,
+            2,
+            &credential("NEWcred2", t2),
+            t2,
+            t2,
+            &Actor::default(),
+            None,
+        )
         .await
         .expect("rotate again");
     assert!(
@@ -738,12 +852,28 @@ async fn rotate_expires_old_adds_new_and_cleans_up(db: &TestDatabase) {
     );
 
     let err = store
-        .rotate_key("no-such-key", 1, &credential("NEWcred3", t), t, t)
+        .rotate_key(
+            "no-such-key",
+            1,
+            &credential("NEWcred3", t),
+            t,
+            t,
+            &Actor::default(),
+            None,
+        )
         .await
         .expect_err("not found");
     assert!(matches!(err, StoreError::NotFound), "{err:?}");
     let err = store
-        .rotate_key(&k.id, 3, &credential("NEWcred1", t), t, t)
+        .rotate_key(
+            &k.id,
+            3,
+            &credential("NEWcred1", t),
+            t,
+            t,
+            &Actor::default(),
+            None,
+        )
         .await
         .expect_err("lookup id taken");
     assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
@@ -755,7 +885,10 @@ async fn last_used_only_moves_forward(db: &TestDatabase) {
     let mut k = key("0001-usage", "acme", "live", "USAGEaa1");
     k.credentials
         .push(credential("USAGEbb1", t - TimeDelta::days(1)));
-    store.insert_key(&k).await.expect("insert");
+    store
+        .insert_key(&k, &Actor::default())
+        .await
+        .expect("insert");
     let used = |lookup: &str, at| LastUsed {
         key_id: k.id.clone(),
         lookup_id: lookup.to_owned(),
@@ -960,7 +1093,10 @@ async fn rate_usage_is_shared_between_stores(db: &TestDatabase) {
 async fn migrate_twice_is_idempotent(db: &TestDatabase) {
     let store = open(db).await;
     let k = key("0001-migrate", "acme", "live", "MIGRATE1");
-    store.insert_key(&k).await.expect("insert");
+    store
+        .insert_key(&k, &Actor::default())
+        .await
+        .expect("insert");
     store.migrate().await.expect("second migrate");
     Store::connect(&db.url)
         .await
@@ -1026,7 +1162,10 @@ async fn corrupt_rows_are_reported(db: &TestDatabase) {
     ];
     for (lookup, sql, value, column) in cases {
         let k = key(&format!("key-{lookup}"), "acme", "live", lookup);
-        store.insert_key(&k).await.expect("insert");
+        store
+            .insert_key(&k, &Actor::default())
+            .await
+            .expect("insert");
         exec(sql, vec![value, k.id.clone().into()]).await;
         let err = store.get_key(&k.id).await.expect_err("corrupt");
         assert!(
@@ -1068,7 +1207,10 @@ async fn in_memory_sqlite_works() {
     store.migrate().await.expect("migrate");
     assert_eq!(store.backend(), Backend::Sqlite);
     let k = key("0001-mem", "acme", "live", "MEMORY01");
-    store.insert_key(&k).await.expect("insert");
+    store
+        .insert_key(&k, &Actor::default())
+        .await
+        .expect("insert");
     assert_eq!(store.get_key(&k.id).await.expect("get"), Some(k));
 }
 
@@ -1099,7 +1241,10 @@ async fn postgres_change_notifications() {
         .expect("postgres listener");
 
     let k = key("0001-notify", "acme", "live", "NOTIFY01");
-    replica_b.insert_key(&k).await.expect("insert");
+    replica_b
+        .insert_key(&k, &Actor::default())
+        .await
+        .expect("insert");
     let change = tokio::time::timeout(Duration::from_secs(1), listener.next())
         .await
         .expect("insert notification within a second")
@@ -1114,7 +1259,14 @@ async fn postgres_change_notifications() {
     );
 
     replica_b
-        .update_key(&k.id, 1, &KeyUpdate::SetState(KeyState::Disabled), now())
+        .update_key(
+            &k.id,
+            1,
+            &KeyUpdate::SetState(KeyState::Disabled),
+            now(),
+            &Actor::default(),
+            None,
+        )
         .await
         .expect("update");
     let change = tokio::time::timeout(Duration::from_secs(1), listener.next())
@@ -1132,7 +1284,15 @@ async fn postgres_change_notifications() {
 
     let t = now();
     replica_b
-        .rotate_key(&k.id, 2, &credential("NOTIFY02", t), t, t)
+        .rotate_key(
+            &k.id,
+            2,
+            &credential("NOTIFY02", t),
+            t,
+            t,
+            &Actor::default(),
+            None,
+        )
         .await
         .expect("rotate");
     let change = tokio::time::timeout(Duration::from_secs(1), listener.next())
@@ -1220,7 +1380,10 @@ async fn large_usage_batches_span_chunks(db: &TestDatabase) {
         })
         .collect();
     for k in &keys {
-        store.insert_key(k).await.expect("insert");
+        store
+            .insert_key(k, &Actor::default())
+            .await
+            .expect("insert");
     }
     // Expected state: per key its time, per credential its time.
     let mut key_state: HashMap<String, Option<DateTime<Utc>>> =

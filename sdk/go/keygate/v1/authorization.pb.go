@@ -321,7 +321,11 @@ type AuthorizeResponse struct {
 	// The required scopes the key lacks, with DENY_REASON_SCOPE_MISSING.
 	MissingScopes []string `protobuf:"bytes,8,rep,name=missing_scopes,json=missingScopes,proto3" json:"missing_scopes,omitempty"`
 	// Rate-limit figures; set once the key has been recognised as usable.
-	RateLimit     *RateLimit `protobuf:"bytes,9,opt,name=rate_limit,json=rateLimit,proto3" json:"rate_limit,omitempty"`
+	RateLimit *RateLimit `protobuf:"bytes,9,opt,name=rate_limit,json=rateLimit,proto3" json:"rate_limit,omitempty"`
+	// The key's metadata (ApiKey.metadata), on allow only: what a service
+	// needs to know about the caller (a plan, a tenant id) without a second
+	// call.
+	Metadata      map[string]string `protobuf:"bytes,10,rep,name=metadata,proto3" json:"metadata,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -419,6 +423,13 @@ func (x *AuthorizeResponse) GetRateLimit() *RateLimit {
 	return nil
 }
 
+func (x *AuthorizeResponse) GetMetadata() map[string]string {
+	if x != nil {
+		return x.Metadata
+	}
+	return nil
+}
+
 var File_keygate_v1_authorization_proto protoreflect.FileDescriptor
 
 const file_keygate_v1_authorization_proto_rawDesc = "" +
@@ -435,7 +446,7 @@ const file_keygate_v1_authorization_proto_rawDesc = "" +
 	"\tremaining\x18\x02 \x01(\rR\tremaining\x125\n" +
 	"\breset_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\aresetAt\x12:\n" +
 	"\vretry_after\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\n" +
-	"retryAfter\"\xd8\x02\n" +
+	"retryAfter\"\xde\x03\n" +
 	"\x11AuthorizeResponse\x120\n" +
 	"\bdecision\x18\x01 \x01(\x0e2\x14.keygate.v1.DecisionR\bdecision\x12.\n" +
 	"\x06reason\x18\x02 \x01(\x0e2\x16.keygate.v1.DenyReasonR\x06reason\x12\x18\n" +
@@ -446,7 +457,12 @@ const file_keygate_v1_authorization_proto_rawDesc = "" +
 	"\x06scopes\x18\a \x03(\tR\x06scopes\x12%\n" +
 	"\x0emissing_scopes\x18\b \x03(\tR\rmissingScopes\x124\n" +
 	"\n" +
-	"rate_limit\x18\t \x01(\v2\x15.keygate.v1.RateLimitR\trateLimit*K\n" +
+	"rate_limit\x18\t \x01(\v2\x15.keygate.v1.RateLimitR\trateLimit\x12G\n" +
+	"\bmetadata\x18\n" +
+	" \x03(\v2+.keygate.v1.AuthorizeResponse.MetadataEntryR\bmetadata\x1a;\n" +
+	"\rMetadataEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01*K\n" +
 	"\bDecision\x12\x18\n" +
 	"\x14DECISION_UNSPECIFIED\x10\x00\x12\x12\n" +
 	"\x0eDECISION_ALLOW\x10\x01\x12\x11\n" +
@@ -478,29 +494,31 @@ func file_keygate_v1_authorization_proto_rawDescGZIP() []byte {
 }
 
 var file_keygate_v1_authorization_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_keygate_v1_authorization_proto_msgTypes = make([]protoimpl.MessageInfo, 3)
+var file_keygate_v1_authorization_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
 var file_keygate_v1_authorization_proto_goTypes = []any{
 	(Decision)(0),                 // 0: keygate.v1.Decision
 	(DenyReason)(0),               // 1: keygate.v1.DenyReason
 	(*AuthorizeRequest)(nil),      // 2: keygate.v1.AuthorizeRequest
 	(*RateLimit)(nil),             // 3: keygate.v1.RateLimit
 	(*AuthorizeResponse)(nil),     // 4: keygate.v1.AuthorizeResponse
-	(*timestamppb.Timestamp)(nil), // 5: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 6: google.protobuf.Duration
+	nil,                           // 5: keygate.v1.AuthorizeResponse.MetadataEntry
+	(*timestamppb.Timestamp)(nil), // 6: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 7: google.protobuf.Duration
 }
 var file_keygate_v1_authorization_proto_depIdxs = []int32{
-	5, // 0: keygate.v1.RateLimit.reset_at:type_name -> google.protobuf.Timestamp
-	6, // 1: keygate.v1.RateLimit.retry_after:type_name -> google.protobuf.Duration
+	6, // 0: keygate.v1.RateLimit.reset_at:type_name -> google.protobuf.Timestamp
+	7, // 1: keygate.v1.RateLimit.retry_after:type_name -> google.protobuf.Duration
 	0, // 2: keygate.v1.AuthorizeResponse.decision:type_name -> keygate.v1.Decision
 	1, // 3: keygate.v1.AuthorizeResponse.reason:type_name -> keygate.v1.DenyReason
 	3, // 4: keygate.v1.AuthorizeResponse.rate_limit:type_name -> keygate.v1.RateLimit
-	2, // 5: keygate.v1.AuthorizationService.Authorize:input_type -> keygate.v1.AuthorizeRequest
-	4, // 6: keygate.v1.AuthorizationService.Authorize:output_type -> keygate.v1.AuthorizeResponse
-	6, // [6:7] is the sub-list for method output_type
-	5, // [5:6] is the sub-list for method input_type
-	5, // [5:5] is the sub-list for extension type_name
-	5, // [5:5] is the sub-list for extension extendee
-	0, // [0:5] is the sub-list for field type_name
+	5, // 5: keygate.v1.AuthorizeResponse.metadata:type_name -> keygate.v1.AuthorizeResponse.MetadataEntry
+	2, // 6: keygate.v1.AuthorizationService.Authorize:input_type -> keygate.v1.AuthorizeRequest
+	4, // 7: keygate.v1.AuthorizationService.Authorize:output_type -> keygate.v1.AuthorizeResponse
+	7, // [7:8] is the sub-list for method output_type
+	6, // [6:7] is the sub-list for method input_type
+	6, // [6:6] is the sub-list for extension type_name
+	6, // [6:6] is the sub-list for extension extendee
+	0, // [0:6] is the sub-list for field type_name
 }
 
 func init() { file_keygate_v1_authorization_proto_init() }
@@ -514,7 +532,7 @@ func file_keygate_v1_authorization_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_keygate_v1_authorization_proto_rawDesc), len(file_keygate_v1_authorization_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   3,
+			NumMessages:   4,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -10,6 +10,7 @@ import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	durationpb "google.golang.org/protobuf/types/known/durationpb"
+	fieldmaskpb "google.golang.org/protobuf/types/known/fieldmaskpb"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
@@ -37,6 +38,9 @@ const (
 	KeyStatus_KEY_STATUS_EXPIRED KeyStatus = 3
 	// Permanently ended.
 	KeyStatus_KEY_STATUS_REVOKED KeyStatus = 4
+	// Soft-deleted: authorizes nothing; UndeleteKey restores it until its
+	// purge_time.
+	KeyStatus_KEY_STATUS_DELETED KeyStatus = 5
 )
 
 // Enum value maps for KeyStatus.
@@ -47,6 +51,7 @@ var (
 		2: "KEY_STATUS_DISABLED",
 		3: "KEY_STATUS_EXPIRED",
 		4: "KEY_STATUS_REVOKED",
+		5: "KEY_STATUS_DELETED",
 	}
 	KeyStatus_value = map[string]int32{
 		"KEY_STATUS_UNSPECIFIED": 0,
@@ -54,6 +59,7 @@ var (
 		"KEY_STATUS_DISABLED":    2,
 		"KEY_STATUS_EXPIRED":     3,
 		"KEY_STATUS_REVOKED":     4,
+		"KEY_STATUS_DELETED":     5,
 	}
 )
 
@@ -124,7 +130,15 @@ type ApiKey struct {
 	// An opaque token that changes on every change to the key. Send it back in
 	// a mutating request's `etag` to apply the change only if the key has not
 	// changed since it was read (optimistic concurrency, AIP-154).
-	Etag          string `protobuf:"bytes,18,opt,name=etag,proto3" json:"etag,omitempty"`
+	Etag string `protobuf:"bytes,18,opt,name=etag,proto3" json:"etag,omitempty"`
+	// Your own data about the key (a customer's plan, a tenant id, …), at most
+	// 32 entries: keys 1 to 64 characters of [a-zA-Z0-9_.-], values at most
+	// 512 bytes. Returned by Authorize on allow.
+	Metadata map[string]string `protobuf:"bytes,19,rep,name=metadata,proto3" json:"metadata,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// When the key was deleted; unset unless deleted.
+	DeleteTime *timestamppb.Timestamp `protobuf:"bytes,20,opt,name=delete_time,json=deleteTime,proto3" json:"delete_time,omitempty"`
+	// When a deleted key is removed for good; unset unless deleted.
+	PurgeTime     *timestamppb.Timestamp `protobuf:"bytes,21,opt,name=purge_time,json=purgeTime,proto3" json:"purge_time,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -285,6 +299,27 @@ func (x *ApiKey) GetEtag() string {
 	return ""
 }
 
+func (x *ApiKey) GetMetadata() map[string]string {
+	if x != nil {
+		return x.Metadata
+	}
+	return nil
+}
+
+func (x *ApiKey) GetDeleteTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.DeleteTime
+	}
+	return nil
+}
+
+func (x *ApiKey) GetPurgeTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.PurgeTime
+	}
+	return nil
+}
+
 // Credential describes one secret of a key, never the secret itself.
 type Credential struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -388,7 +423,9 @@ type CreateKeyRequest struct {
 	//
 	//	*CreateKeyRequest_ExpiresAt
 	//	*CreateKeyRequest_Ttl
-	Expiry        isCreateKeyRequest_Expiry `protobuf_oneof:"expiry"`
+	Expiry isCreateKeyRequest_Expiry `protobuf_oneof:"expiry"`
+	// Your own data about the key; see ApiKey.metadata for the limits.
+	Metadata      map[string]string `protobuf:"bytes,9,rep,name=metadata,proto3" json:"metadata,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -486,6 +523,13 @@ func (x *CreateKeyRequest) GetTtl() *durationpb.Duration {
 		if x, ok := x.Expiry.(*CreateKeyRequest_Ttl); ok {
 			return x.Ttl
 		}
+	}
+	return nil
+}
+
+func (x *CreateKeyRequest) GetMetadata() map[string]string {
+	if x != nil {
+		return x.Metadata
 	}
 	return nil
 }
@@ -675,6 +719,9 @@ type ListKeysRequest struct {
 	// Only keys that expire before this time ("expiring soon"); keys without
 	// an expiry never match. Already expired keys match too.
 	ExpiresBefore *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=expires_before,json=expiresBefore,proto3" json:"expires_before,omitempty"`
+	// Include deleted keys (status KEY_STATUS_DELETED); they are left out
+	// otherwise. Filtering by status KEY_STATUS_DELETED needs this set.
+	ShowDeleted   bool `protobuf:"varint,8,opt,name=show_deleted,json=showDeleted,proto3" json:"show_deleted,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -756,6 +803,13 @@ func (x *ListKeysRequest) GetExpiresBefore() *timestamppb.Timestamp {
 		return x.ExpiresBefore
 	}
 	return nil
+}
+
+func (x *ListKeysRequest) GetShowDeleted() bool {
+	if x != nil {
+		return x.ShowDeleted
+	}
+	return false
 }
 
 // ListKeysResponse is one page of keys.
@@ -1558,12 +1612,688 @@ func (x *UsageBucket) GetDeniedOther() uint64 {
 	return 0
 }
 
+// UpdateKeyRequest changes the fields of `key` named in `update_mask`.
+type UpdateKeyRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The key: key_id names it; the fields named in update_mask hold the new
+	// values. Other fields are ignored.
+	Key *ApiKey `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	// The fields to change, of: name, scopes, ip_allowlist,
+	// rate_limit_per_hour, metadata, expires_at. Required, not empty. A named
+	// field left unset in `key` is cleared (rate limit: the server default;
+	// expiry: never; metadata: none; scopes: none); name cannot be cleared.
+	UpdateMask *fieldmaskpb.FieldMask `protobuf:"bytes,2,opt,name=update_mask,json=updateMask,proto3" json:"update_mask,omitempty"`
+	// If set, the change applies only while the key's etag still equals this
+	// one; a stale etag fails with ABORTED and changes nothing.
+	Etag          string `protobuf:"bytes,3,opt,name=etag,proto3" json:"etag,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateKeyRequest) Reset() {
+	*x = UpdateKeyRequest{}
+	mi := &file_keygate_v1_keys_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateKeyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateKeyRequest) ProtoMessage() {}
+
+func (x *UpdateKeyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_keygate_v1_keys_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateKeyRequest.ProtoReflect.Descriptor instead.
+func (*UpdateKeyRequest) Descriptor() ([]byte, []int) {
+	return file_keygate_v1_keys_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *UpdateKeyRequest) GetKey() *ApiKey {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+func (x *UpdateKeyRequest) GetUpdateMask() *fieldmaskpb.FieldMask {
+	if x != nil {
+		return x.UpdateMask
+	}
+	return nil
+}
+
+func (x *UpdateKeyRequest) GetEtag() string {
+	if x != nil {
+		return x.Etag
+	}
+	return ""
+}
+
+// UpdateKeyResponse carries the key as changed.
+type UpdateKeyResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The key's metadata.
+	Key           *ApiKey `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateKeyResponse) Reset() {
+	*x = UpdateKeyResponse{}
+	mi := &file_keygate_v1_keys_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateKeyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateKeyResponse) ProtoMessage() {}
+
+func (x *UpdateKeyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_keygate_v1_keys_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateKeyResponse.ProtoReflect.Descriptor instead.
+func (*UpdateKeyResponse) Descriptor() ([]byte, []int) {
+	return file_keygate_v1_keys_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *UpdateKeyResponse) GetKey() *ApiKey {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+// DeleteKeyRequest names the key to delete.
+type DeleteKeyRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The key's id.
+	KeyId string `protobuf:"bytes,1,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
+	// If set, the change applies only while the key's etag still equals this
+	// one; a stale etag fails with ABORTED and changes nothing.
+	Etag          string `protobuf:"bytes,2,opt,name=etag,proto3" json:"etag,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteKeyRequest) Reset() {
+	*x = DeleteKeyRequest{}
+	mi := &file_keygate_v1_keys_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteKeyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteKeyRequest) ProtoMessage() {}
+
+func (x *DeleteKeyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_keygate_v1_keys_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteKeyRequest.ProtoReflect.Descriptor instead.
+func (*DeleteKeyRequest) Descriptor() ([]byte, []int) {
+	return file_keygate_v1_keys_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *DeleteKeyRequest) GetKeyId() string {
+	if x != nil {
+		return x.KeyId
+	}
+	return ""
+}
+
+func (x *DeleteKeyRequest) GetEtag() string {
+	if x != nil {
+		return x.Etag
+	}
+	return ""
+}
+
+// DeleteKeyResponse carries the deleted key.
+type DeleteKeyResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The key's metadata, with delete_time and purge_time.
+	Key           *ApiKey `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteKeyResponse) Reset() {
+	*x = DeleteKeyResponse{}
+	mi := &file_keygate_v1_keys_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteKeyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteKeyResponse) ProtoMessage() {}
+
+func (x *DeleteKeyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_keygate_v1_keys_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteKeyResponse.ProtoReflect.Descriptor instead.
+func (*DeleteKeyResponse) Descriptor() ([]byte, []int) {
+	return file_keygate_v1_keys_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *DeleteKeyResponse) GetKey() *ApiKey {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+// UndeleteKeyRequest names the key to restore.
+type UndeleteKeyRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The key's id.
+	KeyId         string `protobuf:"bytes,1,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UndeleteKeyRequest) Reset() {
+	*x = UndeleteKeyRequest{}
+	mi := &file_keygate_v1_keys_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UndeleteKeyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UndeleteKeyRequest) ProtoMessage() {}
+
+func (x *UndeleteKeyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_keygate_v1_keys_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UndeleteKeyRequest.ProtoReflect.Descriptor instead.
+func (*UndeleteKeyRequest) Descriptor() ([]byte, []int) {
+	return file_keygate_v1_keys_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *UndeleteKeyRequest) GetKeyId() string {
+	if x != nil {
+		return x.KeyId
+	}
+	return ""
+}
+
+// UndeleteKeyResponse carries the restored key.
+type UndeleteKeyResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The key's metadata, with the state it had before it was deleted.
+	Key           *ApiKey `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UndeleteKeyResponse) Reset() {
+	*x = UndeleteKeyResponse{}
+	mi := &file_keygate_v1_keys_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UndeleteKeyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UndeleteKeyResponse) ProtoMessage() {}
+
+func (x *UndeleteKeyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_keygate_v1_keys_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UndeleteKeyResponse.ProtoReflect.Descriptor instead.
+func (*UndeleteKeyResponse) Descriptor() ([]byte, []int) {
+	return file_keygate_v1_keys_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *UndeleteKeyResponse) GetKey() *ApiKey {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+// FieldChange is one field a change set.
+type FieldChange struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The field, as named in ApiKey ("scopes", "expires_at", "status") or
+	// "metadata.<key>" for one metadata entry, "hint" for a rotation's new
+	// secret.
+	Field string `protobuf:"bytes,1,opt,name=field,proto3" json:"field,omitempty"`
+	// The value before, as text; empty when unset.
+	OldValue string `protobuf:"bytes,2,opt,name=old_value,json=oldValue,proto3" json:"old_value,omitempty"`
+	// The value after, as text; empty when unset.
+	NewValue      string `protobuf:"bytes,3,opt,name=new_value,json=newValue,proto3" json:"new_value,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FieldChange) Reset() {
+	*x = FieldChange{}
+	mi := &file_keygate_v1_keys_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FieldChange) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FieldChange) ProtoMessage() {}
+
+func (x *FieldChange) ProtoReflect() protoreflect.Message {
+	mi := &file_keygate_v1_keys_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FieldChange.ProtoReflect.Descriptor instead.
+func (*FieldChange) Descriptor() ([]byte, []int) {
+	return file_keygate_v1_keys_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *FieldChange) GetField() string {
+	if x != nil {
+		return x.Field
+	}
+	return ""
+}
+
+func (x *FieldChange) GetOldValue() string {
+	if x != nil {
+		return x.OldValue
+	}
+	return ""
+}
+
+func (x *FieldChange) GetNewValue() string {
+	if x != nil {
+		return x.NewValue
+	}
+	return ""
+}
+
+// AuditEvent records one successful change to a key. Never a secret, a
+// hash or a salt.
+type AuditEvent struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The event's id; newer events have greater ids.
+	EventId string `protobuf:"bytes,1,opt,name=event_id,json=eventId,proto3" json:"event_id,omitempty"`
+	// When the change was made.
+	Time *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=time,proto3" json:"time,omitempty"`
+	// The management key that made it; empty for `keygate bootstrap`.
+	ActorKeyId string `protobuf:"bytes,3,opt,name=actor_key_id,json=actorKeyId,proto3" json:"actor_key_id,omitempty"`
+	// The owner of that management key.
+	ActorOwnerId string `protobuf:"bytes,4,opt,name=actor_owner_id,json=actorOwnerId,proto3" json:"actor_owner_id,omitempty"`
+	// The RPC, such as "RevokeKey", or "Bootstrap".
+	Method string `protobuf:"bytes,5,opt,name=method,proto3" json:"method,omitempty"`
+	// The key changed.
+	KeyId string `protobuf:"bytes,6,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
+	// Its owner.
+	OwnerId string `protobuf:"bytes,7,opt,name=owner_id,json=ownerId,proto3" json:"owner_id,omitempty"`
+	// Its environment.
+	Environment string `protobuf:"bytes,8,opt,name=environment,proto3" json:"environment,omitempty"`
+	// The address the call came from, when known.
+	PeerAddress string `protobuf:"bytes,9,opt,name=peer_address,json=peerAddress,proto3" json:"peer_address,omitempty"`
+	// What changed.
+	Changes []*FieldChange `protobuf:"bytes,10,rep,name=changes,proto3" json:"changes,omitempty"`
+	// The reason given, such as RevokeKey's.
+	Reason        string `protobuf:"bytes,11,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuditEvent) Reset() {
+	*x = AuditEvent{}
+	mi := &file_keygate_v1_keys_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuditEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuditEvent) ProtoMessage() {}
+
+func (x *AuditEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_keygate_v1_keys_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuditEvent.ProtoReflect.Descriptor instead.
+func (*AuditEvent) Descriptor() ([]byte, []int) {
+	return file_keygate_v1_keys_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *AuditEvent) GetEventId() string {
+	if x != nil {
+		return x.EventId
+	}
+	return ""
+}
+
+func (x *AuditEvent) GetTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Time
+	}
+	return nil
+}
+
+func (x *AuditEvent) GetActorKeyId() string {
+	if x != nil {
+		return x.ActorKeyId
+	}
+	return ""
+}
+
+func (x *AuditEvent) GetActorOwnerId() string {
+	if x != nil {
+		return x.ActorOwnerId
+	}
+	return ""
+}
+
+func (x *AuditEvent) GetMethod() string {
+	if x != nil {
+		return x.Method
+	}
+	return ""
+}
+
+func (x *AuditEvent) GetKeyId() string {
+	if x != nil {
+		return x.KeyId
+	}
+	return ""
+}
+
+func (x *AuditEvent) GetOwnerId() string {
+	if x != nil {
+		return x.OwnerId
+	}
+	return ""
+}
+
+func (x *AuditEvent) GetEnvironment() string {
+	if x != nil {
+		return x.Environment
+	}
+	return ""
+}
+
+func (x *AuditEvent) GetPeerAddress() string {
+	if x != nil {
+		return x.PeerAddress
+	}
+	return ""
+}
+
+func (x *AuditEvent) GetChanges() []*FieldChange {
+	if x != nil {
+		return x.Changes
+	}
+	return nil
+}
+
+func (x *AuditEvent) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+// ListAuditEventsRequest filters and pages audit events.
+type ListAuditEventsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Only events of this key.
+	KeyId string `protobuf:"bytes,1,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
+	// Only events of keys of this owner.
+	OwnerId string `protobuf:"bytes,2,opt,name=owner_id,json=ownerId,proto3" json:"owner_id,omitempty"`
+	// Only events made by this management key.
+	ActorKeyId string `protobuf:"bytes,3,opt,name=actor_key_id,json=actorKeyId,proto3" json:"actor_key_id,omitempty"`
+	// Only events of this method, such as "RevokeKey".
+	Method string `protobuf:"bytes,4,opt,name=method,proto3" json:"method,omitempty"`
+	// Only events at or after this time.
+	StartTime *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=start_time,json=startTime,proto3" json:"start_time,omitempty"`
+	// Only events before this time.
+	EndTime *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=end_time,json=endTime,proto3" json:"end_time,omitempty"`
+	// Events per page: 0 means 50, at most 1000.
+	PageSize int32 `protobuf:"varint,7,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// The next_page_token of the previous page; empty for the first page.
+	PageToken     string `protobuf:"bytes,8,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListAuditEventsRequest) Reset() {
+	*x = ListAuditEventsRequest{}
+	mi := &file_keygate_v1_keys_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListAuditEventsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListAuditEventsRequest) ProtoMessage() {}
+
+func (x *ListAuditEventsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_keygate_v1_keys_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListAuditEventsRequest.ProtoReflect.Descriptor instead.
+func (*ListAuditEventsRequest) Descriptor() ([]byte, []int) {
+	return file_keygate_v1_keys_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *ListAuditEventsRequest) GetKeyId() string {
+	if x != nil {
+		return x.KeyId
+	}
+	return ""
+}
+
+func (x *ListAuditEventsRequest) GetOwnerId() string {
+	if x != nil {
+		return x.OwnerId
+	}
+	return ""
+}
+
+func (x *ListAuditEventsRequest) GetActorKeyId() string {
+	if x != nil {
+		return x.ActorKeyId
+	}
+	return ""
+}
+
+func (x *ListAuditEventsRequest) GetMethod() string {
+	if x != nil {
+		return x.Method
+	}
+	return ""
+}
+
+func (x *ListAuditEventsRequest) GetStartTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.StartTime
+	}
+	return nil
+}
+
+func (x *ListAuditEventsRequest) GetEndTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.EndTime
+	}
+	return nil
+}
+
+func (x *ListAuditEventsRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListAuditEventsRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+// ListAuditEventsResponse is one page of events, newest first.
+type ListAuditEventsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The events of this page.
+	Events []*AuditEvent `protobuf:"bytes,1,rep,name=events,proto3" json:"events,omitempty"`
+	// Token for the next page; empty on the last page.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListAuditEventsResponse) Reset() {
+	*x = ListAuditEventsResponse{}
+	mi := &file_keygate_v1_keys_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListAuditEventsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListAuditEventsResponse) ProtoMessage() {}
+
+func (x *ListAuditEventsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_keygate_v1_keys_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListAuditEventsResponse.ProtoReflect.Descriptor instead.
+func (*ListAuditEventsResponse) Descriptor() ([]byte, []int) {
+	return file_keygate_v1_keys_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *ListAuditEventsResponse) GetEvents() []*AuditEvent {
+	if x != nil {
+		return x.Events
+	}
+	return nil
+}
+
+func (x *ListAuditEventsResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
 var File_keygate_v1_keys_proto protoreflect.FileDescriptor
 
 const file_keygate_v1_keys_proto_rawDesc = "" +
 	"\n" +
 	"\x15keygate/v1/keys.proto\x12\n" +
-	"keygate.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf1\x05\n" +
+	"keygate.v1\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe4\a\n" +
 	"\x06ApiKey\x12\x15\n" +
 	"\x06key_id\x18\x01 \x01(\tR\x05keyId\x12\x19\n" +
 	"\bowner_id\x18\x02 \x01(\tR\aownerId\x12\x12\n" +
@@ -1588,7 +2318,15 @@ const file_keygate_v1_keys_proto_rawDesc = "" +
 	"revoked_at\x18\x0f \x01(\v2\x1a.google.protobuf.TimestampR\trevokedAt\x12%\n" +
 	"\x0erevoked_reason\x18\x10 \x01(\tR\rrevokedReason\x128\n" +
 	"\vcredentials\x18\x11 \x03(\v2\x16.keygate.v1.CredentialR\vcredentials\x12\x12\n" +
-	"\x04etag\x18\x12 \x01(\tR\x04etagB\x16\n" +
+	"\x04etag\x18\x12 \x01(\tR\x04etag\x12<\n" +
+	"\bmetadata\x18\x13 \x03(\v2 .keygate.v1.ApiKey.MetadataEntryR\bmetadata\x12;\n" +
+	"\vdelete_time\x18\x14 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"deleteTime\x129\n" +
+	"\n" +
+	"purge_time\x18\x15 \x01(\v2\x1a.google.protobuf.TimestampR\tpurgeTime\x1a;\n" +
+	"\rMetadataEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01B\x16\n" +
 	"\x14_rate_limit_per_hour\"\xf1\x01\n" +
 	"\n" +
 	"Credential\x12\x1b\n" +
@@ -1599,7 +2337,7 @@ const file_keygate_v1_keys_proto_rawDesc = "" +
 	"\n" +
 	"expires_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\x12<\n" +
 	"\flast_used_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"lastUsedAt\"\xe0\x02\n" +
+	"lastUsedAt\"\xe5\x03\n" +
 	"\x10CreateKeyRequest\x12\x19\n" +
 	"\bowner_id\x18\x01 \x01(\tR\aownerId\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12 \n" +
@@ -1609,7 +2347,11 @@ const file_keygate_v1_keys_proto_rawDesc = "" +
 	"\x13rate_limit_per_hour\x18\x06 \x01(\rH\x01R\x10rateLimitPerHour\x88\x01\x01\x12;\n" +
 	"\n" +
 	"expires_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampH\x00R\texpiresAt\x12-\n" +
-	"\x03ttl\x18\b \x01(\v2\x19.google.protobuf.DurationH\x00R\x03ttlB\b\n" +
+	"\x03ttl\x18\b \x01(\v2\x19.google.protobuf.DurationH\x00R\x03ttl\x12F\n" +
+	"\bmetadata\x18\t \x03(\v2*.keygate.v1.CreateKeyRequest.MetadataEntryR\bmetadata\x1a;\n" +
+	"\rMetadataEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01B\b\n" +
 	"\x06expiryB\x16\n" +
 	"\x14_rate_limit_per_hour\"Q\n" +
 	"\x11CreateKeyResponse\x12$\n" +
@@ -1618,7 +2360,7 @@ const file_keygate_v1_keys_proto_rawDesc = "" +
 	"\rGetKeyRequest\x12\x15\n" +
 	"\x06key_id\x18\x01 \x01(\tR\x05keyId\"6\n" +
 	"\x0eGetKeyResponse\x12$\n" +
-	"\x03key\x18\x01 \x01(\v2\x12.keygate.v1.ApiKeyR\x03key\"\xc2\x02\n" +
+	"\x03key\x18\x01 \x01(\v2\x12.keygate.v1.ApiKeyR\x03key\"\xe5\x02\n" +
 	"\x0fListKeysRequest\x12\x19\n" +
 	"\bowner_id\x18\x01 \x01(\tR\aownerId\x12 \n" +
 	"\venvironment\x18\x02 \x01(\tR\venvironment\x12-\n" +
@@ -1627,7 +2369,8 @@ const file_keygate_v1_keys_proto_rawDesc = "" +
 	"\n" +
 	"page_token\x18\x05 \x01(\tR\tpageToken\x12D\n" +
 	"\x10last_used_before\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\x0elastUsedBefore\x12A\n" +
-	"\x0eexpires_before\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\rexpiresBefore\"b\n" +
+	"\x0eexpires_before\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\rexpiresBefore\x12!\n" +
+	"\fshow_deleted\x18\b \x01(\bR\vshowDeleted\"b\n" +
 	"\x10ListKeysResponse\x12&\n" +
 	"\x04keys\x18\x01 \x03(\v2\x12.keygate.v1.ApiKeyR\x04keys\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"{\n" +
@@ -1674,13 +2417,64 @@ const file_keygate_v1_keys_proto_rawDesc = "" +
 	"start_time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\tstartTime\x12\x18\n" +
 	"\aallowed\x18\x02 \x01(\x04R\aallowed\x12.\n" +
 	"\x13denied_rate_limited\x18\x03 \x01(\x04R\x11deniedRateLimited\x12!\n" +
-	"\fdenied_other\x18\x04 \x01(\x04R\vdeniedOther*\x87\x01\n" +
+	"\fdenied_other\x18\x04 \x01(\x04R\vdeniedOther\"\x89\x01\n" +
+	"\x10UpdateKeyRequest\x12$\n" +
+	"\x03key\x18\x01 \x01(\v2\x12.keygate.v1.ApiKeyR\x03key\x12;\n" +
+	"\vupdate_mask\x18\x02 \x01(\v2\x1a.google.protobuf.FieldMaskR\n" +
+	"updateMask\x12\x12\n" +
+	"\x04etag\x18\x03 \x01(\tR\x04etag\"9\n" +
+	"\x11UpdateKeyResponse\x12$\n" +
+	"\x03key\x18\x01 \x01(\v2\x12.keygate.v1.ApiKeyR\x03key\"=\n" +
+	"\x10DeleteKeyRequest\x12\x15\n" +
+	"\x06key_id\x18\x01 \x01(\tR\x05keyId\x12\x12\n" +
+	"\x04etag\x18\x02 \x01(\tR\x04etag\"9\n" +
+	"\x11DeleteKeyResponse\x12$\n" +
+	"\x03key\x18\x01 \x01(\v2\x12.keygate.v1.ApiKeyR\x03key\"+\n" +
+	"\x12UndeleteKeyRequest\x12\x15\n" +
+	"\x06key_id\x18\x01 \x01(\tR\x05keyId\";\n" +
+	"\x13UndeleteKeyResponse\x12$\n" +
+	"\x03key\x18\x01 \x01(\v2\x12.keygate.v1.ApiKeyR\x03key\"]\n" +
+	"\vFieldChange\x12\x14\n" +
+	"\x05field\x18\x01 \x01(\tR\x05field\x12\x1b\n" +
+	"\told_value\x18\x02 \x01(\tR\boldValue\x12\x1b\n" +
+	"\tnew_value\x18\x03 \x01(\tR\bnewValue\"\xf9\x02\n" +
+	"\n" +
+	"AuditEvent\x12\x19\n" +
+	"\bevent_id\x18\x01 \x01(\tR\aeventId\x12.\n" +
+	"\x04time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12 \n" +
+	"\factor_key_id\x18\x03 \x01(\tR\n" +
+	"actorKeyId\x12$\n" +
+	"\x0eactor_owner_id\x18\x04 \x01(\tR\factorOwnerId\x12\x16\n" +
+	"\x06method\x18\x05 \x01(\tR\x06method\x12\x15\n" +
+	"\x06key_id\x18\x06 \x01(\tR\x05keyId\x12\x19\n" +
+	"\bowner_id\x18\a \x01(\tR\aownerId\x12 \n" +
+	"\venvironment\x18\b \x01(\tR\venvironment\x12!\n" +
+	"\fpeer_address\x18\t \x01(\tR\vpeerAddress\x121\n" +
+	"\achanges\x18\n" +
+	" \x03(\v2\x17.keygate.v1.FieldChangeR\achanges\x12\x16\n" +
+	"\x06reason\x18\v \x01(\tR\x06reason\"\xb2\x02\n" +
+	"\x16ListAuditEventsRequest\x12\x15\n" +
+	"\x06key_id\x18\x01 \x01(\tR\x05keyId\x12\x19\n" +
+	"\bowner_id\x18\x02 \x01(\tR\aownerId\x12 \n" +
+	"\factor_key_id\x18\x03 \x01(\tR\n" +
+	"actorKeyId\x12\x16\n" +
+	"\x06method\x18\x04 \x01(\tR\x06method\x129\n" +
+	"\n" +
+	"start_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\tstartTime\x125\n" +
+	"\bend_time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\aendTime\x12\x1b\n" +
+	"\tpage_size\x18\a \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\b \x01(\tR\tpageToken\"q\n" +
+	"\x17ListAuditEventsResponse\x12.\n" +
+	"\x06events\x18\x01 \x03(\v2\x16.keygate.v1.AuditEventR\x06events\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken*\x9f\x01\n" +
 	"\tKeyStatus\x12\x1a\n" +
 	"\x16KEY_STATUS_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11KEY_STATUS_ACTIVE\x10\x01\x12\x17\n" +
 	"\x13KEY_STATUS_DISABLED\x10\x02\x12\x16\n" +
 	"\x12KEY_STATUS_EXPIRED\x10\x03\x12\x16\n" +
-	"\x12KEY_STATUS_REVOKED\x10\x042\xbf\x05\n" +
+	"\x12KEY_STATUS_REVOKED\x10\x04\x12\x16\n" +
+	"\x12KEY_STATUS_DELETED\x10\x052\xff\a\n" +
 	"\x14KeyManagementService\x12H\n" +
 	"\tCreateKey\x12\x1c.keygate.v1.CreateKeyRequest\x1a\x1d.keygate.v1.CreateKeyResponse\x12?\n" +
 	"\x06GetKey\x12\x19.keygate.v1.GetKeyRequest\x1a\x1a.keygate.v1.GetKeyResponse\x12E\n" +
@@ -1691,7 +2485,11 @@ const file_keygate_v1_keys_proto_rawDesc = "" +
 	"\n" +
 	"DisableKey\x12\x1d.keygate.v1.DisableKeyRequest\x1a\x1e.keygate.v1.DisableKeyResponse\x12H\n" +
 	"\tEnableKey\x12\x1c.keygate.v1.EnableKeyRequest\x1a\x1d.keygate.v1.EnableKeyResponse\x12N\n" +
-	"\vGetKeyUsage\x12\x1e.keygate.v1.GetKeyUsageRequest\x1a\x1f.keygate.v1.GetKeyUsageResponseB8Z6github.com/keygate/keygate/sdk/go/keygate/v1;keygatev1b\x06proto3"
+	"\vGetKeyUsage\x12\x1e.keygate.v1.GetKeyUsageRequest\x1a\x1f.keygate.v1.GetKeyUsageResponse\x12H\n" +
+	"\tUpdateKey\x12\x1c.keygate.v1.UpdateKeyRequest\x1a\x1d.keygate.v1.UpdateKeyResponse\x12H\n" +
+	"\tDeleteKey\x12\x1c.keygate.v1.DeleteKeyRequest\x1a\x1d.keygate.v1.DeleteKeyResponse\x12N\n" +
+	"\vUndeleteKey\x12\x1e.keygate.v1.UndeleteKeyRequest\x1a\x1f.keygate.v1.UndeleteKeyResponse\x12Z\n" +
+	"\x0fListAuditEvents\x12\".keygate.v1.ListAuditEventsRequest\x1a#.keygate.v1.ListAuditEventsResponseB8Z6github.com/keygate/keygate/sdk/go/keygate/v1;keygatev1b\x06proto3"
 
 var (
 	file_keygate_v1_keys_proto_rawDescOnce sync.Once
@@ -1706,7 +2504,7 @@ func file_keygate_v1_keys_proto_rawDescGZIP() []byte {
 }
 
 var file_keygate_v1_keys_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_keygate_v1_keys_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
+var file_keygate_v1_keys_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
 var file_keygate_v1_keys_proto_goTypes = []any{
 	(KeyStatus)(0),                  // 0: keygate.v1.KeyStatus
 	(*ApiKey)(nil),                  // 1: keygate.v1.ApiKey
@@ -1730,63 +2528,98 @@ var file_keygate_v1_keys_proto_goTypes = []any{
 	(*GetKeyUsageRequest)(nil),      // 19: keygate.v1.GetKeyUsageRequest
 	(*GetKeyUsageResponse)(nil),     // 20: keygate.v1.GetKeyUsageResponse
 	(*UsageBucket)(nil),             // 21: keygate.v1.UsageBucket
-	(*timestamppb.Timestamp)(nil),   // 22: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),     // 23: google.protobuf.Duration
+	(*UpdateKeyRequest)(nil),        // 22: keygate.v1.UpdateKeyRequest
+	(*UpdateKeyResponse)(nil),       // 23: keygate.v1.UpdateKeyResponse
+	(*DeleteKeyRequest)(nil),        // 24: keygate.v1.DeleteKeyRequest
+	(*DeleteKeyResponse)(nil),       // 25: keygate.v1.DeleteKeyResponse
+	(*UndeleteKeyRequest)(nil),      // 26: keygate.v1.UndeleteKeyRequest
+	(*UndeleteKeyResponse)(nil),     // 27: keygate.v1.UndeleteKeyResponse
+	(*FieldChange)(nil),             // 28: keygate.v1.FieldChange
+	(*AuditEvent)(nil),              // 29: keygate.v1.AuditEvent
+	(*ListAuditEventsRequest)(nil),  // 30: keygate.v1.ListAuditEventsRequest
+	(*ListAuditEventsResponse)(nil), // 31: keygate.v1.ListAuditEventsResponse
+	nil,                             // 32: keygate.v1.ApiKey.MetadataEntry
+	nil,                             // 33: keygate.v1.CreateKeyRequest.MetadataEntry
+	(*timestamppb.Timestamp)(nil),   // 34: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),     // 35: google.protobuf.Duration
+	(*fieldmaskpb.FieldMask)(nil),   // 36: google.protobuf.FieldMask
 }
 var file_keygate_v1_keys_proto_depIdxs = []int32{
 	0,  // 0: keygate.v1.ApiKey.status:type_name -> keygate.v1.KeyStatus
-	22, // 1: keygate.v1.ApiKey.created_at:type_name -> google.protobuf.Timestamp
-	22, // 2: keygate.v1.ApiKey.updated_at:type_name -> google.protobuf.Timestamp
-	22, // 3: keygate.v1.ApiKey.expires_at:type_name -> google.protobuf.Timestamp
-	22, // 4: keygate.v1.ApiKey.last_used_at:type_name -> google.protobuf.Timestamp
-	22, // 5: keygate.v1.ApiKey.revoked_at:type_name -> google.protobuf.Timestamp
+	34, // 1: keygate.v1.ApiKey.created_at:type_name -> google.protobuf.Timestamp
+	34, // 2: keygate.v1.ApiKey.updated_at:type_name -> google.protobuf.Timestamp
+	34, // 3: keygate.v1.ApiKey.expires_at:type_name -> google.protobuf.Timestamp
+	34, // 4: keygate.v1.ApiKey.last_used_at:type_name -> google.protobuf.Timestamp
+	34, // 5: keygate.v1.ApiKey.revoked_at:type_name -> google.protobuf.Timestamp
 	2,  // 6: keygate.v1.ApiKey.credentials:type_name -> keygate.v1.Credential
-	22, // 7: keygate.v1.Credential.created_at:type_name -> google.protobuf.Timestamp
-	22, // 8: keygate.v1.Credential.expires_at:type_name -> google.protobuf.Timestamp
-	22, // 9: keygate.v1.Credential.last_used_at:type_name -> google.protobuf.Timestamp
-	22, // 10: keygate.v1.CreateKeyRequest.expires_at:type_name -> google.protobuf.Timestamp
-	23, // 11: keygate.v1.CreateKeyRequest.ttl:type_name -> google.protobuf.Duration
-	1,  // 12: keygate.v1.CreateKeyResponse.key:type_name -> keygate.v1.ApiKey
-	1,  // 13: keygate.v1.GetKeyResponse.key:type_name -> keygate.v1.ApiKey
-	0,  // 14: keygate.v1.ListKeysRequest.status:type_name -> keygate.v1.KeyStatus
-	22, // 15: keygate.v1.ListKeysRequest.last_used_before:type_name -> google.protobuf.Timestamp
-	22, // 16: keygate.v1.ListKeysRequest.expires_before:type_name -> google.protobuf.Timestamp
-	1,  // 17: keygate.v1.ListKeysResponse.keys:type_name -> keygate.v1.ApiKey
-	23, // 18: keygate.v1.RotateKeyRequest.grace_period:type_name -> google.protobuf.Duration
-	1,  // 19: keygate.v1.RotateKeyResponse.key:type_name -> keygate.v1.ApiKey
-	22, // 20: keygate.v1.RotateKeyResponse.previous_secret_expires_at:type_name -> google.protobuf.Timestamp
-	1,  // 21: keygate.v1.RevokeKeyResponse.key:type_name -> keygate.v1.ApiKey
-	22, // 22: keygate.v1.UpdateKeyExpiryRequest.expires_at:type_name -> google.protobuf.Timestamp
-	1,  // 23: keygate.v1.UpdateKeyExpiryResponse.key:type_name -> keygate.v1.ApiKey
-	1,  // 24: keygate.v1.DisableKeyResponse.key:type_name -> keygate.v1.ApiKey
-	1,  // 25: keygate.v1.EnableKeyResponse.key:type_name -> keygate.v1.ApiKey
-	22, // 26: keygate.v1.GetKeyUsageRequest.start_time:type_name -> google.protobuf.Timestamp
-	22, // 27: keygate.v1.GetKeyUsageRequest.end_time:type_name -> google.protobuf.Timestamp
-	21, // 28: keygate.v1.GetKeyUsageResponse.buckets:type_name -> keygate.v1.UsageBucket
-	22, // 29: keygate.v1.UsageBucket.start_time:type_name -> google.protobuf.Timestamp
-	3,  // 30: keygate.v1.KeyManagementService.CreateKey:input_type -> keygate.v1.CreateKeyRequest
-	5,  // 31: keygate.v1.KeyManagementService.GetKey:input_type -> keygate.v1.GetKeyRequest
-	7,  // 32: keygate.v1.KeyManagementService.ListKeys:input_type -> keygate.v1.ListKeysRequest
-	9,  // 33: keygate.v1.KeyManagementService.RotateKey:input_type -> keygate.v1.RotateKeyRequest
-	11, // 34: keygate.v1.KeyManagementService.RevokeKey:input_type -> keygate.v1.RevokeKeyRequest
-	13, // 35: keygate.v1.KeyManagementService.UpdateKeyExpiry:input_type -> keygate.v1.UpdateKeyExpiryRequest
-	15, // 36: keygate.v1.KeyManagementService.DisableKey:input_type -> keygate.v1.DisableKeyRequest
-	17, // 37: keygate.v1.KeyManagementService.EnableKey:input_type -> keygate.v1.EnableKeyRequest
-	19, // 38: keygate.v1.KeyManagementService.GetKeyUsage:input_type -> keygate.v1.GetKeyUsageRequest
-	4,  // 39: keygate.v1.KeyManagementService.CreateKey:output_type -> keygate.v1.CreateKeyResponse
-	6,  // 40: keygate.v1.KeyManagementService.GetKey:output_type -> keygate.v1.GetKeyResponse
-	8,  // 41: keygate.v1.KeyManagementService.ListKeys:output_type -> keygate.v1.ListKeysResponse
-	10, // 42: keygate.v1.KeyManagementService.RotateKey:output_type -> keygate.v1.RotateKeyResponse
-	12, // 43: keygate.v1.KeyManagementService.RevokeKey:output_type -> keygate.v1.RevokeKeyResponse
-	14, // 44: keygate.v1.KeyManagementService.UpdateKeyExpiry:output_type -> keygate.v1.UpdateKeyExpiryResponse
-	16, // 45: keygate.v1.KeyManagementService.DisableKey:output_type -> keygate.v1.DisableKeyResponse
-	18, // 46: keygate.v1.KeyManagementService.EnableKey:output_type -> keygate.v1.EnableKeyResponse
-	20, // 47: keygate.v1.KeyManagementService.GetKeyUsage:output_type -> keygate.v1.GetKeyUsageResponse
-	39, // [39:48] is the sub-list for method output_type
-	30, // [30:39] is the sub-list for method input_type
-	30, // [30:30] is the sub-list for extension type_name
-	30, // [30:30] is the sub-list for extension extendee
-	0,  // [0:30] is the sub-list for field type_name
+	32, // 7: keygate.v1.ApiKey.metadata:type_name -> keygate.v1.ApiKey.MetadataEntry
+	34, // 8: keygate.v1.ApiKey.delete_time:type_name -> google.protobuf.Timestamp
+	34, // 9: keygate.v1.ApiKey.purge_time:type_name -> google.protobuf.Timestamp
+	34, // 10: keygate.v1.Credential.created_at:type_name -> google.protobuf.Timestamp
+	34, // 11: keygate.v1.Credential.expires_at:type_name -> google.protobuf.Timestamp
+	34, // 12: keygate.v1.Credential.last_used_at:type_name -> google.protobuf.Timestamp
+	34, // 13: keygate.v1.CreateKeyRequest.expires_at:type_name -> google.protobuf.Timestamp
+	35, // 14: keygate.v1.CreateKeyRequest.ttl:type_name -> google.protobuf.Duration
+	33, // 15: keygate.v1.CreateKeyRequest.metadata:type_name -> keygate.v1.CreateKeyRequest.MetadataEntry
+	1,  // 16: keygate.v1.CreateKeyResponse.key:type_name -> keygate.v1.ApiKey
+	1,  // 17: keygate.v1.GetKeyResponse.key:type_name -> keygate.v1.ApiKey
+	0,  // 18: keygate.v1.ListKeysRequest.status:type_name -> keygate.v1.KeyStatus
+	34, // 19: keygate.v1.ListKeysRequest.last_used_before:type_name -> google.protobuf.Timestamp
+	34, // 20: keygate.v1.ListKeysRequest.expires_before:type_name -> google.protobuf.Timestamp
+	1,  // 21: keygate.v1.ListKeysResponse.keys:type_name -> keygate.v1.ApiKey
+	35, // 22: keygate.v1.RotateKeyRequest.grace_period:type_name -> google.protobuf.Duration
+	1,  // 23: keygate.v1.RotateKeyResponse.key:type_name -> keygate.v1.ApiKey
+	34, // 24: keygate.v1.RotateKeyResponse.previous_secret_expires_at:type_name -> google.protobuf.Timestamp
+	1,  // 25: keygate.v1.RevokeKeyResponse.key:type_name -> keygate.v1.ApiKey
+	34, // 26: keygate.v1.UpdateKeyExpiryRequest.expires_at:type_name -> google.protobuf.Timestamp
+	1,  // 27: keygate.v1.UpdateKeyExpiryResponse.key:type_name -> keygate.v1.ApiKey
+	1,  // 28: keygate.v1.DisableKeyResponse.key:type_name -> keygate.v1.ApiKey
+	1,  // 29: keygate.v1.EnableKeyResponse.key:type_name -> keygate.v1.ApiKey
+	34, // 30: keygate.v1.GetKeyUsageRequest.start_time:type_name -> google.protobuf.Timestamp
+	34, // 31: keygate.v1.GetKeyUsageRequest.end_time:type_name -> google.protobuf.Timestamp
+	21, // 32: keygate.v1.GetKeyUsageResponse.buckets:type_name -> keygate.v1.UsageBucket
+	34, // 33: keygate.v1.UsageBucket.start_time:type_name -> google.protobuf.Timestamp
+	1,  // 34: keygate.v1.UpdateKeyRequest.key:type_name -> keygate.v1.ApiKey
+	36, // 35: keygate.v1.UpdateKeyRequest.update_mask:type_name -> google.protobuf.FieldMask
+	1,  // 36: keygate.v1.UpdateKeyResponse.key:type_name -> keygate.v1.ApiKey
+	1,  // 37: keygate.v1.DeleteKeyResponse.key:type_name -> keygate.v1.ApiKey
+	1,  // 38: keygate.v1.UndeleteKeyResponse.key:type_name -> keygate.v1.ApiKey
+	34, // 39: keygate.v1.AuditEvent.time:type_name -> google.protobuf.Timestamp
+	28, // 40: keygate.v1.AuditEvent.changes:type_name -> keygate.v1.FieldChange
+	34, // 41: keygate.v1.ListAuditEventsRequest.start_time:type_name -> google.protobuf.Timestamp
+	34, // 42: keygate.v1.ListAuditEventsRequest.end_time:type_name -> google.protobuf.Timestamp
+	29, // 43: keygate.v1.ListAuditEventsResponse.events:type_name -> keygate.v1.AuditEvent
+	3,  // 44: keygate.v1.KeyManagementService.CreateKey:input_type -> keygate.v1.CreateKeyRequest
+	5,  // 45: keygate.v1.KeyManagementService.GetKey:input_type -> keygate.v1.GetKeyRequest
+	7,  // 46: keygate.v1.KeyManagementService.ListKeys:input_type -> keygate.v1.ListKeysRequest
+	9,  // 47: keygate.v1.KeyManagementService.RotateKey:input_type -> keygate.v1.RotateKeyRequest
+	11, // 48: keygate.v1.KeyManagementService.RevokeKey:input_type -> keygate.v1.RevokeKeyRequest
+	13, // 49: keygate.v1.KeyManagementService.UpdateKeyExpiry:input_type -> keygate.v1.UpdateKeyExpiryRequest
+	15, // 50: keygate.v1.KeyManagementService.DisableKey:input_type -> keygate.v1.DisableKeyRequest
+	17, // 51: keygate.v1.KeyManagementService.EnableKey:input_type -> keygate.v1.EnableKeyRequest
+	19, // 52: keygate.v1.KeyManagementService.GetKeyUsage:input_type -> keygate.v1.GetKeyUsageRequest
+	22, // 53: keygate.v1.KeyManagementService.UpdateKey:input_type -> keygate.v1.UpdateKeyRequest
+	24, // 54: keygate.v1.KeyManagementService.DeleteKey:input_type -> keygate.v1.DeleteKeyRequest
+	26, // 55: keygate.v1.KeyManagementService.UndeleteKey:input_type -> keygate.v1.UndeleteKeyRequest
+	30, // 56: keygate.v1.KeyManagementService.ListAuditEvents:input_type -> keygate.v1.ListAuditEventsRequest
+	4,  // 57: keygate.v1.KeyManagementService.CreateKey:output_type -> keygate.v1.CreateKeyResponse
+	6,  // 58: keygate.v1.KeyManagementService.GetKey:output_type -> keygate.v1.GetKeyResponse
+	8,  // 59: keygate.v1.KeyManagementService.ListKeys:output_type -> keygate.v1.ListKeysResponse
+	10, // 60: keygate.v1.KeyManagementService.RotateKey:output_type -> keygate.v1.RotateKeyResponse
+	12, // 61: keygate.v1.KeyManagementService.RevokeKey:output_type -> keygate.v1.RevokeKeyResponse
+	14, // 62: keygate.v1.KeyManagementService.UpdateKeyExpiry:output_type -> keygate.v1.UpdateKeyExpiryResponse
+	16, // 63: keygate.v1.KeyManagementService.DisableKey:output_type -> keygate.v1.DisableKeyResponse
+	18, // 64: keygate.v1.KeyManagementService.EnableKey:output_type -> keygate.v1.EnableKeyResponse
+	20, // 65: keygate.v1.KeyManagementService.GetKeyUsage:output_type -> keygate.v1.GetKeyUsageResponse
+	23, // 66: keygate.v1.KeyManagementService.UpdateKey:output_type -> keygate.v1.UpdateKeyResponse
+	25, // 67: keygate.v1.KeyManagementService.DeleteKey:output_type -> keygate.v1.DeleteKeyResponse
+	27, // 68: keygate.v1.KeyManagementService.UndeleteKey:output_type -> keygate.v1.UndeleteKeyResponse
+	31, // 69: keygate.v1.KeyManagementService.ListAuditEvents:output_type -> keygate.v1.ListAuditEventsResponse
+	57, // [57:70] is the sub-list for method output_type
+	44, // [44:57] is the sub-list for method input_type
+	44, // [44:44] is the sub-list for extension type_name
+	44, // [44:44] is the sub-list for extension extendee
+	0,  // [0:44] is the sub-list for field type_name
 }
 
 func init() { file_keygate_v1_keys_proto_init() }
@@ -1805,7 +2638,7 @@ func file_keygate_v1_keys_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_keygate_v1_keys_proto_rawDesc), len(file_keygate_v1_keys_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   21,
+			NumMessages:   33,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

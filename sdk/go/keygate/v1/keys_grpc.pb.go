@@ -28,6 +28,10 @@ const (
 	KeyManagementService_DisableKey_FullMethodName      = "/keygate.v1.KeyManagementService/DisableKey"
 	KeyManagementService_EnableKey_FullMethodName       = "/keygate.v1.KeyManagementService/EnableKey"
 	KeyManagementService_GetKeyUsage_FullMethodName     = "/keygate.v1.KeyManagementService/GetKeyUsage"
+	KeyManagementService_UpdateKey_FullMethodName       = "/keygate.v1.KeyManagementService/UpdateKey"
+	KeyManagementService_DeleteKey_FullMethodName       = "/keygate.v1.KeyManagementService/DeleteKey"
+	KeyManagementService_UndeleteKey_FullMethodName     = "/keygate.v1.KeyManagementService/UndeleteKey"
+	KeyManagementService_ListAuditEvents_FullMethodName = "/keygate.v1.KeyManagementService/ListAuditEvents"
 )
 
 // KeyManagementServiceClient is the client API for KeyManagementService service.
@@ -62,6 +66,22 @@ type KeyManagementServiceClient interface {
 	// by rate limit or otherwise), summed over every replica. Same rights as
 	// GetKey.
 	GetKeyUsage(ctx context.Context, in *GetKeyUsageRequest, opts ...grpc.CallOption) (*GetKeyUsageResponse, error)
+	// UpdateKey changes a key's name, scopes, IP allowlist, rate limit,
+	// metadata or expiry: the fields named in update_mask. Scopes can never
+	// be widened beyond the caller's own.
+	UpdateKey(ctx context.Context, in *UpdateKeyRequest, opts ...grpc.CallOption) (*UpdateKeyResponse, error)
+	// DeleteKey soft-deletes a key: it stops authorizing at once (as if it
+	// never existed), leaves ListKeys unless show_deleted is set, and is
+	// removed for good at its purge_time unless UndeleteKey restores it first.
+	DeleteKey(ctx context.Context, in *DeleteKeyRequest, opts ...grpc.CallOption) (*DeleteKeyResponse, error)
+	// UndeleteKey restores a deleted key, with the state it had, before its
+	// purge_time.
+	UndeleteKey(ctx context.Context, in *UndeleteKeyRequest, opts ...grpc.CallOption) (*UndeleteKeyResponse, error)
+	// ListAuditEvents pages through what was done to keys, newest first. Every
+	// successful change writes exactly one event, in the change's own
+	// transaction. keys:read sees the events of its own owner and
+	// environment; keys:admin sees all.
+	ListAuditEvents(ctx context.Context, in *ListAuditEventsRequest, opts ...grpc.CallOption) (*ListAuditEventsResponse, error)
 }
 
 type keyManagementServiceClient struct {
@@ -162,6 +182,46 @@ func (c *keyManagementServiceClient) GetKeyUsage(ctx context.Context, in *GetKey
 	return out, nil
 }
 
+func (c *keyManagementServiceClient) UpdateKey(ctx context.Context, in *UpdateKeyRequest, opts ...grpc.CallOption) (*UpdateKeyResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(UpdateKeyResponse)
+	err := c.cc.Invoke(ctx, KeyManagementService_UpdateKey_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *keyManagementServiceClient) DeleteKey(ctx context.Context, in *DeleteKeyRequest, opts ...grpc.CallOption) (*DeleteKeyResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DeleteKeyResponse)
+	err := c.cc.Invoke(ctx, KeyManagementService_DeleteKey_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *keyManagementServiceClient) UndeleteKey(ctx context.Context, in *UndeleteKeyRequest, opts ...grpc.CallOption) (*UndeleteKeyResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(UndeleteKeyResponse)
+	err := c.cc.Invoke(ctx, KeyManagementService_UndeleteKey_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *keyManagementServiceClient) ListAuditEvents(ctx context.Context, in *ListAuditEventsRequest, opts ...grpc.CallOption) (*ListAuditEventsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListAuditEventsResponse)
+	err := c.cc.Invoke(ctx, KeyManagementService_ListAuditEvents_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // KeyManagementServiceServer is the server API for KeyManagementService service.
 // All implementations must embed UnimplementedKeyManagementServiceServer
 // for forward compatibility.
@@ -194,6 +254,22 @@ type KeyManagementServiceServer interface {
 	// by rate limit or otherwise), summed over every replica. Same rights as
 	// GetKey.
 	GetKeyUsage(context.Context, *GetKeyUsageRequest) (*GetKeyUsageResponse, error)
+	// UpdateKey changes a key's name, scopes, IP allowlist, rate limit,
+	// metadata or expiry: the fields named in update_mask. Scopes can never
+	// be widened beyond the caller's own.
+	UpdateKey(context.Context, *UpdateKeyRequest) (*UpdateKeyResponse, error)
+	// DeleteKey soft-deletes a key: it stops authorizing at once (as if it
+	// never existed), leaves ListKeys unless show_deleted is set, and is
+	// removed for good at its purge_time unless UndeleteKey restores it first.
+	DeleteKey(context.Context, *DeleteKeyRequest) (*DeleteKeyResponse, error)
+	// UndeleteKey restores a deleted key, with the state it had, before its
+	// purge_time.
+	UndeleteKey(context.Context, *UndeleteKeyRequest) (*UndeleteKeyResponse, error)
+	// ListAuditEvents pages through what was done to keys, newest first. Every
+	// successful change writes exactly one event, in the change's own
+	// transaction. keys:read sees the events of its own owner and
+	// environment; keys:admin sees all.
+	ListAuditEvents(context.Context, *ListAuditEventsRequest) (*ListAuditEventsResponse, error)
 	mustEmbedUnimplementedKeyManagementServiceServer()
 }
 
@@ -230,6 +306,18 @@ func (UnimplementedKeyManagementServiceServer) EnableKey(context.Context, *Enabl
 }
 func (UnimplementedKeyManagementServiceServer) GetKeyUsage(context.Context, *GetKeyUsageRequest) (*GetKeyUsageResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetKeyUsage not implemented")
+}
+func (UnimplementedKeyManagementServiceServer) UpdateKey(context.Context, *UpdateKeyRequest) (*UpdateKeyResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method UpdateKey not implemented")
+}
+func (UnimplementedKeyManagementServiceServer) DeleteKey(context.Context, *DeleteKeyRequest) (*DeleteKeyResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DeleteKey not implemented")
+}
+func (UnimplementedKeyManagementServiceServer) UndeleteKey(context.Context, *UndeleteKeyRequest) (*UndeleteKeyResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method UndeleteKey not implemented")
+}
+func (UnimplementedKeyManagementServiceServer) ListAuditEvents(context.Context, *ListAuditEventsRequest) (*ListAuditEventsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListAuditEvents not implemented")
 }
 func (UnimplementedKeyManagementServiceServer) mustEmbedUnimplementedKeyManagementServiceServer() {}
 func (UnimplementedKeyManagementServiceServer) testEmbeddedByValue()                              {}
@@ -414,6 +502,78 @@ func _KeyManagementService_GetKeyUsage_Handler(srv interface{}, ctx context.Cont
 	return interceptor(ctx, in, info, handler)
 }
 
+func _KeyManagementService_UpdateKey_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UpdateKeyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KeyManagementServiceServer).UpdateKey(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: KeyManagementService_UpdateKey_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KeyManagementServiceServer).UpdateKey(ctx, req.(*UpdateKeyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _KeyManagementService_DeleteKey_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteKeyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KeyManagementServiceServer).DeleteKey(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: KeyManagementService_DeleteKey_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KeyManagementServiceServer).DeleteKey(ctx, req.(*DeleteKeyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _KeyManagementService_UndeleteKey_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UndeleteKeyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KeyManagementServiceServer).UndeleteKey(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: KeyManagementService_UndeleteKey_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KeyManagementServiceServer).UndeleteKey(ctx, req.(*UndeleteKeyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _KeyManagementService_ListAuditEvents_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListAuditEventsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KeyManagementServiceServer).ListAuditEvents(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: KeyManagementService_ListAuditEvents_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KeyManagementServiceServer).ListAuditEvents(ctx, req.(*ListAuditEventsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // KeyManagementService_ServiceDesc is the grpc.ServiceDesc for KeyManagementService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -456,6 +616,22 @@ var KeyManagementService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetKeyUsage",
 			Handler:    _KeyManagementService_GetKeyUsage_Handler,
+		},
+		{
+			MethodName: "UpdateKey",
+			Handler:    _KeyManagementService_UpdateKey_Handler,
+		},
+		{
+			MethodName: "DeleteKey",
+			Handler:    _KeyManagementService_DeleteKey_Handler,
+		},
+		{
+			MethodName: "UndeleteKey",
+			Handler:    _KeyManagementService_UndeleteKey_Handler,
+		},
+		{
+			MethodName: "ListAuditEvents",
+			Handler:    _KeyManagementService_ListAuditEvents_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -26,7 +26,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ekeygate/v1/authorization.proto\x12\nkeygate.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8c\x01\n\x10\x41uthorizeRequest\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\'\n\x0frequired_scopes\x18\x02 \x03(\tR\x0erequiredScopes\x12 \n\x0b\x65nvironment\x18\x03 \x01(\tR\x0b\x65nvironment\x12\x1b\n\tclient_ip\x18\x04 \x01(\tR\x08\x63lientIp\"\xb2\x01\n\tRateLimit\x12\x14\n\x05limit\x18\x01 \x01(\rR\x05limit\x12\x1c\n\tremaining\x18\x02 \x01(\rR\tremaining\x12\x35\n\x08reset_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x07resetAt\x12:\n\x0bretry_after\x18\x04 \x01(\x0b\x32\x19.google.protobuf.DurationR\nretryAfter\"\xd8\x02\n\x11\x41uthorizeResponse\x12\x30\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0e\x32\x14.keygate.v1.DecisionR\x08\x64\x65\x63ision\x12.\n\x06reason\x18\x02 \x01(\x0e\x32\x16.keygate.v1.DenyReasonR\x06reason\x12\x18\n\x07message\x18\x03 \x01(\tR\x07message\x12\x15\n\x06key_id\x18\x04 \x01(\tR\x05keyId\x12\x19\n\x08owner_id\x18\x05 \x01(\tR\x07ownerId\x12 \n\x0b\x65nvironment\x18\x06 \x01(\tR\x0b\x65nvironment\x12\x16\n\x06scopes\x18\x07 \x03(\tR\x06scopes\x12%\n\x0emissing_scopes\x18\x08 \x03(\tR\rmissingScopes\x12\x34\n\nrate_limit\x18\t \x01(\x0b\x32\x15.keygate.v1.RateLimitR\trateLimit*K\n\x08\x44\x65\x63ision\x12\x18\n\x14\x44\x45\x43ISION_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x44\x45\x43ISION_ALLOW\x10\x01\x12\x11\n\rDECISION_DENY\x10\x02*\xa1\x02\n\nDenyReason\x12\x1b\n\x17\x44\x45NY_REASON_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x44\x45NY_REASON_KEY_INVALID\x10\x01\x12\x1b\n\x17\x44\x45NY_REASON_KEY_EXPIRED\x10\x02\x12\x1b\n\x17\x44\x45NY_REASON_KEY_REVOKED\x10\x03\x12\x1c\n\x18\x44\x45NY_REASON_KEY_DISABLED\x10\x04\x12$\n DENY_REASON_ENVIRONMENT_MISMATCH\x10\x05\x12\x1e\n\x1a\x44\x45NY_REASON_IP_NOT_ALLOWED\x10\x06\x12\x1d\n\x19\x44\x45NY_REASON_SCOPE_MISSING\x10\x07\x12\x1c\n\x18\x44\x45NY_REASON_RATE_LIMITED\x10\x08\x32`\n\x14\x41uthorizationService\x12H\n\tAuthorize\x12\x1c.keygate.v1.AuthorizeRequest\x1a\x1d.keygate.v1.AuthorizeResponseB8Z6github.com/keygate/keygate/sdk/go/keygate/v1;keygatev1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ekeygate/v1/authorization.proto\x12\nkeygate.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8c\x01\n\x10\x41uthorizeRequest\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\'\n\x0frequired_scopes\x18\x02 \x03(\tR\x0erequiredScopes\x12 \n\x0b\x65nvironment\x18\x03 \x01(\tR\x0b\x65nvironment\x12\x1b\n\tclient_ip\x18\x04 \x01(\tR\x08\x63lientIp\"\xb2\x01\n\tRateLimit\x12\x14\n\x05limit\x18\x01 \x01(\rR\x05limit\x12\x1c\n\tremaining\x18\x02 \x01(\rR\tremaining\x12\x35\n\x08reset_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x07resetAt\x12:\n\x0bretry_after\x18\x04 \x01(\x0b\x32\x19.google.protobuf.DurationR\nretryAfter\"\xde\x03\n\x11\x41uthorizeResponse\x12\x30\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0e\x32\x14.keygate.v1.DecisionR\x08\x64\x65\x63ision\x12.\n\x06reason\x18\x02 \x01(\x0e\x32\x16.keygate.v1.DenyReasonR\x06reason\x12\x18\n\x07message\x18\x03 \x01(\tR\x07message\x12\x15\n\x06key_id\x18\x04 \x01(\tR\x05keyId\x12\x19\n\x08owner_id\x18\x05 \x01(\tR\x07ownerId\x12 \n\x0b\x65nvironment\x18\x06 \x01(\tR\x0b\x65nvironment\x12\x16\n\x06scopes\x18\x07 \x03(\tR\x06scopes\x12%\n\x0emissing_scopes\x18\x08 \x03(\tR\rmissingScopes\x12\x34\n\nrate_limit\x18\t \x01(\x0b\x32\x15.keygate.v1.RateLimitR\trateLimit\x12G\n\x08metadata\x18\n \x03(\x0b\x32+.keygate.v1.AuthorizeResponse.MetadataEntryR\x08metadata\x1a;\n\rMetadataEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x02\x38\x01*K\n\x08\x44\x65\x63ision\x12\x18\n\x14\x44\x45\x43ISION_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x44\x45\x43ISION_ALLOW\x10\x01\x12\x11\n\rDECISION_DENY\x10\x02*\xa1\x02\n\nDenyReason\x12\x1b\n\x17\x44\x45NY_REASON_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x44\x45NY_REASON_KEY_INVALID\x10\x01\x12\x1b\n\x17\x44\x45NY_REASON_KEY_EXPIRED\x10\x02\x12\x1b\n\x17\x44\x45NY_REASON_KEY_REVOKED\x10\x03\x12\x1c\n\x18\x44\x45NY_REASON_KEY_DISABLED\x10\x04\x12$\n DENY_REASON_ENVIRONMENT_MISMATCH\x10\x05\x12\x1e\n\x1a\x44\x45NY_REASON_IP_NOT_ALLOWED\x10\x06\x12\x1d\n\x19\x44\x45NY_REASON_SCOPE_MISSING\x10\x07\x12\x1c\n\x18\x44\x45NY_REASON_RATE_LIMITED\x10\x08\x32`\n\x14\x41uthorizationService\x12H\n\tAuthorize\x12\x1c.keygate.v1.AuthorizeRequest\x1a\x1d.keygate.v1.AuthorizeResponseB8Z6github.com/keygate/keygate/sdk/go/keygate/v1;keygatev1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,16 +34,20 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'keygate.v1.authorization_pb
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'Z6github.com/keygate/keygate/sdk/go/keygate/v1;keygatev1'
-  _globals['_DECISION']._serialized_start=782
-  _globals['_DECISION']._serialized_end=857
-  _globals['_DENYREASON']._serialized_start=860
-  _globals['_DENYREASON']._serialized_end=1149
+  _globals['_AUTHORIZERESPONSE_METADATAENTRY']._loaded_options = None
+  _globals['_AUTHORIZERESPONSE_METADATAENTRY']._serialized_options = b'8\001'
+  _globals['_DECISION']._serialized_start=916
+  _globals['_DECISION']._serialized_end=991
+  _globals['_DENYREASON']._serialized_start=994
+  _globals['_DENYREASON']._serialized_end=1283
   _globals['_AUTHORIZEREQUEST']._serialized_start=112
   _globals['_AUTHORIZEREQUEST']._serialized_end=252
   _globals['_RATELIMIT']._serialized_start=255
   _globals['_RATELIMIT']._serialized_end=433
   _globals['_AUTHORIZERESPONSE']._serialized_start=436
-  _globals['_AUTHORIZERESPONSE']._serialized_end=780
-  _globals['_AUTHORIZATIONSERVICE']._serialized_start=1151
-  _globals['_AUTHORIZATIONSERVICE']._serialized_end=1247
+  _globals['_AUTHORIZERESPONSE']._serialized_end=914
+  _globals['_AUTHORIZERESPONSE_METADATAENTRY']._serialized_start=855
+  _globals['_AUTHORIZERESPONSE_METADATAENTRY']._serialized_end=914
+  _globals['_AUTHORIZATIONSERVICE']._serialized_start=1285
+  _globals['_AUTHORIZATIONSERVICE']._serialized_end=1381
 # @@protoc_insertion_point(module_scope)

@@ -176,6 +176,26 @@ class AuthorizeResponse(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class MetadataEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     DECISION_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
@@ -185,6 +205,7 @@ class AuthorizeResponse(_message.Message):
     SCOPES_FIELD_NUMBER: _builtins.int
     MISSING_SCOPES_FIELD_NUMBER: _builtins.int
     RATE_LIMIT_FIELD_NUMBER: _builtins.int
+    METADATA_FIELD_NUMBER: _builtins.int
     decision: Global___Decision.ValueType
     """Allow or deny."""
     reason: Global___DenyReason.ValueType
@@ -209,6 +230,13 @@ class AuthorizeResponse(_message.Message):
     def rate_limit(self) -> Global___RateLimit:
         """Rate-limit figures; set once the key has been recognised as usable."""
 
+    @_builtins.property
+    def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """The key's metadata (ApiKey.metadata), on allow only: what a service
+        needs to know about the caller (a plan, a tenant id) without a second
+        call.
+        """
+
     def __init__(
         self,
         *,
@@ -221,10 +249,11 @@ class AuthorizeResponse(_message.Message):
         scopes: _abc.Iterable[_builtins.str] | None = ...,
         missing_scopes: _abc.Iterable[_builtins.str] | None = ...,
         rate_limit: Global___RateLimit | None = ...,
+        metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["rate_limit", b"rate_limit"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision", "environment", b"environment", "key_id", b"key_id", "message", b"message", "missing_scopes", b"missing_scopes", "owner_id", b"owner_id", "rate_limit", b"rate_limit", "reason", b"reason", "scopes", b"scopes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision", "environment", b"environment", "key_id", b"key_id", "message", b"message", "metadata", b"metadata", "missing_scopes", b"missing_scopes", "owner_id", b"owner_id", "rate_limit", b"rate_limit", "reason", b"reason", "scopes", b"scopes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -23,10 +23,11 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
+from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15keygate/v1/keys.proto\x12\nkeygate.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf1\x05\n\x06\x41piKey\x12\x15\n\x06key_id\x18\x01 \x01(\tR\x05keyId\x12\x19\n\x08owner_id\x18\x02 \x01(\tR\x07ownerId\x12\x12\n\x04name\x18\x03 \x01(\tR\x04name\x12 \n\x0b\x65nvironment\x18\x04 \x01(\tR\x0b\x65nvironment\x12\x16\n\x06scopes\x18\x05 \x03(\tR\x06scopes\x12!\n\x0cip_allowlist\x18\x06 \x03(\tR\x0bipAllowlist\x12\x32\n\x13rate_limit_per_hour\x18\x07 \x01(\rH\x00R\x10rateLimitPerHour\x88\x01\x01\x12-\n\x06status\x18\x08 \x01(\x0e\x32\x15.keygate.v1.KeyStatusR\x06status\x12\x16\n\x06prefix\x18\t \x01(\tR\x06prefix\x12\x12\n\x04hint\x18\n \x01(\tR\x04hint\x12\x39\n\ncreated_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tcreatedAt\x12\x39\n\nupdated_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tupdatedAt\x12\x39\n\nexpires_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.TimestampR\texpiresAt\x12<\n\x0clast_used_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.TimestampR\nlastUsedAt\x12\x39\n\nrevoked_at\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.TimestampR\trevokedAt\x12%\n\x0erevoked_reason\x18\x10 \x01(\tR\rrevokedReason\x12\x38\n\x0b\x63redentials\x18\x11 \x03(\x0b\x32\x16.keygate.v1.CredentialR\x0b\x63redentials\x12\x12\n\x04\x65tag\x18\x12 \x01(\tR\x04\x65tagB\x16\n\x14_rate_limit_per_hour\"\xf1\x01\n\nCredential\x12\x1b\n\tlookup_id\x18\x01 \x01(\tR\x08lookupId\x12\x12\n\x04hint\x18\x02 \x01(\tR\x04hint\x12\x39\n\ncreated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tcreatedAt\x12\x39\n\nexpires_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\texpiresAt\x12<\n\x0clast_used_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\nlastUsedAt\"\xe0\x02\n\x10\x43reateKeyRequest\x12\x19\n\x08owner_id\x18\x01 \x01(\tR\x07ownerId\x12\x12\n\x04name\x18\x02 \x01(\tR\x04name\x12 \n\x0b\x65nvironment\x18\x03 \x01(\tR\x0b\x65nvironment\x12\x16\n\x06scopes\x18\x04 \x03(\tR\x06scopes\x12!\n\x0cip_allowlist\x18\x05 \x03(\tR\x0bipAllowlist\x12\x32\n\x13rate_limit_per_hour\x18\x06 \x01(\rH\x01R\x10rateLimitPerHour\x88\x01\x01\x12;\n\nexpires_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampH\x00R\texpiresAt\x12-\n\x03ttl\x18\x08 \x01(\x0b\x32\x19.google.protobuf.DurationH\x00R\x03ttlB\x08\n\x06\x65xpiryB\x16\n\x14_rate_limit_per_hour\"Q\n\x11\x43reateKeyResponse\x12$\n\x03key\x18\x01 \x01(\x0b\x32\x12.keygate.v1.ApiKeyR\x03key\x12\x16\n\x06secret\x18\x02 \x01(\tR\x06secret\"&\n\rGetKeyRequest\x12\x15\n\x06key_id\x18\x01 \x01(\tR\x05keyId\"6\n\x0eGetKeyResponse\x12$\n\x03key\x18\x01 \x01(\x0b\x32\x12.keygate.v1.ApiKeyR\x03key\"\xc2\x02\n\x0fListKeysRequest\x12\x19\n\x08owner_id\x18\x01 \x01(\tR\x07ownerId\x12 \n\x0b\x65nvironment\x18\x02 \x01(\tR\x0b\x65nvironment\x12-\n\x06status\x18\x03 \x01(\x0e\x32\x15.keygate.v1.KeyStatusR\x06status\x12\x1b\n\tpage_size\x18\x04 \x01(\x05R\x08pageSize\x12\x1d\n\npage_token\x18\x05 \x01(\tR\tpageToken\x12\x44\n\x10last_used_before\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x0elastUsedBefore\x12\x41\n\x0e\x65xpires_before\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\rexpiresBefore\"b\n\x10ListKeysResponse\x12&\n\x04keys\x18\x01 \x03(\x0b\x32\x12.keygate.v1.ApiKeyR\x04keys\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"{\n\x10RotateKeyRequest\x12\x15\n\x06key_id\x18\x01 \x01(\tR\x05keyId\x12<\n\x0cgrace_period\x18\x02 \x01(\x0b\x32\x19.google.protobuf.DurationR\x0bgracePeriod\x12\x12\n\x04\x65tag\x18\x03 \x01(\tR\x04\x65tag\"\xaa\x01\n\x11RotateKeyResponse\x12$\n\x03key\x18\x01 \x01(\x0b\x32\x12.keygate.v1.ApiKeyR\x03key\x12\x16\n\x06secret\x18\x02 \x01(\tR\x06secret\x12W\n\x1aprevious_secret_expires_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x17previousSecretExpiresAt\"U\n\x10RevokeKeyRequest\x12\x15\n\x06key_id\x18\x01 \x01(\tR\x05keyId\x12\x16\n\x06reason\x18\x02 \x01(\tR\x06reason\x12\x12\n\x04\x65tag\x18\x03 \x01(\tR\x04\x65tag\"9\n\x11RevokeKeyResponse\x12$\n\x03key\x18\x01 \x01(\x0b\x32\x12.keygate.v1.ApiKeyR\x03key\"~\n\x16UpdateKeyExpiryRequest\x12\x15\n\x06key_id\x18\x01 \x01(\tR\x05keyId\x12\x39\n\nexpires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\texpiresAt\x12\x12\n\x04\x65tag\x18\x03 \x01(\tR\x04\x65tag\"?\n\x17UpdateKeyExpiryResponse\x12$\n\x03key\x18\x01 \x01(\x0b\x32\x12.keygate.v1.ApiKeyR\x03key\">\n\x11\x44isableKeyRequest\x12\x15\n\x06key_id\x18\x01 \x01(\tR\x05keyId\x12\x12\n\x04\x65tag\x18\x02 \x01(\tR\x04\x65tag\":\n\x12\x44isableKeyResponse\x12$\n\x03key\x18\x01 \x01(\x0b\x32\x12.keygate.v1.ApiKeyR\x03key\"=\n\x10\x45nableKeyRequest\x12\x15\n\x06key_id\x18\x01 \x01(\tR\x05keyId\x12\x12\n\x04\x65tag\x18\x02 \x01(\tR\x04\x65tag\"9\n\x11\x45nableKeyResponse\x12$\n\x03key\x18\x01 \x01(\x0b\x32\x12.keygate.v1.ApiKeyR\x03key\"\x9d\x01\n\x12GetKeyUsageRequest\x12\x15\n\x06key_id\x18\x01 \x01(\tR\x05keyId\x12\x39\n\nstart_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tstartTime\x12\x35\n\x08\x65nd_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x07\x65ndTime\"H\n\x13GetKeyUsageResponse\x12\x31\n\x07\x62uckets\x18\x01 \x03(\x0b\x32\x17.keygate.v1.UsageBucketR\x07\x62uckets\"\xb5\x01\n\x0bUsageBucket\x12\x39\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tstartTime\x12\x18\n\x07\x61llowed\x18\x02 \x01(\x04R\x07\x61llowed\x12.\n\x13\x64\x65nied_rate_limited\x18\x03 \x01(\x04R\x11\x64\x65niedRateLimited\x12!\n\x0c\x64\x65nied_other\x18\x04 \x01(\x04R\x0b\x64\x65niedOther*\x87\x01\n\tKeyStatus\x12\x1a\n\x16KEY_STATUS_UNSPECIFIED\x10\x00\x12\x15\n\x11KEY_STATUS_ACTIVE\x10\x01\x12\x17\n\x13KEY_STATUS_DISABLED\x10\x02\x12\x16\n\x12KEY_STATUS_EXPIRED\x10\x03\x12\x16\n\x12KEY_STATUS_REVOKED\x10\x04\x32\xbf\x05\n\x14KeyManagementService\x12H\n\tCreateKey\x12\x1c.keygate.v1.CreateKeyRequest\x1a\x1d.keygate.v1.CreateKeyResponse\x12?\n\x06GetKey\x12\x19.keygate.v1.GetKeyRequest\x1a\x1a.keygate.v1.GetKeyResponse\x12\x45\n\x08ListKeys\x12\x1b.keygate.v1.ListKeysRequest\x1a\x1c.keygate.v1.ListKeysResponse\x12H\n\tRotateKey\x12\x1c.keygate.v1.RotateKeyRequest\x1a\x1d.keygate.v1.RotateKeyResponse\x12H\n\tRevokeKey\x12\x1c.keygate.v1.RevokeKeyRequest\x1a\x1d.keygate.v1.RevokeKeyResponse\x12Z\n\x0fUpdateKeyExpiry\x12\".keygate.v1.UpdateKeyExpiryRequest\x1a#.keygate.v1.UpdateKeyExpiryResponse\x12K\n\nDisableKey\x12\x1d.keygate.v1.DisableKeyRequest\x1a\x1e.keygate.v1.DisableKeyResponse\x12H\n\tEnableKey\x12\x1c.keygate.v1.EnableKeyRequest\x1a\x1d.keygate.v1.EnableKeyResponse\x12N\n\x0bGetKeyUsage\x12\x1e.keygate.v1.GetKeyUsageRequest\x1a\x1f.keygate.v1.GetKeyUsageResponseB8Z6github.com/keygate/keygate/sdk/go/keygate/v1;keygatev1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15keygate/v1/keys.proto\x12\nkeygate.v1\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe4\x07\n\x06\x41piKey\x12\x15\n\x06key_id\x18\x01 \x01(\tR\x05keyId\x12\x19\n\x08owner_id\x18\x02 \x01(\tR\x07ownerId\x12\x12\n\x04name\x18\x03 \x01(\tR\x04name\x12 \n\x0b\x65nvironment\x18\x04 \x01(\tR\x0b\x65nvironment\x12\x16\n\x06scopes\x18\x05 \x03(\tR\x06scopes\x12!\n\x0cip_allowlist\x18\x06 \x03(\tR\x0bipAllowlist\x12\x32\n\x13rate_limit_per_hour\x18\x07 \x01(\rH\x00R\x10rateLimitPerHour\x88\x01\x01\x12-\n\x06status\x18\x08 \x01(\x0e\x32\x15.keygate.v1.KeyStatusR\x06status\x12\x16\n\x06prefix\x18\t \x01(\tR\x06prefix\x12\x12\n\x04hint\x18\n \x01(\tR\x04hint\x12\x39\n\ncreated_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tcreatedAt\x12\x39\n\nupdated_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tupdatedAt\x12\x39\n\nexpires_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.TimestampR\texpiresAt\x12<\n\x0clast_used_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.TimestampR\nlastUsedAt\x12\x39\n\nrevoked_at\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.TimestampR\trevokedAt\x12%\n\x0erevoked_reason\x18\x10 \x01(\tR\rrevokedReason\x12\x38\n\x0b\x63redentials\x18\x11 \x03(\x0b\x32\x16.keygate.v1.CredentialR\x0b\x63redentials\x12\x12\n\x04\x65tag\x18\x12 \x01(\tR\x04\x65tag\x12<\n\x08metadata\x18\x13 \x03(\x0b\x32 .keygate.v1.ApiKey.MetadataEntryR\x08metadata\x12;\n\x0b\x64\x65lete_time\x18\x14 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\ndeleteTime\x12\x39\n\npurge_time\x18\x15 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tpurgeTime\x1a;\n\rMetadataEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x02\x38\x01\x42\x16\n\x14_rate_limit_per_hour\"\xf1\x01\n\nCredential\x12\x1b\n\tlookup_id\x18\x01 \x01(\tR\x08lookupId\x12\x12\n\x04hint\x18\x02 \x01(\tR\x04hint\x12\x39\n\ncreated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tcreatedAt\x12\x39\n\nexpires_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\texpiresAt\x12<\n\x0clast_used_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\nlastUsedAt\"\xe5\x03\n\x10\x43reateKeyRequest\x12\x19\n\x08owner_id\x18\x01 \x01(\tR\x07ownerId\x12\x12\n\x04name\x18\x02 \x01(\tR\x04name\x12 \n\x0b\x65nvironment\x18\x03 \x01(\tR\x0b\x65nvironment\x12\x16\n\x06scopes\x18\x04 \x03(\tR\x06scopes\x12!\n\x0cip_allowlist\x18\x05 \x03(\tR\x0bipAllowlist\x12\x32\n\x13rate_limit_per_hour\x18\x06 \x01(\rH\x01R\x10rateLimitPerHour\x88\x01\x01\x12;\n\nexpires_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampH\x00R\texpiresAt\x12-\n\x03ttl\x18\x08 \x01(\x0b\x32\x19.google.protobuf.DurationH\x00R\x03ttl\x12\x46\n\x08metadata\x18\t \x03(\x0b\x32*.keygate.v1.CreateKeyRequest.MetadataEntryR\x08metadata\x1a;\n\rMetadataEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x02\x38\x01\x42\x08\n\x06\x65xpiryB\x16\n\x14_rate_limit_per_hour\"Q\n\x11\x43reateKeyResponse\x12$\n\x03key\x18\x01 \x01(\x0b\x32\x12.keygate.v1.ApiKeyR\x03key\x12\x16\n\x06secret\x18\x02 \x01(\tR\x06secret\"&\n\rGetKeyRequest\x12\x15\n\x06key_id\x18\x01 \x01(\tR\x05keyId\"6\n\x0eGetKeyResponse\x12$\n\x03key\x18\x01 \x01(\x0b\x32\x12.keygate.v1.ApiKeyR\x03key\"\xe5\x02\n\x0fListKeysRequest\x12\x19\n\x08owner_id\x18\x01 \x01(\tR\x07ownerId\x12 \n\x0b\x65nvironment\x18\x02 \x01(\tR\x0b\x65nvironment\x12-\n\x06status\x18\x03 \x01(\x0e\x32\x15.keygate.v1.KeyStatusR\x06status\x12\x1b\n\tpage_size\x18\x04 \x01(\x05R\x08pageSize\x12\x1d\n\npage_token\x18\x05 \x01(\tR\tpageToken\x12\x44\n\x10last_used_before\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x0elastUsedBefore\x12\x41\n\x0e\x65xpires_before\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\rexpiresBefore\x12!\n\x0cshow_deleted\x18\x08 \x01(\x08R\x0bshowDeleted\"b\n\x10ListKeysResponse\x12&\n\x04keys\x18\x01 \x03(\x0b\x32\x12.keygate.v1.ApiKeyR\x04keys\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"{\n\x10RotateKeyRequest\x12\x15\n\x06key_id\x18\x01 \x01(\tR\x05keyId\x12<\n\x0cgrace_period\x18\x02 \x01(\x0b\x32\x19.google.protobuf.DurationR\x0bgracePeriod\x12\x12\n\x04\x65tag\x18\x03 \x01(\tR\x04\x65tag\"\xaa\x01\n\x11RotateKeyResponse\x12$\n\x03key\x18\x01 \x01(\x0b\x32\x12.keygate.v1.ApiKeyR\x03key\x12\x16\n\x06secret\x18\x02 \x01(\tR\x06secret\x12W\n\x1aprevious_secret_expires_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x17previousSecretExpiresAt\"U\n\x10RevokeKeyRequest\x12\x15\n\x06key_id\x18\x01 \x01(\tR\x05keyId\x12\x16\n\x06reason\x18\x02 \x01(\tR\x06reason\x12\x12\n\x04\x65tag\x18\x03 \x01(\tR\x04\x65tag\"9\n\x11RevokeKeyResponse\x12$\n\x03key\x18\x01 \x01(\x0b\x32\x12.keygate.v1.ApiKeyR\x03key\"~\n\x16UpdateKeyExpiryRequest\x12\x15\n\x06key_id\x18\x01 \x01(\tR\x05keyId\x12\x39\n\nexpires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\texpiresAt\x12\x12\n\x04\x65tag\x18\x03 \x01(\tR\x04\x65tag\"?\n\x17UpdateKeyExpiryResponse\x12$\n\x03key\x18\x01 \x01(\x0b\x32\x12.keygate.v1.ApiKeyR\x03key\">\n\x11\x44isableKeyRequest\x12\x15\n\x06key_id\x18\x01 \x01(\tR\x05keyId\x12\x12\n\x04\x65tag\x18\x02 \x01(\tR\x04\x65tag\":\n\x12\x44isableKeyResponse\x12$\n\x03key\x18\x01 \x01(\x0b\x32\x12.keygate.v1.ApiKeyR\x03key\"=\n\x10\x45nableKeyRequest\x12\x15\n\x06key_id\x18\x01 \x01(\tR\x05keyId\x12\x12\n\x04\x65tag\x18\x02 \x01(\tR\x04\x65tag\"9\n\x11\x45nableKeyResponse\x12$\n\x03key\x18\x01 \x01(\x0b\x32\x12.keygate.v1.ApiKeyR\x03key\"\x9d\x01\n\x12GetKeyUsageRequest\x12\x15\n\x06key_id\x18\x01 \x01(\tR\x05keyId\x12\x39\n\nstart_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tstartTime\x12\x35\n\x08\x65nd_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x07\x65ndTime\"H\n\x13GetKeyUsageResponse\x12\x31\n\x07\x62uckets\x18\x01 \x03(\x0b\x32\x17.keygate.v1.UsageBucketR\x07\x62uckets\"\xb5\x01\n\x0bUsageBucket\x12\x39\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tstartTime\x12\x18\n\x07\x61llowed\x18\x02 \x01(\x04R\x07\x61llowed\x12.\n\x13\x64\x65nied_rate_limited\x18\x03 \x01(\x04R\x11\x64\x65niedRateLimited\x12!\n\x0c\x64\x65nied_other\x18\x04 \x01(\x04R\x0b\x64\x65niedOther\"\x89\x01\n\x10UpdateKeyRequest\x12$\n\x03key\x18\x01 \x01(\x0b\x32\x12.keygate.v1.ApiKeyR\x03key\x12;\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMaskR\nupdateMask\x12\x12\n\x04\x65tag\x18\x03 \x01(\tR\x04\x65tag\"9\n\x11UpdateKeyResponse\x12$\n\x03key\x18\x01 \x01(\x0b\x32\x12.keygate.v1.ApiKeyR\x03key\"=\n\x10\x44\x65leteKeyRequest\x12\x15\n\x06key_id\x18\x01 \x01(\tR\x05keyId\x12\x12\n\x04\x65tag\x18\x02 \x01(\tR\x04\x65tag\"9\n\x11\x44\x65leteKeyResponse\x12$\n\x03key\x18\x01 \x01(\x0b\x32\x12.keygate.v1.ApiKeyR\x03key\"+\n\x12UndeleteKeyRequest\x12\x15\n\x06key_id\x18\x01 \x01(\tR\x05keyId\";\n\x13UndeleteKeyResponse\x12$\n\x03key\x18\x01 \x01(\x0b\x32\x12.keygate.v1.ApiKeyR\x03key\"]\n\x0b\x46ieldChange\x12\x14\n\x05\x66ield\x18\x01 \x01(\tR\x05\x66ield\x12\x1b\n\told_value\x18\x02 \x01(\tR\x08oldValue\x12\x1b\n\tnew_value\x18\x03 \x01(\tR\x08newValue\"\xf9\x02\n\nAuditEvent\x12\x19\n\x08\x65vent_id\x18\x01 \x01(\tR\x07\x65ventId\x12.\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x04time\x12 \n\x0c\x61\x63tor_key_id\x18\x03 \x01(\tR\nactorKeyId\x12$\n\x0e\x61\x63tor_owner_id\x18\x04 \x01(\tR\x0c\x61\x63torOwnerId\x12\x16\n\x06method\x18\x05 \x01(\tR\x06method\x12\x15\n\x06key_id\x18\x06 \x01(\tR\x05keyId\x12\x19\n\x08owner_id\x18\x07 \x01(\tR\x07ownerId\x12 \n\x0b\x65nvironment\x18\x08 \x01(\tR\x0b\x65nvironment\x12!\n\x0cpeer_address\x18\t \x01(\tR\x0bpeerAddress\x12\x31\n\x07\x63hanges\x18\n \x03(\x0b\x32\x17.keygate.v1.FieldChangeR\x07\x63hanges\x12\x16\n\x06reason\x18\x0b \x01(\tR\x06reason\"\xb2\x02\n\x16ListAuditEventsRequest\x12\x15\n\x06key_id\x18\x01 \x01(\tR\x05keyId\x12\x19\n\x08owner_id\x18\x02 \x01(\tR\x07ownerId\x12 \n\x0c\x61\x63tor_key_id\x18\x03 \x01(\tR\nactorKeyId\x12\x16\n\x06method\x18\x04 \x01(\tR\x06method\x12\x39\n\nstart_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tstartTime\x12\x35\n\x08\x65nd_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x07\x65ndTime\x12\x1b\n\tpage_size\x18\x07 \x01(\x05R\x08pageSize\x12\x1d\n\npage_token\x18\x08 \x01(\tR\tpageToken\"q\n\x17ListAuditEventsResponse\x12.\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x16.keygate.v1.AuditEventR\x06\x65vents\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken*\x9f\x01\n\tKeyStatus\x12\x1a\n\x16KEY_STATUS_UNSPECIFIED\x10\x00\x12\x15\n\x11KEY_STATUS_ACTIVE\x10\x01\x12\x17\n\x13KEY_STATUS_DISABLED\x10\x02\x12\x16\n\x12KEY_STATUS_EXPIRED\x10\x03\x12\x16\n\x12KEY_STATUS_REVOKED\x10\x04\x12\x16\n\x12KEY_STATUS_DELETED\x10\x05\x32\xff\x07\n\x14KeyManagementService\x12H\n\tCreateKey\x12\x1c.keygate.v1.CreateKeyRequest\x1a\x1d.keygate.v1.CreateKeyResponse\x12?\n\x06GetKey\x12\x19.keygate.v1.GetKeyRequest\x1a\x1a.keygate.v1.GetKeyResponse\x12\x45\n\x08ListKeys\x12\x1b.keygate.v1.ListKeysRequest\x1a\x1c.keygate.v1.ListKeysResponse\x12H\n\tRotateKey\x12\x1c.keygate.v1.RotateKeyRequest\x1a\x1d.keygate.v1.RotateKeyResponse\x12H\n\tRevokeKey\x12\x1c.keygate.v1.RevokeKeyRequest\x1a\x1d.keygate.v1.RevokeKeyResponse\x12Z\n\x0fUpdateKeyExpiry\x12\".keygate.v1.UpdateKeyExpiryRequest\x1a#.keygate.v1.UpdateKeyExpiryResponse\x12K\n\nDisableKey\x12\x1d.keygate.v1.DisableKeyRequest\x1a\x1e.keygate.v1.DisableKeyResponse\x12H\n\tEnableKey\x12\x1c.keygate.v1.EnableKeyRequest\x1a\x1d.keygate.v1.EnableKeyResponse\x12N\n\x0bGetKeyUsage\x12\x1e.keygate.v1.GetKeyUsageRequest\x1a\x1f.keygate.v1.GetKeyUsageResponse\x12H\n\tUpdateKey\x12\x1c.keygate.v1.UpdateKeyRequest\x1a\x1d.keygate.v1.UpdateKeyResponse\x12H\n\tDeleteKey\x12\x1c.keygate.v1.DeleteKeyRequest\x1a\x1d.keygate.v1.DeleteKeyResponse\x12N\n\x0bUndeleteKey\x12\x1e.keygate.v1.UndeleteKeyRequest\x1a\x1f.keygate.v1.UndeleteKeyResponse\x12Z\n\x0fListAuditEvents\x12\".keygate.v1.ListAuditEventsRequest\x1a#.keygate.v1.ListAuditEventsResponseB8Z6github.com/keygate/keygate/sdk/go/keygate/v1;keygatev1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,50 +35,78 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'keygate.v1.keys_pb2', _glob
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'Z6github.com/keygate/keygate/sdk/go/keygate/v1;keygatev1'
-  _globals['_KEYSTATUS']._serialized_start=3363
-  _globals['_KEYSTATUS']._serialized_end=3498
-  _globals['_APIKEY']._serialized_start=103
-  _globals['_APIKEY']._serialized_end=856
-  _globals['_CREDENTIAL']._serialized_start=859
-  _globals['_CREDENTIAL']._serialized_end=1100
-  _globals['_CREATEKEYREQUEST']._serialized_start=1103
-  _globals['_CREATEKEYREQUEST']._serialized_end=1455
-  _globals['_CREATEKEYRESPONSE']._serialized_start=1457
-  _globals['_CREATEKEYRESPONSE']._serialized_end=1538
-  _globals['_GETKEYREQUEST']._serialized_start=1540
-  _globals['_GETKEYREQUEST']._serialized_end=1578
-  _globals['_GETKEYRESPONSE']._serialized_start=1580
-  _globals['_GETKEYRESPONSE']._serialized_end=1634
-  _globals['_LISTKEYSREQUEST']._serialized_start=1637
-  _globals['_LISTKEYSREQUEST']._serialized_end=1959
-  _globals['_LISTKEYSRESPONSE']._serialized_start=1961
-  _globals['_LISTKEYSRESPONSE']._serialized_end=2059
-  _globals['_ROTATEKEYREQUEST']._serialized_start=2061
-  _globals['_ROTATEKEYREQUEST']._serialized_end=2184
-  _globals['_ROTATEKEYRESPONSE']._serialized_start=2187
-  _globals['_ROTATEKEYRESPONSE']._serialized_end=2357
-  _globals['_REVOKEKEYREQUEST']._serialized_start=2359
-  _globals['_REVOKEKEYREQUEST']._serialized_end=2444
-  _globals['_REVOKEKEYRESPONSE']._serialized_start=2446
-  _globals['_REVOKEKEYRESPONSE']._serialized_end=2503
-  _globals['_UPDATEKEYEXPIRYREQUEST']._serialized_start=2505
-  _globals['_UPDATEKEYEXPIRYREQUEST']._serialized_end=2631
-  _globals['_UPDATEKEYEXPIRYRESPONSE']._serialized_start=2633
-  _globals['_UPDATEKEYEXPIRYRESPONSE']._serialized_end=2696
-  _globals['_DISABLEKEYREQUEST']._serialized_start=2698
-  _globals['_DISABLEKEYREQUEST']._serialized_end=2760
-  _globals['_DISABLEKEYRESPONSE']._serialized_start=2762
-  _globals['_DISABLEKEYRESPONSE']._serialized_end=2820
-  _globals['_ENABLEKEYREQUEST']._serialized_start=2822
-  _globals['_ENABLEKEYREQUEST']._serialized_end=2883
-  _globals['_ENABLEKEYRESPONSE']._serialized_start=2885
-  _globals['_ENABLEKEYRESPONSE']._serialized_end=2942
-  _globals['_GETKEYUSAGEREQUEST']._serialized_start=2945
-  _globals['_GETKEYUSAGEREQUEST']._serialized_end=3102
-  _globals['_GETKEYUSAGERESPONSE']._serialized_start=3104
-  _globals['_GETKEYUSAGERESPONSE']._serialized_end=3176
-  _globals['_USAGEBUCKET']._serialized_start=3179
-  _globals['_USAGEBUCKET']._serialized_end=3360
-  _globals['_KEYMANAGEMENTSERVICE']._serialized_start=3501
-  _globals['_KEYMANAGEMENTSERVICE']._serialized_end=4204
+  _globals['_APIKEY_METADATAENTRY']._loaded_options = None
+  _globals['_APIKEY_METADATAENTRY']._serialized_options = b'8\001'
+  _globals['_CREATEKEYREQUEST_METADATAENTRY']._loaded_options = None
+  _globals['_CREATEKEYREQUEST_METADATAENTRY']._serialized_options = b'8\001'
+  _globals['_KEYSTATUS']._serialized_start=5134
+  _globals['_KEYSTATUS']._serialized_end=5293
+  _globals['_APIKEY']._serialized_start=137
+  _globals['_APIKEY']._serialized_end=1133
+  _globals['_APIKEY_METADATAENTRY']._serialized_start=1050
+  _globals['_APIKEY_METADATAENTRY']._serialized_end=1109
+  _globals['_CREDENTIAL']._serialized_start=1136
+  _globals['_CREDENTIAL']._serialized_end=1377
+  _globals['_CREATEKEYREQUEST']._serialized_start=1380
+  _globals['_CREATEKEYREQUEST']._serialized_end=1865
+  _globals['_CREATEKEYREQUEST_METADATAENTRY']._serialized_start=1050
+  _globals['_CREATEKEYREQUEST_METADATAENTRY']._serialized_end=1109
+  _globals['_CREATEKEYRESPONSE']._serialized_start=1867
+  _globals['_CREATEKEYRESPONSE']._serialized_end=1948
+  _globals['_GETKEYREQUEST']._serialized_start=1950
+  _globals['_GETKEYREQUEST']._serialized_end=1988
+  _globals['_GETKEYRESPONSE']._serialized_start=1990
+  _globals['_GETKEYRESPONSE']._serialized_end=2044
+  _globals['_LISTKEYSREQUEST']._serialized_start=2047
+  _globals['_LISTKEYSREQUEST']._serialized_end=2404
+  _globals['_LISTKEYSRESPONSE']._serialized_start=2406
+  _globals['_LISTKEYSRESPONSE']._serialized_end=2504
+  _globals['_ROTATEKEYREQUEST']._serialized_start=2506
+  _globals['_ROTATEKEYREQUEST']._serialized_end=2629
+  _globals['_ROTATEKEYRESPONSE']._serialized_start=2632
+  _globals['_ROTATEKEYRESPONSE']._serialized_end=2802
+  _globals['_REVOKEKEYREQUEST']._serialized_start=2804
+  _globals['_REVOKEKEYREQUEST']._serialized_end=2889
+  _globals['_REVOKEKEYRESPONSE']._serialized_start=2891
+  _globals['_REVOKEKEYRESPONSE']._serialized_end=2948
+  _globals['_UPDATEKEYEXPIRYREQUEST']._serialized_start=2950
+  _globals['_UPDATEKEYEXPIRYREQUEST']._serialized_end=3076
+  _globals['_UPDATEKEYEXPIRYRESPONSE']._serialized_start=3078
+  _globals['_UPDATEKEYEXPIRYRESPONSE']._serialized_end=3141
+  _globals['_DISABLEKEYREQUEST']._serialized_start=3143
+  _globals['_DISABLEKEYREQUEST']._serialized_end=3205
+  _globals['_DISABLEKEYRESPONSE']._serialized_start=3207
+  _globals['_DISABLEKEYRESPONSE']._serialized_end=3265
+  _globals['_ENABLEKEYREQUEST']._serialized_start=3267
+  _globals['_ENABLEKEYREQUEST']._serialized_end=3328
+  _globals['_ENABLEKEYRESPONSE']._serialized_start=3330
+  _globals['_ENABLEKEYRESPONSE']._serialized_end=3387
+  _globals['_GETKEYUSAGEREQUEST']._serialized_start=3390
+  _globals['_GETKEYUSAGEREQUEST']._serialized_end=3547
+  _globals['_GETKEYUSAGERESPONSE']._serialized_start=3549
+  _globals['_GETKEYUSAGERESPONSE']._serialized_end=3621
+  _globals['_USAGEBUCKET']._serialized_start=3624
+  _globals['_USAGEBUCKET']._serialized_end=3805
+  _globals['_UPDATEKEYREQUEST']._serialized_start=3808
+  _globals['_UPDATEKEYREQUEST']._serialized_end=3945
+  _globals['_UPDATEKEYRESPONSE']._serialized_start=3947
+  _globals['_UPDATEKEYRESPONSE']._serialized_end=4004
+  _globals['_DELETEKEYREQUEST']._serialized_start=4006
+  _globals['_DELETEKEYREQUEST']._serialized_end=4067
+  _globals['_DELETEKEYRESPONSE']._serialized_start=4069
+  _globals['_DELETEKEYRESPONSE']._serialized_end=4126
+  _globals['_UNDELETEKEYREQUEST']._serialized_start=4128
+  _globals['_UNDELETEKEYREQUEST']._serialized_end=4171
+  _globals['_UNDELETEKEYRESPONSE']._serialized_start=4173
+  _globals['_UNDELETEKEYRESPONSE']._serialized_end=4232
+  _globals['_FIELDCHANGE']._serialized_start=4234
+  _globals['_FIELDCHANGE']._serialized_end=4327
+  _globals['_AUDITEVENT']._serialized_start=4330
+  _globals['_AUDITEVENT']._serialized_end=4707
+  _globals['_LISTAUDITEVENTSREQUEST']._serialized_start=4710
+  _globals['_LISTAUDITEVENTSREQUEST']._serialized_end=5016
+  _globals['_LISTAUDITEVENTSRESPONSE']._serialized_start=5018
+  _globals['_LISTAUDITEVENTSRESPONSE']._serialized_end=5131
+  _globals['_KEYMANAGEMENTSERVICE']._serialized_start=5296
+  _globals['_KEYMANAGEMENTSERVICE']._serialized_end=6319
 # @@protoc_insertion_point(module_scope)

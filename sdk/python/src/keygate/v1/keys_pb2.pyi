@@ -6,6 +6,7 @@ isort:skip_file
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import duration_pb2 as _duration_pb2
+from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
@@ -37,6 +38,10 @@ class _KeyStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_KeyStatus.V
     """Past its expires_at (derived, not stored)."""
     KEY_STATUS_REVOKED: _KeyStatus.ValueType  # 4
     """Permanently ended."""
+    KEY_STATUS_DELETED: _KeyStatus.ValueType  # 5
+    """Soft-deleted: authorizes nothing; UndeleteKey restores it until its
+    purge_time.
+    """
 
 class KeyStatus(_KeyStatus, metaclass=_KeyStatusEnumTypeWrapper):
     """KeyStatus is a key's status as shown to users."""
@@ -51,6 +56,10 @@ KEY_STATUS_EXPIRED: KeyStatus.ValueType  # 3
 """Past its expires_at (derived, not stored)."""
 KEY_STATUS_REVOKED: KeyStatus.ValueType  # 4
 """Permanently ended."""
+KEY_STATUS_DELETED: KeyStatus.ValueType  # 5
+"""Soft-deleted: authorizes nothing; UndeleteKey restores it until its
+purge_time.
+"""
 Global___KeyStatus: _TypeAlias = KeyStatus  # noqa: Y015
 
 @_typing.final
@@ -58,6 +67,26 @@ class ApiKey(_message.Message):
     """ApiKey is a key's metadata. It never holds the secret."""
 
     DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class MetadataEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
 
     KEY_ID_FIELD_NUMBER: _builtins.int
     OWNER_ID_FIELD_NUMBER: _builtins.int
@@ -77,6 +106,9 @@ class ApiKey(_message.Message):
     REVOKED_REASON_FIELD_NUMBER: _builtins.int
     CREDENTIALS_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
+    METADATA_FIELD_NUMBER: _builtins.int
+    DELETE_TIME_FIELD_NUMBER: _builtins.int
+    PURGE_TIME_FIELD_NUMBER: _builtins.int
     key_id: _builtins.str
     """Stable id of the key, the same across rotations."""
     owner_id: _builtins.str
@@ -132,6 +164,21 @@ class ApiKey(_message.Message):
     def credentials(self) -> _containers.RepeatedCompositeFieldContainer[Global___Credential]:
         """The key's secrets that still work or worked last, newest first."""
 
+    @_builtins.property
+    def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Your own data about the key (a customer's plan, a tenant id, …), at most
+        32 entries: keys 1 to 64 characters of [a-zA-Z0-9_.-], values at most
+        512 bytes. Returned by Authorize on allow.
+        """
+
+    @_builtins.property
+    def delete_time(self) -> _timestamp_pb2.Timestamp:
+        """When the key was deleted; unset unless deleted."""
+
+    @_builtins.property
+    def purge_time(self) -> _timestamp_pb2.Timestamp:
+        """When a deleted key is removed for good; unset unless deleted."""
+
     def __init__(
         self,
         *,
@@ -153,10 +200,13 @@ class ApiKey(_message.Message):
         revoked_reason: _builtins.str = ...,
         credentials: _abc.Iterable[Global___Credential] | None = ...,
         etag: _builtins.str = ...,
+        metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        delete_time: _timestamp_pb2.Timestamp | None = ...,
+        purge_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_rate_limit_per_hour", b"_rate_limit_per_hour", "created_at", b"created_at", "expires_at", b"expires_at", "last_used_at", b"last_used_at", "rate_limit_per_hour", b"rate_limit_per_hour", "revoked_at", b"revoked_at", "updated_at", b"updated_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_rate_limit_per_hour", b"_rate_limit_per_hour", "created_at", b"created_at", "delete_time", b"delete_time", "expires_at", b"expires_at", "last_used_at", b"last_used_at", "purge_time", b"purge_time", "rate_limit_per_hour", b"rate_limit_per_hour", "revoked_at", b"revoked_at", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_rate_limit_per_hour", b"_rate_limit_per_hour", "created_at", b"created_at", "credentials", b"credentials", "environment", b"environment", "etag", b"etag", "expires_at", b"expires_at", "hint", b"hint", "ip_allowlist", b"ip_allowlist", "key_id", b"key_id", "last_used_at", b"last_used_at", "name", b"name", "owner_id", b"owner_id", "prefix", b"prefix", "rate_limit_per_hour", b"rate_limit_per_hour", "revoked_at", b"revoked_at", "revoked_reason", b"revoked_reason", "scopes", b"scopes", "status", b"status", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_rate_limit_per_hour", b"_rate_limit_per_hour", "created_at", b"created_at", "credentials", b"credentials", "delete_time", b"delete_time", "environment", b"environment", "etag", b"etag", "expires_at", b"expires_at", "hint", b"hint", "ip_allowlist", b"ip_allowlist", "key_id", b"key_id", "last_used_at", b"last_used_at", "metadata", b"metadata", "name", b"name", "owner_id", b"owner_id", "prefix", b"prefix", "purge_time", b"purge_time", "rate_limit_per_hour", b"rate_limit_per_hour", "revoked_at", b"revoked_at", "revoked_reason", b"revoked_reason", "scopes", b"scopes", "status", b"status", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__rate_limit_per_hour: _TypeAlias = _typing.Literal["rate_limit_per_hour"]  # noqa: Y015
     _WhichOneofArgType__rate_limit_per_hour: _TypeAlias = _typing.Literal["_rate_limit_per_hour", b"_rate_limit_per_hour"]  # noqa: Y015
@@ -214,6 +264,26 @@ class CreateKeyRequest(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class MetadataEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     OWNER_ID_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
     ENVIRONMENT_FIELD_NUMBER: _builtins.int
@@ -222,6 +292,7 @@ class CreateKeyRequest(_message.Message):
     RATE_LIMIT_PER_HOUR_FIELD_NUMBER: _builtins.int
     EXPIRES_AT_FIELD_NUMBER: _builtins.int
     TTL_FIELD_NUMBER: _builtins.int
+    METADATA_FIELD_NUMBER: _builtins.int
     owner_id: _builtins.str
     """Owner of the new key. Required."""
     name: _builtins.str
@@ -246,6 +317,10 @@ class CreateKeyRequest(_message.Message):
     def ttl(self) -> _duration_pb2.Duration:
         """A lifetime from now, such as 30, 90 or 365 days."""
 
+    @_builtins.property
+    def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Your own data about the key; see ApiKey.metadata for the limits."""
+
     def __init__(
         self,
         *,
@@ -257,10 +332,11 @@ class CreateKeyRequest(_message.Message):
         rate_limit_per_hour: _builtins.int | None = ...,
         expires_at: _timestamp_pb2.Timestamp | None = ...,
         ttl: _duration_pb2.Duration | None = ...,
+        metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_rate_limit_per_hour", b"_rate_limit_per_hour", "expires_at", b"expires_at", "expiry", b"expiry", "rate_limit_per_hour", b"rate_limit_per_hour", "ttl", b"ttl"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_rate_limit_per_hour", b"_rate_limit_per_hour", "environment", b"environment", "expires_at", b"expires_at", "expiry", b"expiry", "ip_allowlist", b"ip_allowlist", "name", b"name", "owner_id", b"owner_id", "rate_limit_per_hour", b"rate_limit_per_hour", "scopes", b"scopes", "ttl", b"ttl"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_rate_limit_per_hour", b"_rate_limit_per_hour", "environment", b"environment", "expires_at", b"expires_at", "expiry", b"expiry", "ip_allowlist", b"ip_allowlist", "metadata", b"metadata", "name", b"name", "owner_id", b"owner_id", "rate_limit_per_hour", b"rate_limit_per_hour", "scopes", b"scopes", "ttl", b"ttl"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__rate_limit_per_hour: _TypeAlias = _typing.Literal["rate_limit_per_hour"]  # noqa: Y015
     _WhichOneofArgType__rate_limit_per_hour: _TypeAlias = _typing.Literal["_rate_limit_per_hour", b"_rate_limit_per_hour"]  # noqa: Y015
@@ -360,6 +436,7 @@ class ListKeysRequest(_message.Message):
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     LAST_USED_BEFORE_FIELD_NUMBER: _builtins.int
     EXPIRES_BEFORE_FIELD_NUMBER: _builtins.int
+    SHOW_DELETED_FIELD_NUMBER: _builtins.int
     owner_id: _builtins.str
     """Only keys of this owner; empty means every owner the caller may see."""
     environment: _builtins.str
@@ -370,6 +447,10 @@ class ListKeysRequest(_message.Message):
     """Keys per page: 0 means 50, at most 1000."""
     page_token: _builtins.str
     """The next_page_token of the previous page; empty for the first page."""
+    show_deleted: _builtins.bool
+    """Include deleted keys (status KEY_STATUS_DELETED); they are left out
+    otherwise. Filtering by status KEY_STATUS_DELETED needs this set.
+    """
     @_builtins.property
     def last_used_before(self) -> _timestamp_pb2.Timestamp:
         """Only keys last used before this time, to find keys nobody uses any more;
@@ -393,10 +474,11 @@ class ListKeysRequest(_message.Message):
         page_token: _builtins.str = ...,
         last_used_before: _timestamp_pb2.Timestamp | None = ...,
         expires_before: _timestamp_pb2.Timestamp | None = ...,
+        show_deleted: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["expires_before", b"expires_before", "last_used_before", b"last_used_before"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["environment", b"environment", "expires_before", b"expires_before", "last_used_before", b"last_used_before", "owner_id", b"owner_id", "page_size", b"page_size", "page_token", b"page_token", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["environment", b"environment", "expires_before", b"expires_before", "last_used_before", b"last_used_before", "owner_id", b"owner_id", "page_size", b"page_size", "page_token", b"page_token", "show_deleted", b"show_deleted", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -821,3 +903,350 @@ class UsageBucket(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___UsageBucket: _TypeAlias = UsageBucket  # noqa: Y015
+
+@_typing.final
+class UpdateKeyRequest(_message.Message):
+    """UpdateKeyRequest changes the fields of `key` named in `update_mask`."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    UPDATE_MASK_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
+    etag: _builtins.str
+    """If set, the change applies only while the key's etag still equals this
+    one; a stale etag fails with ABORTED and changes nothing.
+    """
+    @_builtins.property
+    def key(self) -> Global___ApiKey:
+        """The key: key_id names it; the fields named in update_mask hold the new
+        values. Other fields are ignored.
+        """
+
+    @_builtins.property
+    def update_mask(self) -> _field_mask_pb2.FieldMask:
+        """The fields to change, of: name, scopes, ip_allowlist,
+        rate_limit_per_hour, metadata, expires_at. Required, not empty. A named
+        field left unset in `key` is cleared (rate limit: the server default;
+        expiry: never; metadata: none; scopes: none); name cannot be cleared.
+        """
+
+    def __init__(
+        self,
+        *,
+        key: Global___ApiKey | None = ...,
+        update_mask: _field_mask_pb2.FieldMask | None = ...,
+        etag: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "update_mask", b"update_mask"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["etag", b"etag", "key", b"key", "update_mask", b"update_mask"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateKeyRequest: _TypeAlias = UpdateKeyRequest  # noqa: Y015
+
+@_typing.final
+class UpdateKeyResponse(_message.Message):
+    """UpdateKeyResponse carries the key as changed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def key(self) -> Global___ApiKey:
+        """The key's metadata."""
+
+    def __init__(
+        self,
+        *,
+        key: Global___ApiKey | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["key", b"key"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateKeyResponse: _TypeAlias = UpdateKeyResponse  # noqa: Y015
+
+@_typing.final
+class DeleteKeyRequest(_message.Message):
+    """DeleteKeyRequest names the key to delete."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
+    key_id: _builtins.str
+    """The key's id."""
+    etag: _builtins.str
+    """If set, the change applies only while the key's etag still equals this
+    one; a stale etag fails with ABORTED and changes nothing.
+    """
+    def __init__(
+        self,
+        *,
+        key_id: _builtins.str = ...,
+        etag: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["etag", b"etag", "key_id", b"key_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteKeyRequest: _TypeAlias = DeleteKeyRequest  # noqa: Y015
+
+@_typing.final
+class DeleteKeyResponse(_message.Message):
+    """DeleteKeyResponse carries the deleted key."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def key(self) -> Global___ApiKey:
+        """The key's metadata, with delete_time and purge_time."""
+
+    def __init__(
+        self,
+        *,
+        key: Global___ApiKey | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["key", b"key"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteKeyResponse: _TypeAlias = DeleteKeyResponse  # noqa: Y015
+
+@_typing.final
+class UndeleteKeyRequest(_message.Message):
+    """UndeleteKeyRequest names the key to restore."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    key_id: _builtins.str
+    """The key's id."""
+    def __init__(
+        self,
+        *,
+        key_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_id", b"key_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UndeleteKeyRequest: _TypeAlias = UndeleteKeyRequest  # noqa: Y015
+
+@_typing.final
+class UndeleteKeyResponse(_message.Message):
+    """UndeleteKeyResponse carries the restored key."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def key(self) -> Global___ApiKey:
+        """The key's metadata, with the state it had before it was deleted."""
+
+    def __init__(
+        self,
+        *,
+        key: Global___ApiKey | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["key", b"key"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UndeleteKeyResponse: _TypeAlias = UndeleteKeyResponse  # noqa: Y015
+
+@_typing.final
+class FieldChange(_message.Message):
+    """FieldChange is one field a change set."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FIELD_FIELD_NUMBER: _builtins.int
+    OLD_VALUE_FIELD_NUMBER: _builtins.int
+    NEW_VALUE_FIELD_NUMBER: _builtins.int
+    field: _builtins.str
+    """The field, as named in ApiKey ("scopes", "expires_at", "status") or
+    "metadata.<key>" for one metadata entry, "hint" for a rotation's new
+    secret.
+    """
+    old_value: _builtins.str
+    """The value before, as text; empty when unset."""
+    new_value: _builtins.str
+    """The value after, as text; empty when unset."""
+    def __init__(
+        self,
+        *,
+        field: _builtins.str = ...,
+        old_value: _builtins.str = ...,
+        new_value: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["field", b"field", "new_value", b"new_value", "old_value", b"old_value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FieldChange: _TypeAlias = FieldChange  # noqa: Y015
+
+@_typing.final
+class AuditEvent(_message.Message):
+    """AuditEvent records one successful change to a key. Never a secret, a
+    hash or a salt.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    TIME_FIELD_NUMBER: _builtins.int
+    ACTOR_KEY_ID_FIELD_NUMBER: _builtins.int
+    ACTOR_OWNER_ID_FIELD_NUMBER: _builtins.int
+    METHOD_FIELD_NUMBER: _builtins.int
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    OWNER_ID_FIELD_NUMBER: _builtins.int
+    ENVIRONMENT_FIELD_NUMBER: _builtins.int
+    PEER_ADDRESS_FIELD_NUMBER: _builtins.int
+    CHANGES_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    event_id: _builtins.str
+    """The event's id; newer events have greater ids."""
+    actor_key_id: _builtins.str
+    """The management key that made it; empty for `keygate bootstrap`."""
+    actor_owner_id: _builtins.str
+    """The owner of that management key."""
+    method: _builtins.str
+    """The RPC, such as "RevokeKey", or "Bootstrap"."""
+    key_id: _builtins.str
+    """The key changed."""
+    owner_id: _builtins.str
+    """Its owner."""
+    environment: _builtins.str
+    """Its environment."""
+    peer_address: _builtins.str
+    """The address the call came from, when known."""
+    reason: _builtins.str
+    """The reason given, such as RevokeKey's."""
+    @_builtins.property
+    def time(self) -> _timestamp_pb2.Timestamp:
+        """When the change was made."""
+
+    @_builtins.property
+    def changes(self) -> _containers.RepeatedCompositeFieldContainer[Global___FieldChange]:
+        """What changed."""
+
+    def __init__(
+        self,
+        *,
+        event_id: _builtins.str = ...,
+        time: _timestamp_pb2.Timestamp | None = ...,
+        actor_key_id: _builtins.str = ...,
+        actor_owner_id: _builtins.str = ...,
+        method: _builtins.str = ...,
+        key_id: _builtins.str = ...,
+        owner_id: _builtins.str = ...,
+        environment: _builtins.str = ...,
+        peer_address: _builtins.str = ...,
+        changes: _abc.Iterable[Global___FieldChange] | None = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor_key_id", b"actor_key_id", "actor_owner_id", b"actor_owner_id", "changes", b"changes", "environment", b"environment", "event_id", b"event_id", "key_id", b"key_id", "method", b"method", "owner_id", b"owner_id", "peer_address", b"peer_address", "reason", b"reason", "time", b"time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AuditEvent: _TypeAlias = AuditEvent  # noqa: Y015
+
+@_typing.final
+class ListAuditEventsRequest(_message.Message):
+    """ListAuditEventsRequest filters and pages audit events."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    OWNER_ID_FIELD_NUMBER: _builtins.int
+    ACTOR_KEY_ID_FIELD_NUMBER: _builtins.int
+    METHOD_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    key_id: _builtins.str
+    """Only events of this key."""
+    owner_id: _builtins.str
+    """Only events of keys of this owner."""
+    actor_key_id: _builtins.str
+    """Only events made by this management key."""
+    method: _builtins.str
+    """Only events of this method, such as "RevokeKey"."""
+    page_size: _builtins.int
+    """Events per page: 0 means 50, at most 1000."""
+    page_token: _builtins.str
+    """The next_page_token of the previous page; empty for the first page."""
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """Only events at or after this time."""
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """Only events before this time."""
+
+    def __init__(
+        self,
+        *,
+        key_id: _builtins.str = ...,
+        owner_id: _builtins.str = ...,
+        actor_key_id: _builtins.str = ...,
+        method: _builtins.str = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor_key_id", b"actor_key_id", "end_time", b"end_time", "key_id", b"key_id", "method", b"method", "owner_id", b"owner_id", "page_size", b"page_size", "page_token", b"page_token", "start_time", b"start_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAuditEventsRequest: _TypeAlias = ListAuditEventsRequest  # noqa: Y015
+
+@_typing.final
+class ListAuditEventsResponse(_message.Message):
+    """ListAuditEventsResponse is one page of events, newest first."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page; empty on the last page."""
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___AuditEvent]:
+        """The events of this page."""
+
+    def __init__(
+        self,
+        *,
+        events: _abc.Iterable[Global___AuditEvent] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAuditEventsResponse: _TypeAlias = ListAuditEventsResponse  # noqa: Y015

@@ -86,6 +86,26 @@ class KeyManagementServiceStub(object):
                 request_serializer=keygate_dot_v1_dot_keys__pb2.GetKeyUsageRequest.SerializeToString,
                 response_deserializer=keygate_dot_v1_dot_keys__pb2.GetKeyUsageResponse.FromString,
                 _registered_method=True)
+        self.UpdateKey = channel.unary_unary(
+                '/keygate.v1.KeyManagementService/UpdateKey',
+                request_serializer=keygate_dot_v1_dot_keys__pb2.UpdateKeyRequest.SerializeToString,
+                response_deserializer=keygate_dot_v1_dot_keys__pb2.UpdateKeyResponse.FromString,
+                _registered_method=True)
+        self.DeleteKey = channel.unary_unary(
+                '/keygate.v1.KeyManagementService/DeleteKey',
+                request_serializer=keygate_dot_v1_dot_keys__pb2.DeleteKeyRequest.SerializeToString,
+                response_deserializer=keygate_dot_v1_dot_keys__pb2.DeleteKeyResponse.FromString,
+                _registered_method=True)
+        self.UndeleteKey = channel.unary_unary(
+                '/keygate.v1.KeyManagementService/UndeleteKey',
+                request_serializer=keygate_dot_v1_dot_keys__pb2.UndeleteKeyRequest.SerializeToString,
+                response_deserializer=keygate_dot_v1_dot_keys__pb2.UndeleteKeyResponse.FromString,
+                _registered_method=True)
+        self.ListAuditEvents = channel.unary_unary(
+                '/keygate.v1.KeyManagementService/ListAuditEvents',
+                request_serializer=keygate_dot_v1_dot_keys__pb2.ListAuditEventsRequest.SerializeToString,
+                response_deserializer=keygate_dot_v1_dot_keys__pb2.ListAuditEventsResponse.FromString,
+                _registered_method=True)
 
 
 class KeyManagementServiceServicer(object):
@@ -163,6 +183,42 @@ class KeyManagementServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpdateKey(self, request, context):
+        """UpdateKey changes a key's name, scopes, IP allowlist, rate limit,
+        metadata or expiry: the fields named in update_mask. Scopes can never
+        be widened beyond the caller's own.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteKey(self, request, context):
+        """DeleteKey soft-deletes a key: it stops authorizing at once (as if it
+        never existed), leaves ListKeys unless show_deleted is set, and is
+        removed for good at its purge_time unless UndeleteKey restores it first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UndeleteKey(self, request, context):
+        """UndeleteKey restores a deleted key, with the state it had, before its
+        purge_time.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAuditEvents(self, request, context):
+        """ListAuditEvents pages through what was done to keys, newest first. Every
+        successful change writes exactly one event, in the change's own
+        transaction. keys:read sees the events of its own owner and
+        environment; keys:admin sees all.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_KeyManagementServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -210,6 +266,26 @@ def add_KeyManagementServiceServicer_to_server(servicer, server):
                     servicer.GetKeyUsage,
                     request_deserializer=keygate_dot_v1_dot_keys__pb2.GetKeyUsageRequest.FromString,
                     response_serializer=keygate_dot_v1_dot_keys__pb2.GetKeyUsageResponse.SerializeToString,
+            ),
+            'UpdateKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateKey,
+                    request_deserializer=keygate_dot_v1_dot_keys__pb2.UpdateKeyRequest.FromString,
+                    response_serializer=keygate_dot_v1_dot_keys__pb2.UpdateKeyResponse.SerializeToString,
+            ),
+            'DeleteKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteKey,
+                    request_deserializer=keygate_dot_v1_dot_keys__pb2.DeleteKeyRequest.FromString,
+                    response_serializer=keygate_dot_v1_dot_keys__pb2.DeleteKeyResponse.SerializeToString,
+            ),
+            'UndeleteKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.UndeleteKey,
+                    request_deserializer=keygate_dot_v1_dot_keys__pb2.UndeleteKeyRequest.FromString,
+                    response_serializer=keygate_dot_v1_dot_keys__pb2.UndeleteKeyResponse.SerializeToString,
+            ),
+            'ListAuditEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAuditEvents,
+                    request_deserializer=keygate_dot_v1_dot_keys__pb2.ListAuditEventsRequest.FromString,
+                    response_serializer=keygate_dot_v1_dot_keys__pb2.ListAuditEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -462,6 +538,114 @@ class KeyManagementService(object):
             '/keygate.v1.KeyManagementService/GetKeyUsage',
             keygate_dot_v1_dot_keys__pb2.GetKeyUsageRequest.SerializeToString,
             keygate_dot_v1_dot_keys__pb2.GetKeyUsageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/keygate.v1.KeyManagementService/UpdateKey',
+            keygate_dot_v1_dot_keys__pb2.UpdateKeyRequest.SerializeToString,
+            keygate_dot_v1_dot_keys__pb2.UpdateKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/keygate.v1.KeyManagementService/DeleteKey',
+            keygate_dot_v1_dot_keys__pb2.DeleteKeyRequest.SerializeToString,
+            keygate_dot_v1_dot_keys__pb2.DeleteKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UndeleteKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/keygate.v1.KeyManagementService/UndeleteKey',
+            keygate_dot_v1_dot_keys__pb2.UndeleteKeyRequest.SerializeToString,
+            keygate_dot_v1_dot_keys__pb2.UndeleteKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAuditEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/keygate.v1.KeyManagementService/ListAuditEvents',
+            keygate_dot_v1_dot_keys__pb2.ListAuditEventsRequest.SerializeToString,
+            keygate_dot_v1_dot_keys__pb2.ListAuditEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

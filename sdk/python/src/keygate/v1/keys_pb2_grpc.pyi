@@ -61,6 +61,26 @@ class KeyManagementServiceStub:
     by rate limit or otherwise), summed over every replica. Same rights as
     GetKey.
     """
+    UpdateKey: _grpc.UnaryUnaryMultiCallable[_keys_pb2.UpdateKeyRequest, _keys_pb2.UpdateKeyResponse]
+    """UpdateKey changes a key's name, scopes, IP allowlist, rate limit,
+    metadata or expiry: the fields named in update_mask. Scopes can never
+    be widened beyond the caller's own.
+    """
+    DeleteKey: _grpc.UnaryUnaryMultiCallable[_keys_pb2.DeleteKeyRequest, _keys_pb2.DeleteKeyResponse]
+    """DeleteKey soft-deletes a key: it stops authorizing at once (as if it
+    never existed), leaves ListKeys unless show_deleted is set, and is
+    removed for good at its purge_time unless UndeleteKey restores it first.
+    """
+    UndeleteKey: _grpc.UnaryUnaryMultiCallable[_keys_pb2.UndeleteKeyRequest, _keys_pb2.UndeleteKeyResponse]
+    """UndeleteKey restores a deleted key, with the state it had, before its
+    purge_time.
+    """
+    ListAuditEvents: _grpc.UnaryUnaryMultiCallable[_keys_pb2.ListAuditEventsRequest, _keys_pb2.ListAuditEventsResponse]
+    """ListAuditEvents pages through what was done to keys, newest first. Every
+    successful change writes exactly one event, in the change's own
+    transaction. keys:read sees the events of its own owner and
+    environment; keys:admin sees all.
+    """
 
 @_typing.type_check_only
 class KeyManagementServiceAsyncStub(KeyManagementServiceStub):
@@ -94,6 +114,26 @@ class KeyManagementServiceAsyncStub(KeyManagementServiceStub):
     """GetKeyUsage returns a key's request counts per hour (allowed, and denied
     by rate limit or otherwise), summed over every replica. Same rights as
     GetKey.
+    """
+    UpdateKey: _aio.UnaryUnaryMultiCallable[_keys_pb2.UpdateKeyRequest, _keys_pb2.UpdateKeyResponse]  # type: ignore[assignment]
+    """UpdateKey changes a key's name, scopes, IP allowlist, rate limit,
+    metadata or expiry: the fields named in update_mask. Scopes can never
+    be widened beyond the caller's own.
+    """
+    DeleteKey: _aio.UnaryUnaryMultiCallable[_keys_pb2.DeleteKeyRequest, _keys_pb2.DeleteKeyResponse]  # type: ignore[assignment]
+    """DeleteKey soft-deletes a key: it stops authorizing at once (as if it
+    never existed), leaves ListKeys unless show_deleted is set, and is
+    removed for good at its purge_time unless UndeleteKey restores it first.
+    """
+    UndeleteKey: _aio.UnaryUnaryMultiCallable[_keys_pb2.UndeleteKeyRequest, _keys_pb2.UndeleteKeyResponse]  # type: ignore[assignment]
+    """UndeleteKey restores a deleted key, with the state it had, before its
+    purge_time.
+    """
+    ListAuditEvents: _aio.UnaryUnaryMultiCallable[_keys_pb2.ListAuditEventsRequest, _keys_pb2.ListAuditEventsResponse]  # type: ignore[assignment]
+    """ListAuditEvents pages through what was done to keys, newest first. Every
+    successful change writes exactly one event, in the change's own
+    transaction. keys:read sees the events of its own owner and
+    environment; keys:admin sees all.
     """
 
 class KeyManagementServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -179,6 +219,50 @@ class KeyManagementServiceServicer(metaclass=_abc_1.ABCMeta):
         """GetKeyUsage returns a key's request counts per hour (allowed, and denied
         by rate limit or otherwise), summed over every replica. Same rights as
         GetKey.
+        """
+
+    @_abc_1.abstractmethod
+    def UpdateKey(
+        self,
+        request: _keys_pb2.UpdateKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_keys_pb2.UpdateKeyResponse, _abc.Awaitable[_keys_pb2.UpdateKeyResponse]]:
+        """UpdateKey changes a key's name, scopes, IP allowlist, rate limit,
+        metadata or expiry: the fields named in update_mask. Scopes can never
+        be widened beyond the caller's own.
+        """
+
+    @_abc_1.abstractmethod
+    def DeleteKey(
+        self,
+        request: _keys_pb2.DeleteKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_keys_pb2.DeleteKeyResponse, _abc.Awaitable[_keys_pb2.DeleteKeyResponse]]:
+        """DeleteKey soft-deletes a key: it stops authorizing at once (as if it
+        never existed), leaves ListKeys unless show_deleted is set, and is
+        removed for good at its purge_time unless UndeleteKey restores it first.
+        """
+
+    @_abc_1.abstractmethod
+    def UndeleteKey(
+        self,
+        request: _keys_pb2.UndeleteKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_keys_pb2.UndeleteKeyResponse, _abc.Awaitable[_keys_pb2.UndeleteKeyResponse]]:
+        """UndeleteKey restores a deleted key, with the state it had, before its
+        purge_time.
+        """
+
+    @_abc_1.abstractmethod
+    def ListAuditEvents(
+        self,
+        request: _keys_pb2.ListAuditEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_keys_pb2.ListAuditEventsResponse, _abc.Awaitable[_keys_pb2.ListAuditEventsResponse]]:
+        """ListAuditEvents pages through what was done to keys, newest first. Every
+        successful change writes exactly one event, in the change's own
+        transaction. keys:read sees the events of its own owner and
+        environment; keys:admin sees all.
         """
 
 def add_KeyManagementServiceServicer_to_server(servicer: KeyManagementServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

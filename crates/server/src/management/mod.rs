@@ -16,7 +16,8 @@ use std::{future::Future, sync::Arc};
 use chrono::{DateTime, Utc};
 use keygate::v1::{self as pb, key_management_service_server::KeyManagementService};
 use keygate_domain::{
-    ApiKey, Credential, KeyState,
+    ApiKey, Credential, KeyState, KeyStatus,
+    audit::Actor,
     environment::Environments,
     hashing,
     keyformat::KeyFormat,
@@ -31,6 +32,9 @@ use tracing::Instrument;
 
 use crate::{authorizer::Authorizer, convert, error::ApiError, metrics::Metrics};
 
+mod audit;
+mod lifecycle;
+
 /// Keys per ListKeys page when the request names no page size.
 pub const DEFAULT_PAGE_SIZE: u64 = 50;
 /// Most keys per ListKeys page; larger requests are served this many.
@@ -42,6 +46,7 @@ pub struct ManagementService {
     store: Store,
     authorizer: Arc<Authorizer>,
     environments: Environments,
+    purge_after: chrono::Duration,
 }
 
 type RpcResult<T> = Result<Response<T>, Status>;
@@ -87,12 +92,35 @@ async fn logged<T>(
 }
 
 impl ManagementService {
-    /// A service over `store`, authenticating through `authorizer`.
-    pub fn new(store: Store, authorizer: Arc<Authorizer>, environments: Environments) -> Self {
+    /// A service over `store`, authenticating through `authorizer`;
+    /// deleted keys are purged `purge_after` their deletion.
+    pub fn new(
+        store: Store,
+        authorizer: Arc<Authorizer>,
+        environments: Environments,
+        purge_after: std::time::Duration,
+    ) -> Self {
         Self {
             store,
             authorizer,
             environments,
+            purge_after: chrono::Duration::from_std(purge_after)
+                .unwrap_or(chrono::Duration::days(30)),
+        }
+    }
+
+    /// Who is making a change: `principal`, calling `method` from the
+    /// request's peer, giving `reason`.
+    fn actor<T>(request: &Request<T>, principal: &Principal, method: &str, reason: &str) -> Actor {
+        Actor {
+            key_id: principal.key_id.clone(),
+            owner_id: principal.owner_id.clone(),
+            method: method.to_owned(),
+            peer_address: request
+                .remote_addr()
+                .map(|addr| addr.ip().to_canonical().to_string())
+                .unwrap_or_default(),
+            reason: reason.to_owned(),
         }
     }
 
@@ -154,6 +182,7 @@ impl ManagementService {
     async fn change(
         &self,
         principal: &Principal,
+        actor: &Actor,
         key_id: &str,
         etag: &str,
         now: DateTime<Utc>,
@@ -170,6 +199,9 @@ impl ManagementService {
         for _ in 0..MAX_CHANGE_ATTEMPTS {
             let key = self.writable_key(principal, key_id).await?;
             let write = decide(&key)?;
+            if key.deleted_at.is_some() && !write.as_ref().is_some_and(Write::may_touch_deleted) {
+                return Err(Self::deleted(&key));
+            }
             if let Some(expected) = expected.filter(|v| *v != key.version) {
                 return Err(stale_etag(&key, expected));
             }
@@ -179,7 +211,7 @@ impl ManagementService {
             let result = match &write {
                 Write::Update(update) => {
                     self.store
-                        .update_key(&key.id, key.version, update, now)
+                        .update_key(&key.id, key.version, update, now, actor, Some(&key))
                         .await
                 }
                 Write::Rotate {
@@ -187,7 +219,15 @@ impl ManagementService {
                     old_expire_at,
                 } => {
                     self.store
-                        .rotate_key(&key.id, key.version, credential, *old_expire_at, now)
+                        .rotate_key(
+                            &key.id,
+                            key.version,
+                            credential,
+                            *old_expire_at,
+                            now,
+                            actor,
+                            Some(&key),
+                        )
                         .await
                 }
             };
@@ -202,7 +242,13 @@ impl ManagementService {
                     return Ok(changed);
                 }
                 // Another change won: decide again on what it left.
-                Err(StoreError::VersionMismatch { .. } | StoreError::KeyRevoked) => continue,
+                Err(
+                    StoreError::VersionMismatch { .. }
+                    | StoreError::KeyRevoked
+                    | StoreError::KeyDeleted
+                    | StoreError::NotDeleted,
+                ) => continue,
+                Err(StoreError::Purged) => return Err(Self::purged(&key)),
                 Err(StoreError::NotFound) => return Err(ApiError::KeyNotFound(key.id.clone())),
                 Err(err) => {
                     // The change may or may not have committed: forget what
@@ -224,6 +270,26 @@ impl ManagementService {
         convert::api_key(key, now, |lookup_id| {
             self.authorizer.pending_last_used(&key.id, lookup_id)
         })
+    }
+
+    fn deleted(key: &ApiKey) -> ApiError {
+        ApiError::FailedPrecondition {
+            reason: "KEY_DELETED",
+            message: format!(
+                "key {} is deleted; only UndeleteKey changes it (until its purge time)",
+                key.id
+            ),
+        }
+    }
+
+    fn purged(key: &ApiKey) -> ApiError {
+        ApiError::FailedPrecondition {
+            reason: "KEY_PURGED",
+            message: format!(
+                "key {} passed its purge time and can no longer be restored",
+                key.id
+            ),
+        }
     }
 
     fn revoked(key: &ApiKey, action: &str) -> ApiError {
@@ -273,6 +339,7 @@ impl ManagementService {
     ) -> Result<pb::CreateKeyResponse, ApiError> {
         let now = Utc::now();
         let principal = self.principal(&request, Access::Write, now).await?;
+        let actor = Self::actor(&request, &principal, "CreateKey", "");
         let input = convert::new_key_input(request.into_inner())?;
         let new = validation::validate_new_key(input, &self.environments, now)?;
         principal
@@ -286,7 +353,7 @@ impl ManagementService {
             })?;
         principal.may_grant(&new.scopes)?;
         let (secret, key) = issue_key(new, self.authorizer.format(), now);
-        self.store.insert_key(&key).await?;
+        self.store.insert_key(&key, &actor).await?;
         // The lookup id may have been probed (and cached as unknown) before.
         self.note_change(&key.id, key.version, &[&key.credentials]);
         tracing::info!(key_id = %key.id, owner_id = %key.owner_id, by = %principal.key_id, "key created");
@@ -319,12 +386,19 @@ impl ManagementService {
             .as_ref()
             .map(|ts| convert::from_timestamp("expires_before", ts))
             .transpose()?;
+        if status == Some(KeyStatus::Deleted) && !req.show_deleted {
+            return Err(ApiError::invalid(
+                "status",
+                "KEY_STATUS_DELETED needs show_deleted: deleted keys are left out otherwise",
+            ));
+        }
         let mut filter = KeyFilter {
             owner_id: Some(req.owner_id).filter(|s| !s.is_empty()),
             environment: Some(req.environment).filter(|s| !s.is_empty()),
             status,
             last_used_before,
             expires_before,
+            show_deleted: req.show_deleted,
         };
         if let Some((owner, environment)) = principal.list_bounds() {
             let asks_other = filter.owner_id.as_deref().is_some_and(|o| o != owner)
@@ -349,6 +423,7 @@ impl ManagementService {
             &status_name,
             &time_name(filter.last_used_before),
             &time_name(filter.expires_before),
+            if filter.show_deleted { "deleted" } else { "" },
         ]);
         let after = if req.page_token.is_empty() {
             None
@@ -394,6 +469,7 @@ impl ManagementService {
     ) -> Result<pb::RotateKeyResponse, ApiError> {
         let now = Utc::now();
         let principal = self.principal(&request, Access::Write, now).await?;
+        let actor = Self::actor(&request, &principal, "RotateKey", "");
         let req = request.into_inner();
         let grace = match &req.grace_period {
             Some(d) => {
@@ -406,7 +482,7 @@ impl ManagementService {
         // key has been read (a retried attempt reuses it).
         let issued = std::sync::OnceLock::new();
         let rotated = self
-            .change(&principal, &req.key_id, &req.etag, now, |key| {
+            .change(&principal, &actor, &req.key_id, &req.etag, now, |key| {
                 if key.state == KeyState::Revoked {
                     return Err(Self::revoked(key, "rotated"));
                 }
@@ -436,12 +512,17 @@ impl ManagementService {
     ) -> Result<pb::RevokeKeyResponse, ApiError> {
         let now = Utc::now();
         let principal = self.principal(&request, Access::Write, now).await?;
+        let actor = Self::actor(&request, &principal, "RevokeKey", "");
         let req = request.into_inner();
         let reason = validation::validate_reason(&req.reason)?;
+        let actor = Actor {
+            reason: reason.clone(),
+            ..actor
+        };
         let reason = Some(reason).filter(|r| !r.is_empty());
         let update = KeyUpdate::Revoke { reason };
         let key = self
-            .change(&principal, &req.key_id, &req.etag, now, |key| {
+            .change(&principal, &actor, &req.key_id, &req.etag, now, |key| {
                 // Revoking a revoked key changes nothing: the first reason stays.
                 Ok((key.state != KeyState::Revoked).then(|| Write::Update(update.clone())))
             })
@@ -458,6 +539,7 @@ impl ManagementService {
     ) -> Result<pb::UpdateKeyExpiryResponse, ApiError> {
         let now = Utc::now();
         let principal = self.principal(&request, Access::Write, now).await?;
+        let actor = Self::actor(&request, &principal, "UpdateKeyExpiry", "");
         let req = request.into_inner();
         let expires_at = req
             .expires_at
@@ -466,7 +548,7 @@ impl ManagementService {
             .transpose()?;
         let expires_at = validation::validate_expiry(expires_at, now)?;
         let key = self
-            .change(&principal, &req.key_id, &req.etag, now, |key| {
+            .change(&principal, &actor, &req.key_id, &req.etag, now, |key| {
                 if key.state == KeyState::Revoked {
                     return Err(Self::revoked(key, "changed"));
                 }
@@ -488,8 +570,14 @@ impl ManagementService {
     ) -> Result<pb::ApiKey, ApiError> {
         let now = Utc::now();
         let principal = self.principal(&request, Access::Write, now).await?;
+        let method = if state == KeyState::Active {
+            "EnableKey"
+        } else {
+            "DisableKey"
+        };
+        let actor = Self::actor(&request, &principal, method, "");
         let key = self
-            .change(&principal, key_id, etag, now, |key| {
+            .change(&principal, &actor, key_id, etag, now, |key| {
                 if key.state == KeyState::Revoked {
                     let action = if state == KeyState::Active {
                         "enabled"
@@ -509,6 +597,13 @@ impl ManagementService {
 /// Times a change is decided again after losing a race before the call is
 /// ABORTED (`CONCURRENT_CHANGE`).
 const MAX_CHANGE_ATTEMPTS: usize = 8;
+
+impl Write {
+    /// Whether this write may apply to a deleted key.
+    fn may_touch_deleted(&self) -> bool {
+        matches!(self, Self::Update(KeyUpdate::Undelete))
+    }
+}
 
 /// A write [`ManagementService::change`] makes.
 #[derive(Clone, Debug)]
@@ -558,6 +653,9 @@ pub fn issue_key(new: NewKey, format: &KeyFormat, now: DateTime<Utc>) -> (String
         revoked_reason: None,
         version: 1,
         credentials: vec![credential],
+        metadata: new.metadata,
+        deleted_at: None,
+        purge_at: None,
     };
     (generated.secret, key)
 }
@@ -684,6 +782,61 @@ impl KeyManagementService for ManagementService {
             "GetKeyUsage",
             target,
             async move { Ok(Response::new(self.usage(request).await?)) },
+        )
+        .await
+    }
+
+    async fn update_key(
+        &self,
+        request: Request<pb::UpdateKeyRequest>,
+    ) -> RpcResult<pb::UpdateKeyResponse> {
+        let target = request
+            .get_ref()
+            .key
+            .as_ref()
+            .map(|k| k.key_id.clone())
+            .unwrap_or_default();
+        logged(self.authorizer.metrics(), "UpdateKey", target, async move {
+            Ok(Response::new(self.update(request).await?))
+        })
+        .await
+    }
+
+    async fn delete_key(
+        &self,
+        request: Request<pb::DeleteKeyRequest>,
+    ) -> RpcResult<pb::DeleteKeyResponse> {
+        let target = request.get_ref().key_id.clone();
+        logged(self.authorizer.metrics(), "DeleteKey", target, async move {
+            Ok(Response::new(self.delete(request).await?))
+        })
+        .await
+    }
+
+    async fn undelete_key(
+        &self,
+        request: Request<pb::UndeleteKeyRequest>,
+    ) -> RpcResult<pb::UndeleteKeyResponse> {
+        let target = request.get_ref().key_id.clone();
+        logged(
+            self.authorizer.metrics(),
+            "UndeleteKey",
+            target,
+            async move { Ok(Response::new(self.undelete(request).await?)) },
+        )
+        .await
+    }
+
+    async fn list_audit_events(
+        &self,
+        request: Request<pb::ListAuditEventsRequest>,
+    ) -> RpcResult<pb::ListAuditEventsResponse> {
+        let target = request.get_ref().key_id.clone();
+        logged(
+            self.authorizer.metrics(),
+            "ListAuditEvents",
+            target,
+            async move { Ok(Response::new(self.audit_events(request).await?)) },
         )
         .await
     }
