@@ -26,6 +26,7 @@ use tonic::Code;
 on_both_backends!(
     racing_changes_never_undo_a_revocation,
     revoke_racing_cache_loads_is_final,
+    delete_racing_cache_loads_is_final,
     etags_guard_changes,
     racing_etag_changes_apply_once,
     rate_limits_survive_eviction_edits_and_rotation,
@@ -42,13 +43,15 @@ enum Rival {
     Enable,
     UpdateExpiry,
     Rotate,
+    Update,
 }
 
-const RIVALS: [Rival; 4] = [
+const RIVALS: [Rival; 5] = [
     Rival::Disable,
     Rival::Enable,
     Rival::UpdateExpiry,
     Rival::Rotate,
+    Rival::Update,
 ];
 
 /// Runs `rival` on `key_id`; returns the new secret of a rotation.
@@ -95,6 +98,22 @@ async fn run_rival(
             })
             .await
             .map(|r| Some(r.into_inner().secret)),
+        Rival::Update => client
+            .keys
+            .update_key(pb::UpdateKeyRequest {
+                key: Some(pb::ApiKey {
+                    key_id,
+                    scopes: vec!["dns:read".to_owned(), "dns:write".to_owned()],
+                    rate_limit_per_hour: Some(100_000),
+                    ..Default::default()
+                }),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["scopes".to_owned(), "rate_limit_per_hour".to_owned()],
+                }),
+                ..Default::default()
+            })
+            .await
+            .map(|_| None),
     }
 }
 
@@ -110,7 +129,7 @@ async fn revoke(client: &mut Client, key_id: &str) -> Result<pb::ApiKey, tonic::
         .map(|r| r.into_inner().key.expect("key"))
 }
 
-/// RevokeKey racing Disable, Enable, UpdateKeyExpiry and Rotate on the same
+/// RevokeKey racing Disable, Enable, UpdateKeyExpiry, Rotate and UpdateKey on the same
 /// key, hundreds of times: the revocation always answers OK and always
 /// sticks; the rival either applied before it or failed cleanly with
 /// FAILED_PRECONDITION (KEY_REVOKED); no secret of the key authorizes after.
@@ -197,6 +216,22 @@ async fn racing_changes_never_undo_a_revocation(db: TestDatabase) {
 /// Authorize that starts after RevokeKey returned is denied, for keys
 /// cached before the race and keys never seen before it.
 async fn revoke_racing_cache_loads_is_final(db: TestDatabase) {
+    ending_racing_cache_loads_is_final(db, Ending::Revoke).await;
+}
+
+/// The same with DeleteKey: once it answered OK, the key is unknown.
+async fn delete_racing_cache_loads_is_final(db: TestDatabase) {
+    ending_racing_cache_loads_is_final(db, Ending::Delete).await;
+}
+
+/// How a key stops authorizing.
+#[derive(Clone, Copy, Debug)]
+enum Ending {
+    Revoke,
+    Delete,
+}
+
+async fn ending_racing_cache_loads_is_final(db: TestDatabase, ending: Ending) {
     let config = Config {
         cache_ttl: Duration::from_millis(5),
         ..test_config(&db)
@@ -229,7 +264,23 @@ async fn revoke_racing_cache_loads_is_final(db: TestDatabase) {
             }));
         }
         tokio::time::sleep(Duration::from_micros(200 * (i % 5))).await;
-        revoke(&mut admin, &key.key_id).await.expect("revoke");
+        let denied_as = match ending {
+            Ending::Revoke => {
+                revoke(&mut admin, &key.key_id).await.expect("revoke");
+                pb::DenyReason::KeyRevoked
+            }
+            Ending::Delete => {
+                admin
+                    .keys
+                    .delete_key(pb::DeleteKeyRequest {
+                        key_id: key.key_id.clone(),
+                        ..Default::default()
+                    })
+                    .await
+                    .expect("delete");
+                pb::DenyReason::KeyInvalid
+            }
+        };
         revoked_at.store(origin.elapsed().as_nanos() as u64, Ordering::Release);
         tokio::time::sleep(Duration::from_millis(5)).await;
         stop.store(true, Ordering::Release);
@@ -244,14 +295,14 @@ async fn revoke_racing_cache_loads_is_final(db: TestDatabase) {
         // And afterwards, for good.
         assert_denied(
             &authorize(&mut admin, authz(&secret, &["dns:read"])).await,
-            pb::DenyReason::KeyRevoked,
+            denied_as,
         );
     }
     assert!(
         late_allows.is_empty(),
-        "allowed after RevokeKey returned (key, ns after): {late_allows:?}"
+        "allowed after {ending:?} returned (key, ns after): {late_allows:?}"
     );
-    eprintln!("100 revocations raced by {calls} Authorize calls: no allow after the revocation");
+    eprintln!("100 × {ending:?} raced by {calls} Authorize calls: no allow after it returned");
     server.stop().await;
 }
 

@@ -171,6 +171,53 @@ async fn changes_reach_the_other_replica_at_once() {
         .into_inner();
     time_until_denied(&mut on_b, &old, pb::DenyReason::KeyExpired, bound).await;
     assert_allowed(&authorize(&mut on_b, authz(&rotated.secret, &["dns:read"])).await);
+
+    // UpdateKey, DeleteKey and UndeleteKey too.
+    let (key, secret) = create(&mut admin_a, new_key("upd", &["dns:read"])).await;
+    assert_allowed(&authorize(&mut on_b, authz(&secret, &["dns:read"])).await);
+    admin_a
+        .keys
+        .update_key(pb::UpdateKeyRequest {
+            key: Some(pb::ApiKey {
+                key_id: key.key_id.clone(),
+                scopes: vec!["dns:write".to_owned()],
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["scopes".to_owned()],
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    time_until_denied(&mut on_b, &secret, pb::DenyReason::ScopeMissing, bound).await;
+    let (key, secret) = create(&mut admin_a, new_key("del", &["dns:read"])).await;
+    assert_allowed(&authorize(&mut on_b, authz(&secret, &["dns:read"])).await);
+    admin_a
+        .keys
+        .delete_key(pb::DeleteKeyRequest {
+            key_id: key.key_id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    time_until_denied(&mut on_b, &secret, pb::DenyReason::KeyInvalid, bound).await;
+    admin_a
+        .keys
+        .undelete_key(pb::UndeleteKeyRequest {
+            key_id: key.key_id.clone(),
+        })
+        .await
+        .unwrap();
+    let start = Instant::now();
+    while authorize(&mut on_b, authz(&secret, &["dns:read"]))
+        .await
+        .decision()
+        != pb::Decision::Allow
+    {
+        assert!(start.elapsed() < bound, "undelete did not reach B");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
 }
 
 /// Replica B keeps loading a key (a 5 ms cache lifetime: background

@@ -5,7 +5,8 @@
 //! ([`changes`]), field by field, so every kind of change (an update, a
 //! revocation, a rotation, a deletion) is described the same way and none
 //! can forget a field. Values are text; a secret, its hash or its salt is
-//! never among them (a rotation shows the new secret's 4-character hint).
+//! never among them (a rotation shows the credentials' lookup ids, which
+//! ApiKey shows too).
 
 use chrono::{DateTime, SecondsFormat, Utc};
 
@@ -132,7 +133,14 @@ pub fn changes(before: Option<&ApiKey>, after: &ApiKey) -> Vec<FieldChange> {
         }),
         ("status", status),
         ("expires_at", |k| time(k.expires_at)),
-        ("hint", |k| k.hint().to_owned()),
+        ("credentials", |k| {
+            joined(
+                &k.credentials
+                    .iter()
+                    .map(|c| c.lookup_id.as_str())
+                    .collect::<Vec<_>>(),
+            )
+        }),
         ("revoked_reason", |k| {
             k.revoked_reason.clone().unwrap_or_default()
         }),
@@ -217,7 +225,10 @@ mod tests {
         let key = key();
         let created = changes(None, &key);
         let names: Vec<&str> = created.iter().map(|c| c.field.as_str()).collect();
-        assert_eq!(names, ["name", "scopes", "status", "hint", "metadata.plan"]);
+        assert_eq!(
+            names,
+            ["name", "scopes", "status", "credentials", "metadata.plan"]
+        );
         assert!(created.iter().all(|c| c.old_value.is_empty()));
     }
 

@@ -65,6 +65,8 @@ both_backends!(
     large_rate_batches_span_chunks,
 );
 
+mod lifecycle;
+
 pub(crate) async fn open(db: &TestDatabase) -> Store {
     let store = Store::connect(&db.url).await.expect("connect");
     store.migrate().await.expect("migrate");
@@ -140,6 +142,16 @@ async fn roundtrip_every_field(db: &TestDatabase) {
     old.expires_at = Some(t + TimeDelta::microseconds(7));
     old.last_used_at = Some(t - TimeDelta::microseconds(3));
     k.credentials = vec![credential("AAAAaaaa", t), old];
+    k.metadata = [
+        ("plan", "pro"),
+        ("tenant.id", "t-42"),
+        ("note", "ünï \"quoted\""),
+    ]
+    .iter()
+    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+    .collect();
+    k.deleted_at = Some(t - TimeDelta::microseconds(5));
+    k.purge_at = Some(t + TimeDelta::days(30));
     store
         .insert_key(&k, &Actor::default())
         .await

@@ -1925,8 +1925,8 @@ func (x *UndeleteKeyResponse) GetKey() *ApiKey {
 type FieldChange struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The field, as named in ApiKey ("scopes", "expires_at", "status") or
-	// "metadata.<key>" for one metadata entry, "hint" for a rotation's new
-	// secret.
+	// "metadata.<key>" for one metadata entry, "credentials" (lookup ids,
+	// newest first) for a rotation.
 	Field string `protobuf:"bytes,1,opt,name=field,proto3" json:"field,omitempty"`
 	// The value before, as text; empty when unset.
 	OldValue string `protobuf:"bytes,2,opt,name=old_value,json=oldValue,proto3" json:"old_value,omitempty"`

@@ -1079,8 +1079,8 @@ class FieldChange(_message.Message):
     NEW_VALUE_FIELD_NUMBER: _builtins.int
     field: _builtins.str
     """The field, as named in ApiKey ("scopes", "expires_at", "status") or
-    "metadata.<key>" for one metadata entry, "hint" for a rotation's new
-    secret.
+    "metadata.<key>" for one metadata entry, "credentials" (lookup ids,
+    newest first) for a rotation.
     """
     old_value: _builtins.str
     """The value before, as text; empty when unset."""
