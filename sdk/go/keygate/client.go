@@ -24,6 +24,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/proto"
 
 	keygatev1 "github.com/keygate/keygate/sdk/go/keygate/v1"
 )
@@ -32,8 +33,8 @@ import (
 // clients, so every RPC is available; the methods defined on Client itself
 // shadow them with the same signatures and return errors as *[Error].
 //
-// Optimistic concurrency: RotateKey, RevokeKey, UpdateKeyExpiry, DisableKey
-// and EnableKey requests take an optional Etag, the ApiKey.Etag of the key as
+// Optimistic concurrency: RotateKey, RevokeKey, UpdateKeyExpiry, DisableKey,
+// EnableKey, UpdateKey and DeleteKey requests take an optional Etag, the ApiKey.Etag of the key as
 // last read. When it is set and the key has changed since, the call fails
 // with codes.Aborted and [Error.Reason] "ETAG_MISMATCH", and changes nothing:
 //
@@ -199,6 +200,46 @@ func (c *Client) GetKeyUsage(ctx context.Context, in *keygatev1.GetKeyUsageReque
 	return call(ctx, c.KeyManagementServiceClient.GetKeyUsage, in, opts)
 }
 
+// UpdateKey changes the fields of in.Key named in in.UpdateMask, of "name",
+// "scopes", "ip_allowlist", "rate_limit_per_hour", "metadata" and
+// "expires_at"; in.Key.KeyId names the key. A named field left unset in
+// in.Key is cleared (the server's default rate limit, no expiry, no
+// metadata, no scopes); the name cannot be cleared. Any other path fails
+// with codes.InvalidArgument and a [FieldViolation] naming it, such as
+// "update_mask.paths[0]"; scopes beyond the caller's own fail with
+// codes.PermissionDenied, reason "SCOPE_ESCALATION":
+//
+//	limit := uint32(1000)
+//	_, err := client.UpdateKey(ctx, &keygatev1.UpdateKeyRequest{
+//		Key:        &keygatev1.ApiKey{KeyId: id, Scopes: []string{"dns:read"}, RateLimitPerHour: &limit},
+//		UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"scopes", "rate_limit_per_hour"}},
+//	})
+func (c *Client) UpdateKey(ctx context.Context, in *keygatev1.UpdateKeyRequest, opts ...grpc.CallOption) (*keygatev1.UpdateKeyResponse, error) {
+	return call(ctx, c.KeyManagementServiceClient.UpdateKey, in, opts)
+}
+
+// DeleteKey soft-deletes a key: it stops authorizing at once (Authorize
+// denies it as DENY_REASON_KEY_INVALID), leaves ListKeys unless ShowDeleted
+// is set, and is purged at the returned key's PurgeTime unless
+// [Client.UndeleteKey] restores it first. Any other change to a deleted key
+// fails with codes.FailedPrecondition, reason "KEY_DELETED".
+func (c *Client) DeleteKey(ctx context.Context, in *keygatev1.DeleteKeyRequest, opts ...grpc.CallOption) (*keygatev1.DeleteKeyResponse, error) {
+	return call(ctx, c.KeyManagementServiceClient.DeleteKey, in, opts)
+}
+
+// UndeleteKey restores a deleted key, with the state it had. It fails with
+// codes.FailedPrecondition, reason "KEY_NOT_DELETED" for a key that is not
+// deleted and "KEY_PURGED" past its purge time.
+func (c *Client) UndeleteKey(ctx context.Context, in *keygatev1.UndeleteKeyRequest, opts ...grpc.CallOption) (*keygatev1.UndeleteKeyResponse, error) {
+	return call(ctx, c.KeyManagementServiceClient.UndeleteKey, in, opts)
+}
+
+// ListAuditEvents returns one page of audit events, newest first.
+// [Client.AllAuditEvents] iterates over every page.
+func (c *Client) ListAuditEvents(ctx context.Context, in *keygatev1.ListAuditEventsRequest, opts ...grpc.CallOption) (*keygatev1.ListAuditEventsResponse, error) {
+	return call(ctx, c.KeyManagementServiceClient.ListAuditEvents, in, opts)
+}
+
 // Authorize asks whether a presented key may make a request. A deny is a
 // successful response with DECISION_DENY; an error means Keygate could not
 // decide.
@@ -210,29 +251,63 @@ func (c *Client) Authorize(ctx context.Context, in *keygatev1.AuthorizeRequest, 
 // filter's PageToken is where it starts; filter itself is not modified.
 // Iteration stops at the first error, which is yielded with a nil key.
 func (c *Client) AllKeys(ctx context.Context, filter *keygatev1.ListKeysRequest, opts ...grpc.CallOption) iter.Seq2[*keygatev1.ApiKey, error] {
-	return func(yield func(*keygatev1.ApiKey, error) bool) {
-		req := &keygatev1.ListKeysRequest{
-			OwnerId:     filter.GetOwnerId(),
-			Environment: filter.GetEnvironment(),
-			Status:      filter.GetStatus(),
-			PageSize:    filter.GetPageSize(),
-			PageToken:   filter.GetPageToken(),
+	return pages(filter, func(req *keygatev1.ListKeysRequest) ([]*keygatev1.ApiKey, string, error) {
+		page, err := c.ListKeys(ctx, req, opts...)
+		return page.GetKeys(), page.GetNextPageToken(), err
+	}, func(req *keygatev1.ListKeysRequest, token string) { req.PageToken = token })
+}
+
+// AllAuditEvents iterates over the audit events matching filter, newest
+// first, fetching page after page. filter's PageToken is where it starts;
+// filter itself is not modified. Iteration stops at the first error, which
+// is yielded with a nil event.
+//
+//	for event, err := range client.AllAuditEvents(ctx, &keygatev1.ListAuditEventsRequest{KeyId: id}) {
+//		if err != nil {
+//			return err
+//		}
+//		fmt.Println(event.GetTime().AsTime(), event.GetMethod(), event.GetActorKeyId())
+//	}
+func (c *Client) AllAuditEvents(ctx context.Context, filter *keygatev1.ListAuditEventsRequest, opts ...grpc.CallOption) iter.Seq2[*keygatev1.AuditEvent, error] {
+	return pages(filter, func(req *keygatev1.ListAuditEventsRequest) ([]*keygatev1.AuditEvent, string, error) {
+		page, err := c.ListAuditEvents(ctx, req, opts...)
+		return page.GetEvents(), page.GetNextPageToken(), err
+	}, func(req *keygatev1.ListAuditEventsRequest, token string) { req.PageToken = token })
+}
+
+// pages iterates over the items of a paged List call. Each iteration of the
+// sequence starts from a copy of filter (of every field, so no filter is
+// lost; an empty request when filter is nil): fetch gets the page the copy
+// asks for and returns its items and the next page token, which setToken
+// puts in the copy for the next page.
+func pages[Req proto.Message, Item any](
+	filter Req,
+	fetch func(Req) ([]Item, string, error),
+	setToken func(Req, string),
+) iter.Seq2[Item, error] {
+	return func(yield func(Item, error) bool) {
+		var req Req
+		if filter.ProtoReflect().IsValid() {
+			req = proto.Clone(filter).(Req)
+		} else {
+			req = filter.ProtoReflect().Type().New().Interface().(Req)
 		}
 		for {
-			page, err := c.ListKeys(ctx, req, opts...)
+			items, next, err := fetch(req)
 			if err != nil {
-				yield(nil, err)
+				var zero Item
+				yield(zero, err)
 				return
 			}
-			for _, key := range page.GetKeys() {
-				if !yield(key, nil) {
+			for _, item := range items {
+				if !yield(item, nil) {
 					return
 				}
 			}
-			if page.GetNextPageToken() == "" {
+			if next == "" {
 				return
 			}
-			req.PageToken = page.GetNextPageToken()
+			setToken(req, next)
 		}
 	}
 }

@@ -3,6 +3,7 @@ package keygate_test
 import (
 	"context"
 	"errors"
+	"maps"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -18,6 +19,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/fieldmaskpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/keygate/keygate/sdk/go/keygate"
@@ -518,4 +520,180 @@ func TestUnreachableKeygate(t *testing.T) {
 			t.Errorf("code = %v (%v), want UNAVAILABLE", got, err)
 		}
 	})
+}
+
+// TestLiveUpdateDeleteUndeleteAudit: metadata comes back from Authorize;
+// UpdateKey changes the masked fields and refuses an unknown path; a deleted
+// key stops authorizing, leaves ListKeys (unless ShowDeleted) and refuses
+// changes until UndeleteKey; the audit log tells it all, newest first.
+func TestLiveUpdateDeleteUndeleteAudit(t *testing.T) {
+	ctx := context.Background()
+	client := adminClient(t)
+	owner := "audit-" + strconv.FormatInt(time.Now().UnixNano(), 36)
+	created := createKey(t, client, &keygatev1.CreateKeyRequest{
+		OwnerId: owner, Scopes: []string{"dns:read"}, Metadata: map[string]string{"plan": "free", "tenant": "t1"},
+	})
+	keyID := created.GetKey().GetKeyId()
+	if want := map[string]string{"plan": "free", "tenant": "t1"}; !maps.Equal(created.GetKey().GetMetadata(), want) {
+		t.Errorf("CreateKey metadata = %v, want %v", created.GetKey().GetMetadata(), want)
+	}
+	allowed := authorize(t, client, created.GetSecret(), "dns:read")
+	if allowed.GetDecision() != keygatev1.Decision_DECISION_ALLOW || allowed.GetMetadata()["plan"] != "free" || allowed.GetMetadata()["tenant"] != "t1" {
+		t.Fatalf("Authorize = %v, want ALLOW with the key's metadata", allowed)
+	}
+
+	limit := uint32(500)
+	updated, err := client.UpdateKey(ctx, &keygatev1.UpdateKeyRequest{
+		Key: &keygatev1.ApiKey{
+			KeyId: keyID, Scopes: []string{"dns:read", "dns:write"}, RateLimitPerHour: &limit,
+			Metadata: map[string]string{"plan": "pro"},
+			Name:     "ignored: not in the mask",
+		},
+		UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"scopes", "rate_limit_per_hour", "metadata"}},
+		Etag:       created.GetKey().GetEtag(),
+	})
+	if err != nil {
+		t.Fatalf("UpdateKey: %v", err)
+	}
+	key := updated.GetKey()
+	if !slices.Equal(key.GetScopes(), []string{"dns:read", "dns:write"}) || key.GetRateLimitPerHour() != 500 ||
+		!maps.Equal(key.GetMetadata(), map[string]string{"plan": "pro"}) || key.GetName() != created.GetKey().GetName() {
+		t.Errorf("UpdateKey = %v, want scopes [dns:read dns:write], limit 500, metadata {plan: pro} and the old name", key)
+	}
+	if key.GetEtag() == created.GetKey().GetEtag() {
+		t.Errorf("etag unchanged by UpdateKey: %q", key.GetEtag())
+	}
+	if d := authorize(t, client, created.GetSecret(), "dns:write"); d.GetDecision() != keygatev1.Decision_DECISION_ALLOW || d.GetMetadata()["plan"] != "pro" {
+		t.Errorf("Authorize dns:write after UpdateKey = %v, want ALLOW with plan pro", d)
+	}
+
+	_, err = client.UpdateKey(ctx, &keygatev1.UpdateKeyRequest{
+		Key:        &keygatev1.ApiKey{KeyId: keyID, OwnerId: "someone-else"},
+		UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"owner_id"}},
+	})
+	var kerr *keygate.Error
+	if !errors.As(err, &kerr) || kerr.Code != codes.InvalidArgument || len(kerr.FieldViolations) != 1 ||
+		kerr.FieldViolations[0].Field != "update_mask.paths[0]" || !strings.Contains(kerr.FieldViolations[0].Description, "owner_id") {
+		t.Errorf("UpdateKey of owner_id: %v (%+v), want INVALID_ARGUMENT with a violation of update_mask.paths[0] naming owner_id", err, kerr)
+	}
+
+	deleted, err := client.DeleteKey(ctx, &keygatev1.DeleteKeyRequest{KeyId: keyID, Etag: key.GetEtag()})
+	if err != nil {
+		t.Fatalf("DeleteKey: %v", err)
+	}
+	if dk := deleted.GetKey(); dk.GetStatus() != keygatev1.KeyStatus_KEY_STATUS_DELETED || dk.GetDeleteTime() == nil ||
+		!dk.GetPurgeTime().AsTime().After(dk.GetDeleteTime().AsTime()) {
+		t.Errorf("DeleteKey = %v, want DELETED with a delete time before the purge time", dk)
+	}
+	if d := authorize(t, client, created.GetSecret(), "dns:read"); d.GetDecision() != keygatev1.Decision_DECISION_DENY || d.GetReason() != keygatev1.DenyReason_DENY_REASON_KEY_INVALID {
+		t.Errorf("Authorize of a deleted key = %v, want DENY with KEY_INVALID", d)
+	}
+	listed := func(showDeleted bool) []string {
+		t.Helper()
+		var ids []string
+		for k, err := range client.AllKeys(ctx, &keygatev1.ListKeysRequest{OwnerId: owner, ShowDeleted: showDeleted}) {
+			if err != nil {
+				t.Fatalf("AllKeys: %v", err)
+			}
+			ids = append(ids, k.GetKeyId())
+		}
+		return ids
+	}
+	if ids := listed(false); len(ids) != 0 {
+		t.Errorf("ListKeys without ShowDeleted = %v, want no key", ids)
+	}
+	if ids := listed(true); !slices.Equal(ids, []string{keyID}) {
+		t.Errorf("ListKeys with ShowDeleted = %v, want [%s]", ids, keyID)
+	}
+	_, err = client.DisableKey(ctx, &keygatev1.DisableKeyRequest{KeyId: keyID})
+	if keygate.Code(err) != codes.FailedPrecondition || keygate.Reason(err) != "KEY_DELETED" {
+		t.Errorf("DisableKey of a deleted key: %v, want FAILED_PRECONDITION with reason KEY_DELETED", err)
+	}
+
+	restored, err := client.UndeleteKey(ctx, &keygatev1.UndeleteKeyRequest{KeyId: keyID})
+	if err != nil {
+		t.Fatalf("UndeleteKey: %v", err)
+	}
+	if rk := restored.GetKey(); rk.GetStatus() != keygatev1.KeyStatus_KEY_STATUS_ACTIVE || rk.GetDeleteTime() != nil || rk.GetPurgeTime() != nil {
+		t.Errorf("UndeleteKey = %v, want ACTIVE without delete and purge times", rk)
+	}
+	if d := authorize(t, client, created.GetSecret(), "dns:read").GetDecision(); d != keygatev1.Decision_DECISION_ALLOW {
+		t.Errorf("Authorize after UndeleteKey: %v, want ALLOW", d)
+	}
+	_, err = client.UndeleteKey(ctx, &keygatev1.UndeleteKeyRequest{KeyId: keyID})
+	if keygate.Code(err) != codes.FailedPrecondition || keygate.Reason(err) != "KEY_NOT_DELETED" {
+		t.Errorf("UndeleteKey of a key not deleted: %v, want FAILED_PRECONDITION with reason KEY_NOT_DELETED", err)
+	}
+
+	// One event per successful change, newest first, one a page.
+	var events []*keygatev1.AuditEvent
+	for event, err := range client.AllAuditEvents(ctx, &keygatev1.ListAuditEventsRequest{KeyId: keyID, PageSize: 1}) {
+		if err != nil {
+			t.Fatalf("AllAuditEvents: %v", err)
+		}
+		events = append(events, event)
+	}
+	var methods []string
+	for i, event := range events {
+		methods = append(methods, event.GetMethod())
+		if event.GetKeyId() != keyID || event.GetOwnerId() != owner || event.GetActorOwnerId() != "acme" || event.GetActorKeyId() == "" {
+			t.Errorf("event %d = %v, want one of %s of %s, by the acme admin key", i, event, keyID, owner)
+		}
+		if i > 0 && event.GetTime().AsTime().After(events[i-1].GetTime().AsTime()) {
+			t.Errorf("event %d (%s) is newer than event %d (%s)", i, event.GetTime().AsTime(), i-1, events[i-1].GetTime().AsTime())
+		}
+	}
+	if want := []string{"UndeleteKey", "DeleteKey", "UpdateKey", "CreateKey"}; !slices.Equal(methods, want) {
+		t.Fatalf("audit methods = %v, want %v", methods, want)
+	}
+	changes := map[string]*keygatev1.FieldChange{}
+	for _, c := range events[2].GetChanges() {
+		changes[c.GetField()] = c
+	}
+	for field, want := range map[string][2]string{
+		"rate_limit_per_hour": {"", "500"},
+		"metadata.plan":       {"free", "pro"},
+		"metadata.tenant":     {"t1", ""},
+	} {
+		if c := changes[field]; c == nil || c.GetOldValue() != want[0] || c.GetNewValue() != want[1] {
+			t.Errorf("UpdateKey change of %s = %v, want %q -> %q", field, c, want[0], want[1])
+		}
+	}
+	if c := changes["scopes"]; c == nil || !strings.Contains(c.GetNewValue(), "dns:write") || strings.Contains(c.GetOldValue(), "dns:write") {
+		t.Errorf("UpdateKey change of scopes = %v, want dns:write added", c)
+	}
+	if _, ok := changes["name"]; ok || len(changes) != 4 {
+		t.Errorf("UpdateKey changes = %v, want exactly scopes, rate_limit_per_hour, metadata.plan and metadata.tenant", events[2].GetChanges())
+	}
+	page, err := client.ListAuditEvents(ctx, &keygatev1.ListAuditEventsRequest{KeyId: keyID, Method: "DeleteKey"})
+	if err != nil || len(page.GetEvents()) != 1 || page.GetEvents()[0].GetEventId() != events[1].GetEventId() || page.GetNextPageToken() != "" {
+		t.Errorf("ListAuditEvents of DeleteKey = %v, %v; want the one DeleteKey event on one page", page, err)
+	}
+}
+
+// TestLiveUpdateKeyScopeEscalation: a management key cannot widen a key's
+// scopes beyond its own.
+func TestLiveUpdateKeyScopeEscalation(t *testing.T) {
+	ctx := context.Background()
+	admin := adminClient(t)
+	writer := createKey(t, admin, &keygatev1.CreateKeyRequest{Scopes: []string{"keys:write", "dns:read"}})
+	target := createKey(t, admin, &keygatev1.CreateKeyRequest{Scopes: []string{"dns:read"}})
+	client, err := keygate.NewClient(live(t).addr, keygate.WithInsecure(), keygate.WithManagementKey(writer.GetSecret()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	_, err = client.UpdateKey(ctx, &keygatev1.UpdateKeyRequest{
+		Key:        &keygatev1.ApiKey{KeyId: target.GetKey().GetKeyId(), Scopes: []string{"dns:*"}},
+		UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"scopes"}},
+	})
+	if keygate.Code(err) != codes.PermissionDenied || keygate.Reason(err) != "SCOPE_ESCALATION" {
+		t.Errorf("UpdateKey to dns:* by a dns:read key: %v, want PERMISSION_DENIED with reason SCOPE_ESCALATION", err)
+	}
+	if _, err := client.UpdateKey(ctx, &keygatev1.UpdateKeyRequest{
+		Key:        &keygatev1.ApiKey{KeyId: target.GetKey().GetKeyId(), Name: "renamed"},
+		UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"name"}},
+	}); err != nil {
+		t.Errorf("UpdateKey of the name by the same key: %v", err)
+	}
 }

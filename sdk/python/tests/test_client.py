@@ -12,6 +12,7 @@ import pytest
 from conftest import KeygateServer
 
 import keygate
+from keygate.errors import from_rpc_error
 from keygate.v1 import authorization_pb2, keys_pb2
 
 MISSING_KEY_ID = "00000000-0000-7000-8000-000000000000"
@@ -239,3 +240,117 @@ def test_create_key_argument_checks() -> None:
             client.update_key_expiry(MISSING_KEY_ID, datetime(2030, 1, 1))
     with pytest.raises(ValueError, match="exclude"):
         keygate.Client("127.0.0.1:1", insecure=True, credentials=grpc.ssl_channel_credentials())
+
+
+def test_update_delete_undelete_and_audit(admin: keygate.Client) -> None:
+    """Metadata comes back from authorize; update_key changes the fields
+    passed; a deleted key stops authorizing, leaves list_keys (unless
+    show_deleted) and refuses changes until undelete_key; the audit log
+    tells it all, newest first."""
+    owner = f"audit-{uuid.uuid4().hex[:8]}"
+    created = admin.create_key(
+        owner_id=owner, name="audited", environment="live", scopes=["dns:read"],
+        metadata={"plan": "free", "tenant": "t1"},
+    )
+    key_id = created.key.key_id
+    assert dict(created.key.metadata) == {"plan": "free", "tenant": "t1"}
+    allowed = admin.authorize(created.secret, environment="live", required_scopes=["dns:read"])
+    assert allowed.decision == authorization_pb2.DECISION_ALLOW
+    assert dict(allowed.metadata) == {"plan": "free", "tenant": "t1"}
+
+    updated = admin.update_key(
+        key_id, scopes=["dns:read", "dns:write"], rate_limit_per_hour=500, metadata={"plan": "pro"},
+        etag=created.key.etag,
+    )
+    assert list(updated.scopes) == ["dns:read", "dns:write"]
+    assert updated.HasField("rate_limit_per_hour") and updated.rate_limit_per_hour == 500
+    assert dict(updated.metadata) == {"plan": "pro"}
+    assert updated.name == "audited" and updated.etag != created.key.etag
+    after_update = admin.authorize(created.secret, environment="live", required_scopes=["dns:write"])
+    assert after_update.decision == authorization_pb2.DECISION_ALLOW
+    assert dict(after_update.metadata) == {"plan": "pro"}
+
+    # update_key only ever names updatable fields; a bad path, sent through the stub, names the path.
+    bad = keys_pb2.UpdateKeyRequest(key=keys_pb2.ApiKey(key_id=key_id, owner_id="someone-else"))
+    bad.update_mask.paths.append("owner_id")
+    with pytest.raises(grpc.RpcError) as rpc_error:
+        admin.keys.UpdateKey(bad)
+    invalid = from_rpc_error(rpc_error.value)
+    assert isinstance(invalid, keygate.InvalidArgumentError) and invalid.reason == "INVALID_ARGUMENT"
+    assert [v.field for v in invalid.field_violations] == ["update_mask.paths[0]"]
+    assert "owner_id" in invalid.field_violations[0].description
+    with pytest.raises(keygate.InvalidArgumentError) as blank_name:
+        admin.update_key(key_id, name=" ")
+    assert [v.field for v in blank_name.value.field_violations] == ["key.name"]
+
+    deleted = admin.delete_key(key_id, etag=updated.etag)
+    assert deleted.status == keys_pb2.KEY_STATUS_DELETED
+    assert deleted.purge_time.ToDatetime() > deleted.delete_time.ToDatetime()
+    denied = admin.authorize(created.secret, environment="live", required_scopes=["dns:read"])
+    assert (denied.decision, denied.reason) == (
+        authorization_pb2.DECISION_DENY,
+        authorization_pb2.DENY_REASON_KEY_INVALID,
+    )
+    assert list(admin.list_keys(owner_id=owner)) == []
+    assert [k.key_id for k in admin.list_keys(owner_id=owner, show_deleted=True)] == [key_id]
+    with pytest.raises(keygate.FailedPreconditionError) as refused:
+        admin.update_key(key_id, rate_limit_per_hour=None)
+    assert (refused.value.reason, refused.value.domain) == ("KEY_DELETED", keygate.ERROR_DOMAIN)
+
+    restored = admin.undelete_key(key_id)
+    assert restored.status == keys_pb2.KEY_STATUS_ACTIVE
+    assert not restored.HasField("delete_time") and not restored.HasField("purge_time")
+    again = admin.authorize(created.secret, environment="live", required_scopes=["dns:read"])
+    assert again.decision == authorization_pb2.DECISION_ALLOW
+    with pytest.raises(keygate.FailedPreconditionError) as not_deleted:
+        admin.undelete_key(key_id)
+    assert not_deleted.value.reason == "KEY_NOT_DELETED"
+
+    events = list(admin.list_audit_events(key_id=key_id, page_size=1))  # one a page
+    assert [e.method for e in events] == ["UndeleteKey", "DeleteKey", "UpdateKey", "CreateKey"]
+    times = [e.time.ToDatetime() for e in events]
+    assert times == sorted(times, reverse=True)
+    assert all((e.key_id, e.owner_id, e.actor_owner_id) == (key_id, owner, "acme") for e in events)
+    changes = {c.field: (c.old_value, c.new_value) for c in events[2].changes}
+    assert set(changes) == {"scopes", "rate_limit_per_hour", "metadata.plan", "metadata.tenant"}
+    assert changes["rate_limit_per_hour"] == ("", "500")
+    assert changes["metadata.plan"] == ("free", "pro")
+    assert changes["metadata.tenant"] == ("t1", "")
+    assert "dns:write" in changes["scopes"][1] and "dns:write" not in changes["scopes"][0]
+    deletes = list(admin.list_audit_events(key_id=key_id, method="DeleteKey"))
+    assert [e.event_id for e in deletes] == [events[1].event_id]
+
+
+def test_update_key_cannot_widen_scopes(admin: keygate.Client, keygate_server: KeygateServer) -> None:
+    writer = admin.create_key(owner_id="acme", name="writer", environment="live", scopes=["keys:write", "dns:read"])
+    target = admin.create_key(owner_id="acme", name="target", environment="live", scopes=["dns:read"])
+    with keygate.Client(keygate_server.address, management_key=writer.secret, insecure=True) as client:
+        with pytest.raises(keygate.PermissionDeniedError) as raised:
+            client.update_key(target.key.key_id, scopes=["dns:*"])
+        assert raised.value.reason == "SCOPE_ESCALATION"
+        assert client.update_key(target.key.key_id, name="renamed").name == "renamed"
+
+
+def test_async_update_delete_and_audit(keygate_server: KeygateServer) -> None:
+    async def scenario() -> None:
+        async with keygate.AsyncClient(
+            keygate_server.address, management_key=keygate_server.admin_key, insecure=True
+        ) as client:
+            created = await client.create_key(
+                owner_id="acme-async", name="async-audit", environment="live", scopes=["dns:read"],
+                metadata={"plan": "free"},
+            )
+            key_id = created.key.key_id
+            decision = await client.authorize(created.secret, environment="live")
+            assert dict(decision.metadata) == {"plan": "free"}
+            updated = await client.update_key(key_id, metadata={}, expires_at=None)
+            assert dict(updated.metadata) == {} and not updated.HasField("expires_at")
+            assert (await client.delete_key(key_id)).status == keys_pb2.KEY_STATUS_DELETED
+            with pytest.raises(keygate.FailedPreconditionError) as refused:
+                await client.update_key(key_id, name="nope")
+            assert refused.value.reason == "KEY_DELETED"
+            assert (await client.undelete_key(key_id)).status == keys_pb2.KEY_STATUS_ACTIVE
+            methods = [e.method async for e in client.list_audit_events(key_id=key_id, page_size=1)]
+            assert methods == ["UndeleteKey", "DeleteKey", "UpdateKey", "CreateKey"]
+
+    asyncio.run(scenario())

@@ -135,6 +135,38 @@ class FakeKeys(keys_pb2_grpc.KeyManagementServiceServicer):
         bucket.start_time.CopyFrom(request.start_time)
         return keys_pb2.GetKeyUsageResponse(buckets=[bucket])
 
+    def UpdateKey(  # noqa: N802
+        self, request: keys_pb2.UpdateKeyRequest, context: grpc.ServicerContext
+    ) -> keys_pb2.UpdateKeyResponse:
+        self._record(request)
+        return keys_pb2.UpdateKeyResponse(key=request.key)
+
+    def DeleteKey(  # noqa: N802
+        self, request: keys_pb2.DeleteKeyRequest, context: grpc.ServicerContext
+    ) -> keys_pb2.DeleteKeyResponse:
+        self._record(request)
+        return keys_pb2.DeleteKeyResponse(key=keys_pb2.ApiKey(key_id=request.key_id, status=keys_pb2.KEY_STATUS_DELETED))
+
+    def UndeleteKey(  # noqa: N802
+        self, request: keys_pb2.UndeleteKeyRequest, context: grpc.ServicerContext
+    ) -> keys_pb2.UndeleteKeyResponse:
+        self._record(request)
+        return keys_pb2.UndeleteKeyResponse(key=keys_pb2.ApiKey(key_id=request.key_id, status=keys_pb2.KEY_STATUS_ACTIVE))
+
+    def ListAuditEvents(  # noqa: N802
+        self, request: keys_pb2.ListAuditEventsRequest, context: grpc.ServicerContext
+    ) -> keys_pb2.ListAuditEventsResponse:
+        """Five events, "e4" to "e0", two a page; key id "invalid" fails."""
+        self._record(request)
+        if request.key_id == "invalid":
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "key_id is invalid")
+        start = int(request.page_token or "0")
+        ids = [f"e{i}" for i in range(4, -1, -1)][start : start + 2]
+        next_token = str(start + 2) if start + 2 < 5 else ""
+        return keys_pb2.ListAuditEventsResponse(
+            events=[keys_pb2.AuditEvent(event_id=i, method="UpdateKey") for i in ids], next_page_token=next_token
+        )
+
 
 @pytest.fixture
 def fake_keys() -> Iterator[tuple[FakeKeys, str]]:
@@ -257,3 +289,103 @@ def test_get_key_usage_sends_the_range(fake_keys: tuple[FakeKeys, str]) -> None:
     assert sent.key_id == "k1" and sent.HasField("start_time") and not sent.HasField("end_time")
     assert sent.start_time.ToDatetime(tzinfo=timezone.utc) == start
     assert [b.allowed for b in buckets] == [7]
+
+
+def update_request(paths: list[str], etag: str = "", **key: Any) -> keys_pb2.UpdateKeyRequest:
+    request = keys_pb2.UpdateKeyRequest(key=keys_pb2.ApiKey(key_id=KEY_ID, **key), etag=etag)
+    request.update_mask.paths.extend(paths)
+    return request
+
+
+def test_update_key_masks_the_fields_passed(fake_keys: tuple[FakeKeys, str]) -> None:
+    """The mask names exactly the keyword arguments passed, in a fixed order;
+    None clears the rate limit and the expiry, empty values clear the rest."""
+    fake, address = fake_keys
+    with keygate.Client(address, insecure=True) as client:
+        updated = client.update_key(KEY_ID, metadata={"plan": "pro"}, scopes=["dns:read"], etag="e1")
+        assert (list(updated.scopes), dict(updated.metadata)) == (["dns:read"], {"plan": "pro"})
+        client.update_key(KEY_ID, rate_limit_per_hour=None, expires_at=None)
+        client.update_key(KEY_ID, rate_limit_per_hour=0, expires_at=EXPIRY, name="renamed")
+        client.update_key(KEY_ID, scopes=(), ip_allowlist=[], metadata={})
+        client.update_key(KEY_ID, ip_allowlist=iter(["10.0.0.0/8"]), rate_limit_per_hour=keygate.UNSET)
+    with_expiry = update_request(["name", "rate_limit_per_hour", "expires_at"], name="renamed", rate_limit_per_hour=0)
+    with_expiry.key.expires_at.FromDatetime(EXPIRY)
+    assert fake.requests == [
+        update_request(["scopes", "metadata"], etag="e1", scopes=["dns:read"], metadata={"plan": "pro"}),
+        update_request(["rate_limit_per_hour", "expires_at"]),
+        with_expiry,
+        update_request(["scopes", "ip_allowlist", "metadata"]),
+        update_request(["ip_allowlist"], ip_allowlist=["10.0.0.0/8"]),
+    ]
+    cleared = fake.requests[1].key
+    assert not cleared.HasField("rate_limit_per_hour") and not cleared.HasField("expires_at")
+    assert fake.requests[2].key.HasField("rate_limit_per_hour")  # 0 is sent, not taken for "unset"
+
+
+def test_update_key_argument_checks(fake_keys: tuple[FakeKeys, str]) -> None:
+    fake, address = fake_keys
+    with keygate.Client(address, insecure=True) as client:
+        with pytest.raises(ValueError, match="at least one field"):
+            client.update_key(KEY_ID)
+        with pytest.raises(ValueError, match="at least one field"):
+            client.update_key(KEY_ID, etag="e1", scopes=keygate.UNSET)
+        with pytest.raises(ValueError, match="timezone-aware"):
+            client.update_key(KEY_ID, expires_at=datetime(2030, 1, 1))
+        with pytest.raises(TypeError, match="list of strings"):
+            client.update_key(KEY_ID, scopes="dns:read")
+    assert fake.requests == []
+
+
+def test_delete_undelete_and_audit_pages(fake_keys: tuple[FakeKeys, str]) -> None:
+    fake, address = fake_keys
+    start = datetime(2026, 12, 1, tzinfo=timezone.utc)
+    with keygate.Client(address, insecure=True) as client:
+        assert client.delete_key(KEY_ID, etag="e1").status == keys_pb2.KEY_STATUS_DELETED
+        assert client.delete_key(KEY_ID).status == keys_pb2.KEY_STATUS_DELETED
+        assert client.undelete_key(KEY_ID).status == keys_pb2.KEY_STATUS_ACTIVE
+        events = client.list_audit_events(key_id=KEY_ID, method="UpdateKey", start_time=start, page_size=2)
+        assert [e.event_id for e in events] == ["e4", "e3", "e2", "e1", "e0"]
+        # Lazily: nothing is fetched before the first event is asked for.
+        pending = client.list_audit_events(owner_id="acme")
+        count = len(fake.requests)
+        assert next(pending).event_id == "e4" and len(fake.requests) == count + 1
+    assert fake.requests[:3] == [
+        keys_pb2.DeleteKeyRequest(key_id=KEY_ID, etag="e1"),
+        keys_pb2.DeleteKeyRequest(key_id=KEY_ID),
+        keys_pb2.UndeleteKeyRequest(key_id=KEY_ID),
+    ]
+    listed = fake.requests[3:6]
+    assert [r.page_token for r in listed] == ["", "2", "4"]
+    first = keys_pb2.ListAuditEventsRequest(key_id=KEY_ID, method="UpdateKey", page_size=2)
+    first.start_time.FromDatetime(start)
+    for request in listed:
+        assert isinstance(request, keys_pb2.ListAuditEventsRequest)
+        request.page_token = ""
+        assert request == first
+
+
+def test_async_update_delete_and_audit(fake_keys: tuple[FakeKeys, str]) -> None:
+    fake, address = fake_keys
+
+    async def scenario() -> list[str]:
+        async with keygate.AsyncClient(address, insecure=True) as client:
+            await client.update_key(KEY_ID, rate_limit_per_hour=None, etag="e1")
+            await client.delete_key(KEY_ID, etag="e2")
+            await client.undelete_key(KEY_ID)
+            with pytest.raises(ValueError):
+                await client.update_key(KEY_ID)
+            return [e.event_id async for e in client.list_audit_events(key_id=KEY_ID)]
+
+    assert asyncio.run(scenario()) == ["e4", "e3", "e2", "e1", "e0"]
+    assert fake.requests[:3] == [
+        update_request(["rate_limit_per_hour"], etag="e1"),
+        keys_pb2.DeleteKeyRequest(key_id=KEY_ID, etag="e2"),
+        keys_pb2.UndeleteKeyRequest(key_id=KEY_ID),
+    ]
+
+
+def test_list_audit_events_error_is_mapped(fake_keys: tuple[FakeKeys, str]) -> None:
+    _, address = fake_keys
+    with keygate.Client(address, insecure=True) as client:
+        with pytest.raises(keygate.InvalidArgumentError, match="key_id is invalid"):
+            list(client.list_audit_events(key_id="invalid"))

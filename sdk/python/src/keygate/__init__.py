@@ -7,7 +7,7 @@
 * ``keygate.v1`` holds the generated messages and stubs.
 """
 
-from keygate._common import CreatedKey, RotatedKey
+from keygate._common import UNSET, CreatedKey, RotatedKey
 from keygate.aio import AsyncClient
 from keygate.asgi import Identity, KeygateMiddleware, forwarded_client_ip, identity
 from keygate.client import Client
@@ -26,6 +26,7 @@ from keygate.errors import (
 
 __all__ = [
     "ERROR_DOMAIN",
+    "UNSET",
     "AbortedError",
     "AsyncClient",
     "Client",

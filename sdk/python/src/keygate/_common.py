@@ -7,12 +7,13 @@ key's current state.
 
 from __future__ import annotations
 
+import enum
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import grpc
 from google.protobuf import duration_pb2, timestamp_pb2
@@ -21,6 +22,23 @@ from keygate.v1 import authorization_pb2, keys_pb2
 
 ChannelOptions = Sequence[tuple[str, Any]]
 StrPath = str | os.PathLike[str]
+
+
+class Unset(enum.Enum):
+    """The type of :data:`UNSET`: an argument that was not passed."""
+
+    UNSET = enum.auto()
+
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+UNSET: Final = Unset.UNSET
+"""The default of ``update_key``'s field arguments: leave the field alone
+(where ``None`` clears it)."""
+
+UPDATABLE_FIELDS: Final = ("name", "scopes", "ip_allowlist", "rate_limit_per_hour", "metadata", "expires_at")
+"""The fields ``UpdateKey`` may change, in the order ``update_key`` names them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +136,7 @@ def create_key_request(
     rate_limit_per_hour: int | None,
     expires_at: datetime | None,
     ttl: timedelta | None,
+    metadata: Mapping[str, str] | None = None,
 ) -> keys_pb2.CreateKeyRequest:
     if expires_at is not None and ttl is not None:
         raise ValueError("give expires_at or ttl, not both")
@@ -127,6 +146,7 @@ def create_key_request(
         environment=environment,
         scopes=list(scopes),
         ip_allowlist=list(ip_allowlist),
+        metadata=dict(metadata or {}),
     )
     if rate_limit_per_hour is not None:
         request.rate_limit_per_hour = rate_limit_per_hour
@@ -188,14 +208,101 @@ def list_keys_request(
     page_size: int,
     last_used_before: datetime | None = None,
     expires_before: datetime | None = None,
+    show_deleted: bool = False,
 ) -> keys_pb2.ListKeysRequest:
     request = keys_pb2.ListKeysRequest(
-        owner_id=owner_id, environment=environment, status=status, page_size=page_size
+        owner_id=owner_id,
+        environment=environment,
+        status=status,
+        page_size=page_size,
+        show_deleted=show_deleted,
     )
     if last_used_before is not None:
         request.last_used_before.CopyFrom(timestamp(last_used_before))
     if expires_before is not None:
         request.expires_before.CopyFrom(timestamp(expires_before))
+    return request
+
+
+def update_key_request(
+    key_id: str,
+    *,
+    name: str | Unset,
+    scopes: Iterable[str] | Unset,
+    ip_allowlist: Iterable[str] | Unset,
+    rate_limit_per_hour: int | None | Unset,
+    metadata: Mapping[str, str] | Unset,
+    expires_at: datetime | None | Unset,
+    etag: str | None,
+) -> keys_pb2.UpdateKeyRequest:
+    """An UpdateKeyRequest whose mask names the fields passed (not UNSET).
+
+    ``None`` clears ``rate_limit_per_hour`` (the server default) and
+    ``expires_at`` (never expires); empty ``scopes``, ``ip_allowlist`` or
+    ``metadata`` clear those. ``ValueError`` if no field is passed.
+    """
+    request = keys_pb2.UpdateKeyRequest(key=keys_pb2.ApiKey(key_id=key_id), etag=etag or "")
+    key = request.key
+    paths: list[str] = []
+    if not isinstance(name, Unset):
+        key.name = name
+        paths.append("name")
+    if not isinstance(scopes, Unset):
+        _no_str("scopes", scopes)
+        key.scopes.extend(scopes)
+        paths.append("scopes")
+    if not isinstance(ip_allowlist, Unset):
+        _no_str("ip_allowlist", ip_allowlist)
+        key.ip_allowlist.extend(ip_allowlist)
+        paths.append("ip_allowlist")
+    if not isinstance(rate_limit_per_hour, Unset):
+        if rate_limit_per_hour is not None:
+            key.rate_limit_per_hour = rate_limit_per_hour
+        paths.append("rate_limit_per_hour")
+    if not isinstance(metadata, Unset):
+        key.metadata.update(metadata)
+        paths.append("metadata")
+    if not isinstance(expires_at, Unset):
+        if expires_at is not None:
+            key.expires_at.CopyFrom(timestamp(expires_at))
+        paths.append("expires_at")
+    if not paths:
+        raise ValueError(f"update_key needs at least one field to change, of: {', '.join(UPDATABLE_FIELDS)}")
+    request.update_mask.paths.extend(paths)
+    return request
+
+
+def _no_str(argument: str, value: Iterable[str]) -> None:
+    """Refuses a lone string where a list of strings is meant (it would be split into characters)."""
+    if isinstance(value, str):
+        raise TypeError(f"{argument} takes a list of strings, not a str (meant [{value!r}]?)")
+
+
+def delete_key_request(key_id: str, *, etag: str | None) -> keys_pb2.DeleteKeyRequest:
+    return keys_pb2.DeleteKeyRequest(key_id=key_id, etag=etag or "")
+
+
+def undelete_key_request(key_id: str) -> keys_pb2.UndeleteKeyRequest:
+    return keys_pb2.UndeleteKeyRequest(key_id=key_id)
+
+
+def list_audit_events_request(
+    *,
+    key_id: str,
+    owner_id: str,
+    actor_key_id: str,
+    method: str,
+    start_time: datetime | None,
+    end_time: datetime | None,
+    page_size: int,
+) -> keys_pb2.ListAuditEventsRequest:
+    request = keys_pb2.ListAuditEventsRequest(
+        key_id=key_id, owner_id=owner_id, actor_key_id=actor_key_id, method=method, page_size=page_size
+    )
+    if start_time is not None:
+        request.start_time.CopyFrom(timestamp(start_time))
+    if end_time is not None:
+        request.end_time.CopyFrom(timestamp(end_time))
     return request
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, TypeVar
@@ -11,7 +11,7 @@ import grpc
 import grpc.aio
 
 from keygate import _common
-from keygate._common import ChannelOptions, CreatedKey, RotatedKey, StrPath
+from keygate._common import UNSET, ChannelOptions, CreatedKey, RotatedKey, StrPath, Unset
 from keygate.errors import from_rpc_error
 from keygate.v1 import (
     authorization_pb2,
@@ -92,9 +92,13 @@ class AsyncClient:
         rate_limit_per_hour: int | None = None,
         expires_at: datetime | None = None,
         ttl: timedelta | None = None,
+        metadata: Mapping[str, str] | None = None,
         timeout: float | None = None,
     ) -> CreatedKey:
-        """Creates a key; the result holds its secret, returned this once."""
+        """Creates a key; the result holds its secret, returned this once.
+
+        See :meth:`keygate.Client.create_key` for ``metadata``.
+        """
         request = _common.create_key_request(
             owner_id=owner_id,
             name=name,
@@ -104,6 +108,7 @@ class AsyncClient:
             rate_limit_per_hour=rate_limit_per_hour,
             expires_at=expires_at,
             ttl=ttl,
+            metadata=metadata,
         )
         response = await _call(self.keys.CreateKey, request, timeout)
         return CreatedKey(key=response.key, secret=response.secret)
@@ -121,13 +126,15 @@ class AsyncClient:
         page_size: int = 0,
         last_used_before: datetime | None = None,
         expires_before: datetime | None = None,
+        show_deleted: bool = False,
         timeout: float | None = None,
     ) -> AsyncIterator[keys_pb2.ApiKey]:
         """Iterates over the matching keys, fetching pages as it goes.
 
         ``last_used_before`` finds keys nobody used since (never used counts
         as before); ``expires_before`` finds keys expiring before a time.
-        Both take timezone-aware datetimes.
+        Both take timezone-aware datetimes. Deleted keys are left out unless
+        ``show_deleted``.
         """
         request = _common.list_keys_request(
             owner_id=owner_id,
@@ -136,6 +143,7 @@ class AsyncClient:
             page_size=page_size,
             last_used_before=last_used_before,
             expires_before=expires_before,
+            show_deleted=show_deleted,
         )
         while True:
             page = await _call(self.keys.ListKeys, request, timeout)
@@ -207,6 +215,74 @@ class AsyncClient:
         """A key's requests per hour, oldest first; see :meth:`keygate.Client.get_key_usage`."""
         request = _common.get_key_usage_request(key_id, start_time=start_time, end_time=end_time)
         return list((await _call(self.keys.GetKeyUsage, request, timeout)).buckets)
+
+    async def update_key(
+        self,
+        key_id: str,
+        *,
+        name: str | Unset = UNSET,
+        scopes: Iterable[str] | Unset = UNSET,
+        ip_allowlist: Iterable[str] | Unset = UNSET,
+        rate_limit_per_hour: int | None | Unset = UNSET,
+        metadata: Mapping[str, str] | Unset = UNSET,
+        expires_at: datetime | None | Unset = UNSET,
+        etag: str | None = None,
+        timeout: float | None = None,
+    ) -> keys_pb2.ApiKey:
+        """Changes the fields passed, and only those; see :meth:`keygate.Client.update_key`."""
+        request = _common.update_key_request(
+            key_id,
+            name=name,
+            scopes=scopes,
+            ip_allowlist=ip_allowlist,
+            rate_limit_per_hour=rate_limit_per_hour,
+            metadata=metadata,
+            expires_at=expires_at,
+            etag=etag,
+        )
+        return (await _call(self.keys.UpdateKey, request, timeout)).key
+
+    async def delete_key(
+        self, key_id: str, *, etag: str | None = None, timeout: float | None = None
+    ) -> keys_pb2.ApiKey:
+        """Soft-deletes a key; see :meth:`keygate.Client.delete_key`."""
+        request = _common.delete_key_request(key_id, etag=etag)
+        return (await _call(self.keys.DeleteKey, request, timeout)).key
+
+    async def undelete_key(self, key_id: str, *, timeout: float | None = None) -> keys_pb2.ApiKey:
+        """Restores a deleted key, with the state it had."""
+        return (await _call(self.keys.UndeleteKey, _common.undelete_key_request(key_id), timeout)).key
+
+    async def list_audit_events(
+        self,
+        *,
+        key_id: str = "",
+        owner_id: str = "",
+        actor_key_id: str = "",
+        method: str = "",
+        start_time: datetime | None = None,
+        end_time: datetime | None = None,
+        page_size: int = 0,
+        timeout: float | None = None,
+    ) -> AsyncIterator[keys_pb2.AuditEvent]:
+        """Iterates over the matching audit events, newest first; see
+        :meth:`keygate.Client.list_audit_events`."""
+        request = _common.list_audit_events_request(
+            key_id=key_id,
+            owner_id=owner_id,
+            actor_key_id=actor_key_id,
+            method=method,
+            start_time=start_time,
+            end_time=end_time,
+            page_size=page_size,
+        )
+        while True:
+            page = await _call(self.keys.ListAuditEvents, request, timeout)
+            for event in page.events:
+                yield event
+            if not page.next_page_token:
+                return
+            request.page_token = page.next_page_token
 
     async def authorize(
         self,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import collections
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, TypeVar
@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 import grpc
 
 from keygate import _common
-from keygate._common import ChannelOptions, CreatedKey, RotatedKey, StrPath
+from keygate._common import UNSET, ChannelOptions, CreatedKey, RotatedKey, StrPath, Unset
 from keygate.errors import from_rpc_error
 from keygate.v1 import (
     authorization_pb2,
@@ -111,9 +111,15 @@ class Client:
         rate_limit_per_hour: int | None = None,
         expires_at: datetime | None = None,
         ttl: timedelta | None = None,
+        metadata: Mapping[str, str] | None = None,
         timeout: float | None = None,
     ) -> CreatedKey:
-        """Creates a key; the result holds its secret, returned this once."""
+        """Creates a key; the result holds its secret, returned this once.
+
+        ``metadata`` is your own data about the key (a plan, a tenant id),
+        returned by :meth:`authorize` on allow: at most 32 entries, keys of 1
+        to 64 characters of ``[a-zA-Z0-9_.-]``, values of at most 512 bytes.
+        """
         request = _common.create_key_request(
             owner_id=owner_id,
             name=name,
@@ -123,6 +129,7 @@ class Client:
             rate_limit_per_hour=rate_limit_per_hour,
             expires_at=expires_at,
             ttl=ttl,
+            metadata=metadata,
         )
         response = _call(self.keys.CreateKey, request, timeout)
         return CreatedKey(key=response.key, secret=response.secret)
@@ -140,6 +147,7 @@ class Client:
         page_size: int = 0,
         last_used_before: datetime | None = None,
         expires_before: datetime | None = None,
+        show_deleted: bool = False,
         timeout: float | None = None,
     ) -> Iterator[keys_pb2.ApiKey]:
         """Iterates over the matching keys, fetching pages as it goes.
@@ -148,7 +156,8 @@ class Client:
 
         ``last_used_before`` finds keys nobody used since (never used counts
         as before); ``expires_before`` finds keys expiring before a time.
-        Both take timezone-aware datetimes.
+        Both take timezone-aware datetimes. Deleted keys are left out unless
+        ``show_deleted`` (which ``status=KEY_STATUS_DELETED`` needs too).
         """
         request = _common.list_keys_request(
             owner_id=owner_id,
@@ -157,6 +166,7 @@ class Client:
             page_size=page_size,
             last_used_before=last_used_before,
             expires_before=expires_before,
+            show_deleted=show_deleted,
         )
         while True:
             page = _call(self.keys.ListKeys, request, timeout)
@@ -232,6 +242,100 @@ class Client:
         request = _common.get_key_usage_request(key_id, start_time=start_time, end_time=end_time)
         return list(_call(self.keys.GetKeyUsage, request, timeout).buckets)
 
+    def update_key(
+        self,
+        key_id: str,
+        *,
+        name: str | Unset = UNSET,
+        scopes: Iterable[str] | Unset = UNSET,
+        ip_allowlist: Iterable[str] | Unset = UNSET,
+        rate_limit_per_hour: int | None | Unset = UNSET,
+        metadata: Mapping[str, str] | Unset = UNSET,
+        expires_at: datetime | None | Unset = UNSET,
+        etag: str | None = None,
+        timeout: float | None = None,
+    ) -> keys_pb2.ApiKey:
+        """Changes the fields passed, and only those; returns the key as changed.
+
+        ``rate_limit_per_hour=None`` goes back to the server default and
+        ``expires_at=None`` (else a timezone-aware datetime) means never;
+        ``scopes=[]``, ``ip_allowlist=[]`` and ``metadata={}`` clear those.
+        ``metadata`` replaces the whole mapping. The name cannot be cleared.
+        Passing no field raises ``ValueError``. Scopes beyond the management
+        key's own raise :class:`keygate.PermissionDeniedError` (reason
+        ``SCOPE_ESCALATION``); a deleted key
+        :class:`keygate.FailedPreconditionError` (reason ``KEY_DELETED``)::
+
+            kg.update_key(key_id, scopes=["dns:read"], rate_limit_per_hour=None, metadata={"plan": "pro"})
+        """
+        request = _common.update_key_request(
+            key_id,
+            name=name,
+            scopes=scopes,
+            ip_allowlist=ip_allowlist,
+            rate_limit_per_hour=rate_limit_per_hour,
+            metadata=metadata,
+            expires_at=expires_at,
+            etag=etag,
+        )
+        return _call(self.keys.UpdateKey, request, timeout).key
+
+    def delete_key(
+        self, key_id: str, *, etag: str | None = None, timeout: float | None = None
+    ) -> keys_pb2.ApiKey:
+        """Soft-deletes a key: it stops authorizing at once (``DENY_REASON_KEY_INVALID``),
+        leaves :meth:`list_keys` unless ``show_deleted``, and is purged at
+        the returned key's ``purge_time`` unless :meth:`undelete_key`
+        restores it first. Any other change to a deleted key raises
+        :class:`keygate.FailedPreconditionError` (reason ``KEY_DELETED``).
+        """
+        request = _common.delete_key_request(key_id, etag=etag)
+        return _call(self.keys.DeleteKey, request, timeout).key
+
+    def undelete_key(self, key_id: str, *, timeout: float | None = None) -> keys_pb2.ApiKey:
+        """Restores a deleted key, with the state it had.
+
+        :class:`keygate.FailedPreconditionError` with reason
+        ``KEY_NOT_DELETED`` for a key that is not deleted, ``KEY_PURGED``
+        past its purge time.
+        """
+        return _call(self.keys.UndeleteKey, _common.undelete_key_request(key_id), timeout).key
+
+    def list_audit_events(
+        self,
+        *,
+        key_id: str = "",
+        owner_id: str = "",
+        actor_key_id: str = "",
+        method: str = "",
+        start_time: datetime | None = None,
+        end_time: datetime | None = None,
+        page_size: int = 0,
+        timeout: float | None = None,
+    ) -> Iterator[keys_pb2.AuditEvent]:
+        """Iterates over the matching audit events, newest first, fetching pages as it goes.
+
+        Filters: the key changed, its owner, the management key that made
+        the change, the method (such as ``"RevokeKey"``), and a time range
+        (timezone-aware datetimes: ``start_time`` included, ``end_time``
+        not). ``timeout`` applies to each page's call.
+        """
+        request = _common.list_audit_events_request(
+            key_id=key_id,
+            owner_id=owner_id,
+            actor_key_id=actor_key_id,
+            method=method,
+            start_time=start_time,
+            end_time=end_time,
+            page_size=page_size,
+        )
+        while True:
+            page = _call(self.keys.ListAuditEvents, request, timeout)
+            yield from page.events
+            if not page.next_page_token:
+                return
+            request.page_token = page.next_page_token
+
     def authorize(
         self,
         key: str,
@@ -244,7 +348,8 @@ class Client:
         """Asks whether ``key`` may make a request.
 
         A deny is a normal response (``decision == DECISION_DENY`` with a
-        ``reason``); an exception means Keygate could not decide.
+        ``reason``); an exception means Keygate could not decide. An allow
+        carries the key's ``metadata``.
         """
         request = _common.authorize_request(
             key, environment=environment, required_scopes=required_scopes, client_ip=client_ip
