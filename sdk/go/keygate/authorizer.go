@@ -109,6 +109,9 @@ type Identity struct {
 	OwnerID     string
 	Environment string
 	Scopes      []string
+	// Metadata is the key's own data (ApiKey.metadata), such as the
+	// customer's plan or tenant id; nil when it has none.
+	Metadata map[string]string
 }
 
 type identityKey struct{}
@@ -237,5 +240,6 @@ func identityOf(resp *keygatev1.AuthorizeResponse) *Identity {
 		OwnerID:     resp.GetOwnerId(),
 		Environment: resp.GetEnvironment(),
 		Scopes:      resp.GetScopes(),
+		Metadata:    resp.GetMetadata(),
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -706,6 +707,7 @@ func TestInterceptorClientAddress(t *testing.T) {
 func TestInterceptorPassesIdentity(t *testing.T) {
 	fake := &fakeKeygate{resp: &keygatev1.AuthorizeResponse{
 		Decision: keygatev1.Decision_DECISION_ALLOW, KeyId: "key_9", OwnerId: "acme", Environment: "live", Scopes: []string{"*"},
+		Metadata: map[string]string{"plan": "pro"},
 	}}
 	auth := keygate.NewAuthorizer(startFake(t, fake), "live")
 	var got *keygate.Identity
@@ -717,8 +719,8 @@ func TestInterceptorPassesIdentity(t *testing.T) {
 	if _, err := auth.UnaryServerInterceptor(nil)(ctx, nil, &grpc.UnaryServerInfo{FullMethod: healthCheck}, handler); err != nil {
 		t.Fatal(err)
 	}
-	want := keygate.Identity{KeyID: "key_9", OwnerID: "acme", Environment: "live", Scopes: []string{"*"}}
-	if got == nil || got.KeyID != want.KeyID || got.OwnerID != want.OwnerID || got.Environment != want.Environment || !slices.Equal(got.Scopes, want.Scopes) {
+	want := keygate.Identity{KeyID: "key_9", OwnerID: "acme", Environment: "live", Scopes: []string{"*"}, Metadata: map[string]string{"plan": "pro"}}
+	if got == nil || got.KeyID != want.KeyID || got.OwnerID != want.OwnerID || got.Environment != want.Environment || !slices.Equal(got.Scopes, want.Scopes) || !maps.Equal(got.Metadata, want.Metadata) {
 		t.Errorf("identity = %+v, want %+v", got, want)
 	}
 }

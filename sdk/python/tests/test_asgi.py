@@ -19,6 +19,7 @@ from conftest import KeygateServer, free_address
 from google.protobuf import duration_pb2, timestamp_pb2
 
 import keygate
+import keygate.asgi
 from keygate.asgi import KeygateMiddleware, Scope
 from keygate.v1 import authorization_pb2, authorization_pb2_grpc
 
@@ -161,6 +162,27 @@ def test_fake_allow_passes_identity_and_headers() -> None:
             key="kg_live_presented", required_scopes=["dns:read"], environment="live", client_ip="198.51.100.4"
         )
     ]
+
+
+def test_fake_allow_passes_metadata() -> None:
+    response = D.AuthorizeResponse()
+    response.CopyFrom(ALLOW)
+    response.metadata["plan"] = "pro"
+    seen: list[keygate.asgi.Identity | None] = []
+
+    async def app(scope: Scope, receive: Any, send: Any) -> None:
+        seen.append(keygate.asgi.identity(scope))
+        await echo_identity(scope, receive, send)
+
+    async def scenario() -> Response:
+        async with fake_client(FakeKeygate(response)) as client:
+            middleware = KeygateMiddleware(app, client=client, environment="live")
+            return await request(middleware, authorization="Bearer kg_live_presented")
+
+    assert asyncio.run(scenario()).status == 200
+    assert seen[0] is not None and dict(seen[0].metadata) == {"plan": "pro"}
+    # Without metadata: an empty mapping, not None.
+    assert dict(keygate.asgi.Identity("k", "o", "live", ()).metadata) == {}
 
 
 @pytest.mark.parametrize(

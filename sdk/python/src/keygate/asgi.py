@@ -39,8 +39,8 @@ from __future__ import annotations
 import ipaddress
 import json
 import math
-from collections.abc import Awaitable, Callable, MutableMapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -67,6 +67,8 @@ class Identity:
     owner_id: str
     environment: str
     scopes: tuple[str, ...]
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    """The key's own data (``ApiKey.metadata``), such as a customer's plan."""
 
 
 def identity(scope: Scope) -> Identity | None:
@@ -240,6 +242,7 @@ class KeygateMiddleware:
                 owner_id=decision.owner_id,
                 environment=decision.environment,
                 scopes=tuple(decision.scopes),
+                metadata=dict(decision.metadata),
             ),
         }
 
