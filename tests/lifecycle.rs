@@ -419,8 +419,8 @@ async fn delete_and_undelete(db: TestDatabase) {
     let started = chrono::Utc::now();
     let deleted = delete(&mut admin, &key.key_id).await.expect("DeleteKey");
     assert_eq!(deleted.status(), pb::KeyStatus::Deleted);
-    let delete_time = deleted.delete_time.clone().expect("delete_time");
-    let purge_time = deleted.purge_time.clone().expect("purge_time");
+    let delete_time = deleted.delete_time.expect("delete_time");
+    let purge_time = deleted.purge_time.expect("purge_time");
     assert!((delete_time.seconds - started.timestamp()).abs() <= 2);
     assert!((purge_time.seconds - delete_time.seconds - 30 * 86_400).abs() <= 1);
 
@@ -444,7 +444,7 @@ async fn delete_and_undelete(db: TestDatabase) {
         },
     )
     .await;
-    assert_eq!(shown, [key.key_id.clone()]);
+    assert_eq!(shown, vec![key.key_id.clone()]);
     assert_invalid_field(
         admin
             .keys

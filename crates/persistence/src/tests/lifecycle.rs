@@ -251,7 +251,7 @@ async fn deletion_keeps_state_and_purge_keeps_history(db: &TestDatabase) {
             ..KeyFilter::default()
         })
         .await,
-        [k.id.clone()]
+        vec![k.id.clone()]
     );
     assert_eq!(
         listed(KeyFilter {
@@ -270,7 +270,7 @@ async fn deletion_keeps_state_and_purge_keeps_history(db: &TestDatabase) {
             ..KeyFilter::default()
         })
         .await,
-        [k.id.clone()]
+        vec![k.id.clone()]
     );
     // Nothing but undelete changes it.
     for update in [
