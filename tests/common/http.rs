@@ -38,16 +38,63 @@ pub async fn request(
     path: &str,
     headers: &[(&str, &str)],
 ) -> HttpResponse {
+    request_with_body(addr, method, path, headers, "").await
+}
+
+/// Sends `method path` with `headers` and `body` (with its length) to
+/// `addr` and reads the response.
+pub async fn request_with_body(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> HttpResponse {
     let mut stream = TcpStream::connect(addr).await.expect("connect");
     let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     for (name, value) in headers {
         head.push_str(&format!("{name}: {value}\r\n"));
     }
+    if !body.is_empty() || method == "POST" {
+        head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
     head.push_str("\r\n");
+    head.push_str(body);
     stream.write_all(head.as_bytes()).await.expect("write");
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).await.expect("read");
     parse(&raw)
+}
+
+/// POSTs `form` (name, value pairs, URL-encoded) to `path`.
+pub async fn post_form(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    form: &[(&str, &str)],
+) -> HttpResponse {
+    let body = form
+        .iter()
+        .map(|(k, v)| format!("{}={}", form_encode(k), form_encode(v)))
+        .collect::<Vec<_>>()
+        .join("&");
+    let mut all = headers.to_vec();
+    all.push(("Content-Type", "application/x-www-form-urlencoded"));
+    request_with_body(addr, "POST", path, &all, &body).await
+}
+
+/// `application/x-www-form-urlencoded` encoding of one value.
+pub fn form_encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'*' => {
+                char::from(b).to_string()
+            }
+            b' ' => "+".to_owned(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 /// GET `path`.

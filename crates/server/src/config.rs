@@ -66,6 +66,10 @@ pub struct Config {
     pub tls: Option<TlsFiles>,
     /// How long a deleted key can be restored before it is removed for good.
     pub purge_after: Duration,
+    /// Serve the admin console under `/console/` on the HTTP listener.
+    pub console: bool,
+    /// How long a console sign-in lasts.
+    pub console_session_ttl: Duration,
 }
 
 impl Default for Config {
@@ -93,6 +97,8 @@ impl Default for Config {
             http_listen: None,
             tls: None,
             purge_after: Duration::from_secs(30 * 24 * 3600),
+            console: false,
+            console_session_ttl: Duration::from_secs(8 * 3600),
         }
     }
 }
@@ -196,6 +202,17 @@ impl Config {
         duration_within("--request-timeout", self.request_timeout, MAX_INTERVAL)?;
         duration_within("--purge-after", self.purge_after, MAX_USAGE_RETENTION)?;
         duration_within("--cache-ttl", self.cache_ttl, MAX_INTERVAL)?;
+        duration_within(
+            "--console-session-ttl",
+            self.console_session_ttl,
+            MAX_INTERVAL,
+        )?;
+        if self.console && self.http_listen.is_none() {
+            return Err(ConfigError::Invalid {
+                flag: "--console",
+                problem: "the console is served on the HTTP listener: set --http-listen too".into(),
+            });
+        }
         duration_within(
             "--negative-cache-ttl",
             self.negative_cache_ttl,
@@ -343,9 +360,24 @@ mod tests {
     }
 
     #[test]
+    fn console_needs_the_http_listener() {
+        let mut config = Config {
+            console: true,
+            ..Config::default()
+        };
+        assert!(
+            refused(&config).starts_with("--console: "),
+            "{}",
+            refused(&config)
+        );
+        config.http_listen = Some("127.0.0.1:0".parse().expect("address"));
+        assert_eq!(config.validate(), Ok(()));
+    }
+
+    #[test]
     fn zero_durations_are_refused_by_flag() {
         type Set = fn(&mut Config, Duration);
-        let cases: [(&str, Set); 7] = [
+        let cases: [(&str, Set); 8] = [
             ("--usage-flush-interval", |c, d| c.usage_flush_interval = d),
             ("--last-used-precision", |c, d| c.last_used_precision = d),
             ("--usage-count-flush-interval", |c, d| {
@@ -357,6 +389,7 @@ mod tests {
             ("--request-timeout", |c, d| c.request_timeout = d),
             ("--cache-ttl", |c, d| c.cache_ttl = d),
             ("--negative-cache-ttl", |c, d| c.negative_cache_ttl = d),
+            ("--console-session-ttl", |c, d| c.console_session_ttl = d),
         ];
         for (flag, set) in cases {
             let mut config = Config::default();

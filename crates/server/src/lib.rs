@@ -10,6 +10,7 @@ pub mod authorization;
 pub mod authorizer;
 pub mod cache;
 pub mod config;
+pub mod console;
 pub mod convert;
 mod dirty;
 pub mod error;

@@ -30,6 +30,7 @@ use crate::{
     authorization::AuthorizeService,
     authorizer::Authorizer,
     config::{Config, ConfigError},
+    console,
     ext_authz::ExtAuthzService,
     http::{self, HttpState},
     management::{ManagementService, issue_key},
@@ -137,13 +138,17 @@ impl Keygate {
         let reflection_v1 = reflection().build_v1()?;
         let reflection_v1alpha = reflection().build_v1alpha()?;
 
-        let management = KeyManagementServiceServer::new(ManagementService::new(
+        let management_service = ManagementService::new(
             store.clone(),
             authorizer.clone(),
             config.environments.clone(),
             config.purge_after,
-        ))
-        .max_decoding_message_size(config.max_message_bytes);
+        );
+        let console = config.console.then(|| {
+            console::ConsoleState::new(management_service.clone(), authorizer.clone(), &config)
+        });
+        let management = KeyManagementServiceServer::new(management_service)
+            .max_decoding_message_size(config.max_message_bytes);
         let authorization = AuthorizationServiceServer::new(AuthorizeService::new(
             authorizer.clone(),
             config.environments.clone(),
@@ -160,12 +165,16 @@ impl Keygate {
         let http = http_listener.map(|listener| {
             let local = listener.local_addr().ok();
             tracing::info!(listen = ?local, "keygate serving HTTP (forward-auth, probes)");
-            let router = http::router(HttpState {
+            let mut router = http::router(HttpState {
                 authorizer: authorizer.clone(),
                 environments: config.environments.clone(),
                 proxy: proxy_settings.clone(),
                 storage_up: storage_up.clone(),
             });
+            if let Some(console) = console {
+                tracing::info!(listen = ?local, "keygate serving the admin console at /console/");
+                router = router.merge(console::router(console));
+            }
             tokio::spawn(http::serve(listener, router, stop_rx.clone()))
         });
 
