@@ -1,10 +1,16 @@
-//! `keygate`: serve, migrate, bootstrap. Flags and `KEYGATE_*` environment
-//! variables become a [`Config`]; everything else lives in the library.
+//! `keygate`: serve, migrate, bootstrap; and `keys` / `audit`, a client of
+//! a running server's management API ([`cli`]). Flags and `KEYGATE_*`
+//! environment variables become a [`Config`]; everything else lives in the
+//! library.
 
-use std::{io::IsTerminal, net::SocketAddr, path::PathBuf, time::Duration};
+mod cli;
+
+use std::{io::IsTerminal, net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::{Context, Result};
-use clap::{Args, Parser, Subcommand};
+use clap::{
+    Args, CommandFactory, FromArgMatches, Parser, Subcommand, error::ErrorKind, parser::ValueSource,
+};
 use keygate_domain::{environment::Environments, keyformat::KeyFormat, validation::quote};
 use keygate_persistence::Store;
 use keygate_server::{
@@ -30,31 +36,57 @@ struct Cli {
     command: Command,
 }
 
+/// The settings of the commands that open the database (`serve`,
+/// `migrate`, `bootstrap`), given before the subcommand
+/// (`keygate --database-url … serve`), with their environment variables and
+/// defaults. The same flags after the subcommand ([`CommonAfter`]) win.
+/// Not global: `keys` and `audit` talk to a server, not to a database.
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Database (serve, migrate, bootstrap)")]
 struct Common {
     /// Database URL: SQLite (the default) or postgres://…
-    #[arg(long, env = "KEYGATE_DATABASE_URL", default_value = DEFAULT_DATABASE_URL, global = true)]
+    #[arg(long, env = "KEYGATE_DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
     database_url: String,
     /// Prefix of generated keys (`kg` gives `kg_live_…`).
-    #[arg(long, env = "KEYGATE_KEY_PREFIX", default_value = "kg", global = true)]
+    #[arg(long, env = "KEYGATE_KEY_PREFIX", default_value = "kg")]
     key_prefix: String,
     /// Comma-separated environments keys can belong to.
     #[arg(
         long,
         env = "KEYGATE_ENVIRONMENTS",
         default_value = "live,test",
-        value_delimiter = ',',
-        global = true
+        value_delimiter = ','
     )]
     environments: Vec<String>,
 }
+
+/// [`Common`]'s flags given after the subcommand (`keygate migrate
+/// --database-url …`), as they always could be.
+#[derive(Debug, Args)]
+struct CommonAfter {
+    /// Database URL: SQLite (default sqlite://keygate.db?mode=rwc) or
+    /// postgres://… [env: KEYGATE_DATABASE_URL]
+    #[arg(long, value_name = "DATABASE_URL")]
+    database_url: Option<String>,
+    /// Prefix of generated keys (`kg`, the default, gives `kg_live_…`)
+    /// [env: KEYGATE_KEY_PREFIX]
+    #[arg(long, value_name = "KEY_PREFIX")]
+    key_prefix: Option<String>,
+    /// Comma-separated environments keys can belong to (default live,test)
+    /// [env: KEYGATE_ENVIRONMENTS]
+    #[arg(long, value_delimiter = ',', value_name = "ENVIRONMENTS")]
+    environments: Option<Vec<String>>,
+}
+
+/// The ids of [`Common`]'s flags, to refuse them before `keys` / `audit`.
+const COMMON_FLAGS: [&str; 3] = ["database_url", "key_prefix", "environments"];
 
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve the gRPC API (applies migrations first).
     Serve(Box<ServeArgs>),
     /// Apply database migrations and exit.
-    Migrate,
+    Migrate(CommonAfter),
     /// Create a management key (scope keys:admin) and print it on stdout, once.
     Bootstrap {
         /// Owner (tenant) of the management key.
@@ -66,7 +98,14 @@ enum Command {
         /// Name recorded for the key.
         #[arg(long, default_value = "bootstrap management key")]
         name: String,
+        #[command(flatten)]
+        common: CommonAfter,
     },
+    /// Manage keys on a running Keygate (gRPC, management key from
+    /// KEYGATE_TOKEN or --token-file).
+    Keys(cli::KeysArgs),
+    /// List audit events (what was done to keys), newest first.
+    Audit(cli::AuditArgs),
 }
 
 #[derive(Debug, Args)]
@@ -139,6 +178,13 @@ struct ServeArgs {
     /// Traefik, Caddy), /healthz, /readyz. Off by default.
     #[arg(long, env = "KEYGATE_HTTP_LISTEN")]
     http_listen: Option<SocketAddr>,
+    /// Serve the admin console at /console/ on --http-listen (sign in
+    /// with a management key).
+    #[arg(long, env = "KEYGATE_CONSOLE")]
+    console: bool,
+    /// How long a console sign-in lasts (at most 1d).
+    #[arg(long, env = "KEYGATE_CONSOLE_SESSION_TTL", default_value = "8h", value_parser = parse_duration)]
+    console_session_ttl: Duration,
     /// How long a deleted key can be restored (UndeleteKey) before it is
     /// removed for good (at most 3650d).
     #[arg(long, env = "KEYGATE_PURGE_AFTER", default_value = "30d", value_parser = parse_duration)]
@@ -154,6 +200,8 @@ struct ServeArgs {
     /// needs --tls-cert).
     #[arg(long, env = "KEYGATE_TLS_CLIENT_CA", requires = "tls_cert")]
     tls_client_ca: Option<PathBuf>,
+    #[command(flatten)]
+    common: CommonAfter,
 }
 
 /// Parses `250ms`, `5s`, `2m`, `1h` or `31d` (a bare number is seconds). Zero
@@ -192,11 +240,14 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 impl Common {
-    fn config(&self) -> Result<Config> {
+    /// The configuration, with the flags given after the subcommand winning.
+    fn config(self, after: CommonAfter) -> Result<Config> {
+        let key_prefix = after.key_prefix.unwrap_or(self.key_prefix);
+        let environments = after.environments.unwrap_or(self.environments);
         Ok(Config {
-            database_url: self.database_url.clone(),
-            key_format: KeyFormat::new(&self.key_prefix).context("--key-prefix")?,
-            environments: Environments::new(self.environments.iter().map(|e| e.trim().to_owned()))
+            database_url: after.database_url.unwrap_or(self.database_url),
+            key_format: KeyFormat::new(&key_prefix).context("--key-prefix")?,
+            environments: Environments::new(environments.iter().map(|e| e.trim().to_owned()))
                 .context("--environments")?,
             ..Config::default()
         })
@@ -204,7 +255,7 @@ impl Common {
 }
 
 #[tokio::main]
-async fn main() -> Result<()> {
+async fn main() -> Result<ExitCode> {
     let filter = EnvFilter::try_from_env("KEYGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -222,10 +273,30 @@ async fn main() -> Result<()> {
             );
         }
     }
-    let cli = Cli::parse();
-    let mut config = cli.common.config()?;
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|err| err.exit());
+    let common = cli.common;
+    // `keygate --database-url … keys list` would otherwise quietly ignore
+    // the database it names.
+    if matches!(cli.command, Command::Keys(_) | Command::Audit(_))
+        && let Some(id) = COMMON_FLAGS
+            .into_iter()
+            .find(|id| matches.value_source(id) == Some(ValueSource::CommandLine))
+    {
+        Cli::command()
+            .error(
+                ErrorKind::ArgumentConflict,
+                format!(
+                    "--{} is for serve, migrate and bootstrap; `keys` and `audit` talk to the server at --addr",
+                    id.replace('_', "-")
+                ),
+            )
+            .exit();
+    }
     match cli.command {
         Command::Serve(args) => {
+            let args = *args;
+            let mut config = common.config(args.common)?;
             config.listen = args.listen;
             config.default_rate_limit_per_hour = args.default_rate_limit;
             config.cache_capacity = args.cache_capacity;
@@ -247,6 +318,8 @@ async fn main() -> Result<()> {
             config.trusted_proxy_hops = args.trusted_proxy_hops;
             config.forward_key_header = args.forward_key_header;
             config.http_listen = args.http_listen;
+            config.console = args.console;
+            config.console_session_ttl = args.console_session_ttl;
             config.purge_after = args.purge_after;
             config.tls = match (args.tls_cert, args.tls_key) {
                 (Some(cert), Some(key)) => Some(TlsFiles {
@@ -266,7 +339,8 @@ async fn main() -> Result<()> {
             keygate.serve(listener, shutdown_signal()).await?;
             tracing::info!("keygate stopped");
         }
-        Command::Migrate => {
+        Command::Migrate(after) => {
+            let config = common.config(after)?;
             let store = Store::connect(&config.database_url).await?;
             store.migrate().await?;
             tracing::info!("migrations applied");
@@ -275,14 +349,18 @@ async fn main() -> Result<()> {
             owner,
             environment,
             name,
+            common: after,
         } => {
+            let config = common.config(after)?;
             let store = Store::connect(&config.database_url).await?;
             store.migrate().await?;
             let secret = bootstrap(&store, &config, &owner, &environment, &name).await?;
             println!("{secret}");
         }
+        Command::Keys(args) => return Ok(cli::keys(args).await),
+        Command::Audit(args) => return Ok(cli::audit(args).await),
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Resolves on SIGTERM or Ctrl-C.
@@ -446,7 +524,6 @@ mod tests {
 
     #[test]
     fn cli_is_well_formed() {
-        use clap::CommandFactory;
         Cli::command().debug_assert();
     }
 }
