@@ -23,7 +23,11 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::{authorizer::Outcome, cache::CacheCounters, error::ApiError};
+use crate::{
+    authorizer::Outcome,
+    cache::CacheCounters,
+    error::{self, ApiError},
+};
 
 /// The content type of [`Metrics::render`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -372,7 +376,7 @@ impl Metrics {
     /// A management call of `method` ended with `code`.
     pub fn management_call(&self, method: &'static str, code: tonic::Code) {
         self.management_calls
-            .get_or_create(&[("method", method), ("code", code_name(code))])
+            .get_or_create(&[("method", method), ("code", error::code_name(code))])
             .inc();
     }
 
@@ -410,29 +414,5 @@ impl StoreObserver for Metrics {
         self.storage_seconds
             .get_or_create(&labels)
             .observe(elapsed.as_secs_f64());
-    }
-}
-
-/// The canonical gRPC name of `code` (`OK`, `INVALID_ARGUMENT`, …).
-fn code_name(code: tonic::Code) -> &'static str {
-    use tonic::Code;
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
     }
 }

@@ -69,7 +69,7 @@ impl From<anyhow::Error> for CliError {
 /// reaches the terminal.
 fn status_message(status: &Status) -> String {
     let details = status.get_error_details();
-    let code = code_name(status.code());
+    let code = keygate_server::error::code_name(status.code());
     let mut message = clean(status.message());
     // A transport failure (connection reset, …) says why in its source.
     let mut source = std::error::Error::source(status);
@@ -107,30 +107,6 @@ fn status_message(status: &Status) -> String {
         }
     }
     out
-}
-
-/// The canonical name of a gRPC code, as the server's ErrorInfo reasons
-/// and other gRPC tools spell it.
-fn code_name(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
-    }
 }
 
 #[cfg(test)]
