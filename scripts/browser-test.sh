@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # The admin console's end-to-end browser test: installs Debian's chromium and
 # chromium-driver when missing (root and apt-get, as CI and the dev machines
-# have), makes a venv with tests/browser/requirements.txt, and runs pytest
-# against a real `keygate serve --http-listen … --console` (built here if
-# KEYGATE_BIN is not set) in headless Chromium. Screenshots of every page go
-# to KEYGATE_BROWSER_OUT (default target/browser-test/); the key list's is
-# copied to docs/console-keys.png for the README when KEYGATE_UPDATE_DOCS=1.
+# have), makes a venv with tests/browser/requirements.txt and the project's
+# Python SDK (sdk/python, to use the keys it creates through the Authorize
+# RPC), and runs pytest against a real `keygate serve --http-listen …
+# --console` (built here if KEYGATE_BIN is not set) in headless Chromium.
+# Screenshots of every page go to KEYGATE_BROWSER_OUT (default
+# target/browser-test/); the key list's is copied to docs/console-keys.png for
+# the README when KEYGATE_UPDATE_DOCS=1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -34,6 +36,7 @@ if [[ ! -x "$venv/bin/python" ]]; then
   "${PYTHON:-python3}" -m venv "$venv"
 fi
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r tests/browser/requirements.txt
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check ./sdk/python
 echo "browser-test: $(/usr/bin/chromium --version 2>/dev/null); $(/usr/bin/chromedriver --version | cut -d' ' -f1-2)" >&2
 "$venv/bin/python" -m pytest -p no:cacheprovider -q tests/browser
 if [[ "${KEYGATE_UPDATE_DOCS:-0}" == 1 ]]; then

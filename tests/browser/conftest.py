@@ -1,6 +1,7 @@
 """Fixtures for the console's browser test: a real `keygate serve --console`
-on a throwaway SQLite database with a bootstrapped admin key, and headless
-Chromium driven by Selenium through Debian's chromedriver."""
+on a throwaway SQLite database with a bootstrapped admin key, the project's
+Python SDK to use keys through the Authorize RPC, and headless Chromium
+driven by Selenium through Debian's chromedriver."""
 
 import os
 import pathlib
@@ -10,7 +11,9 @@ import tempfile
 import time
 import urllib.request
 
+import keygate as keygate_sdk
 import pytest
+from keygate.v1 import authorization_pb2
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 
@@ -31,12 +34,13 @@ class Keygate:
             [binary, "--database-url", self.db, "bootstrap", "--owner", "acme"],
             check=True, capture_output=True, text=True,
         ).stdout.strip()
+        self.grpc = f"127.0.0.1:{free_port()}"
         self.http = f"127.0.0.1:{free_port()}"
         self.url = f"http://{self.http}"
         self.log = open(workdir / "keygate.log", "w")
         self.process = subprocess.Popen(
             [binary, "--database-url", self.db, "serve",
-             "--listen", f"127.0.0.1:{free_port()}",
+             "--listen", self.grpc,
              "--http-listen", self.http, "--console"],
             stdout=self.log, stderr=subprocess.STDOUT,
         )
@@ -50,19 +54,17 @@ class Keygate:
                     raise RuntimeError("keygate did not start; see keygate.log")
                 time.sleep(0.1)
 
-    def authorize(self, secret: str, scopes: str) -> int:
-        """Authorize through the HTTP listener's forward-auth endpoint: the
-        same decision as the Authorize RPC; 200 is ALLOW."""
-        request = urllib.request.Request(
-            f"{self.url}/v1/authorize?scopes={scopes}",
-            headers={"Authorization": f"Bearer {secret}"},
-        )
-        try:
-            return urllib.request.urlopen(request, timeout=5).status
-        except urllib.error.HTTPError as error:
-            return error.code
+        self.client = keygate_sdk.Client(self.grpc, insecure=True)
+
+    def authorize(self, secret: str, *scopes: str, environment: str = "live"
+                  ) -> authorization_pb2.AuthorizeResponse:
+        """Uses `secret` through the Authorize RPC (the SDK's
+        Client.authorize), asking for `scopes`: a deny is a response."""
+        return self.client.authorize(
+            secret, environment=environment, required_scopes=scopes, timeout=5)
 
     def stop(self) -> None:
+        self.client.close()
         self.process.terminate()
         self.process.wait(timeout=15)
         self.log.close()
@@ -101,6 +103,9 @@ def browser():
         f"--user-data-dir={profile}",
     ]:
         options.add_argument(flag)
+    # The page's console messages, for the tests' check that the script
+    # runs under the CSP without errors.
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     service = Service(executable_path=os.environ.get("CHROMEDRIVER", "/usr/bin/chromedriver"))
     driver = webdriver.Chrome(service=service, options=options)
     driver.set_window_size(1280, 800)

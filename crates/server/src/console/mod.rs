@@ -37,7 +37,7 @@ pub mod views;
 
 /// The console's stylesheet, served from `/console/static/console.css`.
 const STYLESHEET: &str = include_str!("static/console.css");
-/// The console's only script (copy button, confirmations), served from
+/// The console's only script (copy button, confirmations, scope chips), served from
 /// `/console/static/console.js`.
 const SCRIPT: &str = include_str!("static/console.js");
 

@@ -1,8 +1,9 @@
 //! The console's HTML, written with maud (checked at compile time, every
 //! value escaped). Pages are plain forms and links: they work without
-//! JavaScript, which only adds the copy button and confirmation prompts
-//! (`/console/static/console.js`). Every input has a label, status is said in
-//! words (never by colour alone), and field errors sit next to their field.
+//! JavaScript, which only adds the copy button, confirmation prompts and the
+//! scope chip editor over the scopes textarea (`/console/static/console.js`).
+//! Every input has a label, status is said in words (never by colour alone),
+//! and field errors sit next to their field.
 
 use chrono::{DateTime, Utc};
 use keygate::v1 as pb;
@@ -492,7 +493,7 @@ pub fn key_form(
                 div.field {
                     label for="scopes" { "Scopes" }
                     p.hint id="scopes-hint" { "Separated by spaces, commas or lines: resource:action, resource:* or *." }
-                    textarea id="scopes" name="scopes" rows="3" aria-describedby=(described("scopes").unwrap_or_else(|| "scopes-hint".into())) { (form.scopes) }
+                    textarea id="scopes" name="scopes" rows="3" data-scope-chips aria-describedby=(described("scopes").unwrap_or_else(|| "scopes-hint".into())) { (form.scopes) }
                     (field_error(error, "scopes"))
                 }
                 fieldset.field {
