@@ -209,7 +209,7 @@ fn issue(template: &NewKey, name: String, format: &KeyFormat) -> (String, ApiKey
         name,
         ..template.clone()
     };
-    keygate_server::management::issue_key(new, format, chrono::Utc::now())
+    keygate_server::api::management::issue_key(new, format, chrono::Utc::now())
 }
 
 async fn seed(args: &Args) -> Result<(), Error> {

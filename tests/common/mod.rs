@@ -11,7 +11,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use keygate::{Client, v1 as pb};
 use keygate_persistence::testing::TestDatabase;
-use keygate_server::{Config, Keygate, ServeError, authorizer::Authorizer};
+use keygate_server::{Config, Keygate, ServeError, hotpath::authorizer::Authorizer};
 use tokio::{sync::oneshot, task::JoinHandle};
 use tonic::{Code, Status};
 use tonic_types::StatusExt;

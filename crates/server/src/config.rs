@@ -7,7 +7,7 @@ use std::{net::SocketAddr, time::Duration};
 
 use keygate_domain::{environment::Environments, keyformat::KeyFormat, ratelimit::Quota};
 
-use crate::{proxy::ProxySettings, tls::TlsFiles};
+use crate::{api::proxy::ProxySettings, tls::TlsFiles};
 
 /// The SQLite database used when none is configured.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://keygate.db?mode=rwc";

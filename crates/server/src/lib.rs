@@ -1,32 +1,33 @@
-//! The Keygate server: the two gRPC services, authentication of management
-//! calls, the verified-key cache, rate limiting, usage batching and the
-//! background tasks. The `keygate` binary (`main.rs`) is a thin CLI over
-//! [`server::Keygate`].
+//! The Keygate server, a room per role:
 //!
-//! This crate and the root `keygate` API crate are the only ones that know
-//! protobuf; [`convert`] is where proto and domain types meet.
+//! - [`api`]: the gRPC services (management, Authorize, Envoy ext_authz) and
+//!   the proto ↔ domain edge ([`api::convert`]);
+//! - [`hotpath`]: the decision from memory — cache, per-key runtime, rate
+//!   limiter, usage batching;
+//! - [`http`]: the optional HTTP listener — forward-auth, probes,
+//!   `/metrics`, the admin console;
+//! - `tasks`: the background tasks (change listener, heartbeats, storage
+//!   watchdog, rate-limit sharing, purge of deleted keys);
+//! - [`server`]: assembly, start and graceful stop; [`config`], [`tls`],
+//!   [`metrics`] and [`error`] (`ApiError` → `tonic::Status`, in one place)
+//!   serve them all.
+//!
+//! The `keygate` binary (`main.rs`, with the operator commands in `cli/`, a
+//! gRPC *client* that does not reach into these rooms) is a thin CLI over
+//! [`server::Keygate`]. This crate and the root `keygate` API crate are the
+//! only ones that know protobuf.
 
-pub mod authorization;
-pub mod authorizer;
-pub mod cache;
+pub mod api;
 pub mod config;
-pub mod console;
-pub mod convert;
-mod dirty;
 pub mod error;
-pub mod ext_authz;
 #[cfg(test)]
 mod fixtures;
+pub mod hotpath;
 pub mod http;
-pub mod interner;
-pub mod limiter;
-pub mod management;
 pub mod metrics;
-pub mod proxy;
-pub mod runtime;
 pub mod server;
+mod tasks;
 pub mod tls;
-pub mod usage;
 
 pub use config::Config;
 pub use server::{Keygate, ServeError, bootstrap};

@@ -24,9 +24,9 @@ use prometheus_client::{
 };
 
 use crate::{
-    authorizer::Outcome,
-    cache::CacheCounters,
     error::{self, ApiError},
+    hotpath::authorizer::Outcome,
+    hotpath::cache::CacheCounters,
 };
 
 /// The content type of [`Metrics::render`]'s output.

@@ -9,7 +9,7 @@ use keygate_persistence::KeyUpdate;
 use tonic::Request;
 
 use super::{ManagementService, Write};
-use crate::{convert, error::ApiError};
+use crate::{api::convert, error::ApiError};
 
 impl ManagementService {
     pub(super) async fn update(

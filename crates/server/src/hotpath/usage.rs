@@ -29,9 +29,9 @@ use keygate_persistence::{HourlyUsage, LastUsed, Store, StoreError};
 use tokio::{sync::watch, time::Instant};
 
 use crate::{
-    dirty::DirtyList,
+    hotpath::dirty::DirtyList,
+    hotpath::runtime::{KeyRuntime, PendingUsage, Runtimes},
     metrics::{Flush, Metrics},
-    runtime::{KeyRuntime, PendingUsage, Runtimes},
 };
 
 /// Takes the keys listed in `list` with what `extract` gets from each one's
@@ -380,7 +380,10 @@ mod tests {
             .unwrap();
         let (recorder, runtimes) = (UsageRecorder::new(MINUTE), Runtimes::default());
         let runtime = runtimes.get_or_create(KEY_ID);
-        let t0 = Utc::now();
+        // Early in an hour, so all 12 uses below fall in one hourly bucket
+        // whenever the test runs.
+        let hour = Utc::now().timestamp() / 3600 * 3600;
+        let t0 = chrono::DateTime::from_timestamp(hour + 10, 0).unwrap();
         recorder.record(&runtime, *b"aaaaaaaa", t0, UseOutcome::Allowed);
         assert_eq!(recorder.flush_last_used(&store).await.unwrap(), 1);
         // Ten flush intervals of steady use within one precision: nothing

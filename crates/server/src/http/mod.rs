@@ -1,5 +1,6 @@
 //! The optional HTTP listener (`--http-listen`): forward-auth for HTTP
-//! proxies and probes for HTTP-only orchestrators.
+//! proxies, probes for HTTP-only orchestrators, metrics, and the admin
+//! console ([`console`], with `--console`).
 //!
 //! - `/v1/authorize` (any method): what nginx `auth_request`, Traefik
 //!   `ForwardAuth` and Caddy `forward_auth` call. The key comes from the
@@ -8,10 +9,12 @@
 //!   environment from `environment` (else `x-keygate-environment`, else the
 //!   default), the client from the peer or `x-forwarded-for` past the
 //!   trusted hops. 200 with the `x-keygate-*` identity headers, or 401 / 403
-//!   / 429 with a JSON body, as [`crate::proxy`] decides; 503 when Keygate
+//!   / 429 with a JSON body, as [`crate::api::proxy`] decides; 503 when Keygate
 //!   cannot decide, 400 when the proxy's scopes or environment are wrong.
 //! - `/healthz`: the process answers. `/readyz`: storage is reachable too.
 //! - `/metrics`: Prometheus metrics ([`crate::metrics`]).
+
+pub mod console;
 
 use std::{
     collections::HashMap,
@@ -33,10 +36,10 @@ use keygate_domain::{environment::Environments, forwarded};
 use tokio::{net::TcpListener, sync::watch};
 
 use crate::{
-    authorizer::Authorizer,
+    api::proxy::{self, Header, ProxyRequest, ProxySettings, Verdict},
     error::ApiError,
+    hotpath::authorizer::Authorizer,
     metrics::{self, Frontend},
-    proxy::{self, Header, ProxyRequest, ProxySettings, Verdict},
 };
 
 /// Header a proxy may name the required scopes in (the query wins).

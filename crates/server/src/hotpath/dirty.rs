@@ -13,7 +13,7 @@ use std::sync::{
     atomic::{AtomicBool, Ordering},
 };
 
-use crate::runtime::KeyRuntime;
+use crate::hotpath::runtime::KeyRuntime;
 
 /// Keys with pending work of one kind; `flag` picks the runtime's flag that
 /// says a key is listed here.
@@ -56,7 +56,7 @@ impl DirtyList {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::Runtimes;
+    use crate::hotpath::runtime::Runtimes;
 
     #[test]
     fn a_key_is_listed_once_per_round() {

@@ -12,9 +12,9 @@ use keygate_domain::{
 use tonic::{Request, Response, Status};
 
 use crate::{
-    authorizer::{Authorizer, Outcome},
-    convert,
+    api::convert,
     error::ApiError,
+    hotpath::authorizer::{Authorizer, Outcome},
     metrics::{Decided, Frontend},
 };
 

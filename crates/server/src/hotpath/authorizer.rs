@@ -37,14 +37,14 @@ use keygate_persistence::{Backend, Store, StoreError};
 use tokio::sync::Semaphore;
 
 use crate::{
-    cache::{CachedKey, Entry, KeyCache, LoadError},
     config::Config,
     error::ApiError,
-    interner::Interner,
-    limiter::RateLimiter,
+    hotpath::cache::{CachedKey, Entry, KeyCache, LoadError},
+    hotpath::interner::Interner,
+    hotpath::limiter::RateLimiter,
+    hotpath::runtime::Runtimes,
+    hotpath::usage::UsageRecorder,
     metrics::Metrics,
-    runtime::Runtimes,
-    usage::UsageRecorder,
 };
 
 /// Longest a cache miss waits for storage before the key is decided from a
@@ -462,7 +462,7 @@ mod tests {
     use tokio::sync::{Notify, oneshot};
 
     use super::*;
-    use crate::management::issue_key;
+    use crate::api::management::issue_key;
 
     struct Fixture {
         _db: TestDatabase,

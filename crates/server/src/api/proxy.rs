@@ -22,8 +22,8 @@ use keygate_domain::{
 };
 
 use crate::{
-    authorizer::{Authorizer, Outcome},
     error::ApiError,
+    hotpath::authorizer::{Authorizer, Outcome},
     metrics::{Decided, Frontend},
 };
 

@@ -263,7 +263,7 @@ pub struct KeyRuntime {
     pub(crate) key_id: Arc<str>,
     /// The highest version of the key heard of: from this replica's own
     /// changes, change notifications, and loads. A snapshot below it is out
-    /// of date ([`crate::cache::CachedKey::is_current`]).
+    /// of date ([`crate::hotpath::cache::CachedKey::is_current`]).
     latest_version: AtomicU64,
     /// Seconds after the registry's origin of the last sign of life (created,
     /// loaded or changed); idle expiry counts from here.

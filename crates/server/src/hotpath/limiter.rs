@@ -21,8 +21,8 @@ use keygate_domain::ratelimit::{PERIOD_NANOS, Quota, RateDecision, gcra};
 use keygate_persistence::{Store, StoreError};
 
 use crate::{
-    dirty::DirtyList,
-    runtime::{KeyRuntime, Ledger},
+    hotpath::dirty::DirtyList,
+    hotpath::runtime::{KeyRuntime, Ledger},
 };
 
 /// Length of the shared counting window, in seconds.
@@ -179,7 +179,7 @@ mod tests {
     use keygate_persistence::testing::TestDatabase;
 
     use super::*;
-    use crate::runtime::Runtimes;
+    use crate::hotpath::runtime::Runtimes;
 
     #[test]
     fn allows_the_burst_then_denies_with_retry_after() {

@@ -29,9 +29,9 @@ use keygate_domain::{environment::Environments, forwarded};
 use tonic::{Code, Request, Response, Status};
 
 use crate::{
-    authorizer::Authorizer,
+    api::proxy::{self, Header, ProxyRequest, ProxySettings, Verdict},
+    hotpath::authorizer::Authorizer,
     metrics::Frontend,
-    proxy::{self, Header, ProxyRequest, ProxySettings, Verdict},
 };
 
 /// Context extension naming the route's required scopes.

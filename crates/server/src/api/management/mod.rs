@@ -30,7 +30,7 @@ use keygate_persistence::{KeyFilter, KeyUpdate, Store, StoreError};
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
-use crate::{authorizer::Authorizer, convert, error::ApiError, metrics::Metrics};
+use crate::{api::convert, error::ApiError, hotpath::authorizer::Authorizer, metrics::Metrics};
 
 mod audit;
 mod lifecycle;

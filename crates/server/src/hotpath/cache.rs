@@ -47,7 +47,7 @@ use prometheus_client::metrics::counter::Counter;
 use quick_cache::sync::Cache;
 use tokio::sync::Mutex;
 
-use crate::runtime::KeyRuntime;
+use crate::hotpath::runtime::KeyRuntime;
 
 /// A lookup id as the cache keys it: the 8 characters, no allocation.
 type LookupKey = [u8; 8];
@@ -397,7 +397,7 @@ impl KeyCache {
 
     /// Evicts these lookup ids (all credentials of a changed key). Whoever
     /// changed the key notes its new version in the key's runtime first
-    /// ([`crate::authorizer::Authorizer::note_change`]).
+    /// ([`crate::hotpath::authorizer::Authorizer::note_change`]).
     pub fn invalidate<S: AsRef<str>>(&self, lookup_ids: &[S]) {
         self.changes.fetch_add(1, Ordering::SeqCst);
         for id in lookup_ids {
@@ -432,7 +432,7 @@ mod tests {
     use std::sync::atomic::AtomicUsize;
 
     use super::*;
-    use crate::runtime::Runtimes;
+    use crate::hotpath::runtime::Runtimes;
 
     fn cache() -> KeyCache {
         KeyCache::new(100, Duration::from_secs(60), Duration::from_secs(60))

@@ -26,7 +26,7 @@ use axum::{
 };
 use keygate_domain::environment::Environments;
 
-use crate::{authorizer::Authorizer, config::Config, management::ManagementService};
+use crate::{api::management::ManagementService, config::Config, hotpath::authorizer::Authorizer};
 
 pub mod calls;
 pub mod chart;

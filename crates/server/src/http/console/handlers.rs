@@ -1,6 +1,6 @@
 //! One function per console route. Each signed-in request first
 //! re-authenticates the session's management key through the same path
-//! management calls use ([`Authorizer::authenticate`](crate::authorizer::Authorizer::authenticate)),
+//! management calls use ([`Authorizer::authenticate`](crate::hotpath::authorizer::Authorizer::authenticate)),
 //! so a revoked, disabled or expired key ends its sessions at once; each
 //! POST checks the session's CSRF token before anything else.
 

@@ -14,7 +14,7 @@ use keygate_persistence::AuditFilter;
 use tonic::Request;
 
 use super::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, ManagementService};
-use crate::{convert, error::ApiError};
+use crate::{api::convert, error::ApiError};
 
 impl ManagementService {
     pub(super) async fn audit_events(
