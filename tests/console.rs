@@ -27,6 +27,7 @@ on_both_backends!(
     key_page_actions_and_the_audit_log,
     an_edit_racing_another_edit_is_reported_not_overwritten,
     rotate_shows_the_new_secret_once,
+    each_page_counts_one_use_of_its_key,
 );
 
 fn console_config(db: &TestDatabase) -> Config {
@@ -972,5 +973,30 @@ async fn rotate_shows_the_new_secret_once(db: TestDatabase) {
         .await;
     assert_eq!(response.status, 400, "{}", response.body);
     assert!(response.body.contains("grace periods"));
+    server.stop().await;
+}
+
+/// A page re-checks its session's key but counts one use of it: the
+/// management call the page makes, not the check before it.
+async fn each_page_counts_one_use_of_its_key(db: TestDatabase) {
+    let server = TestServer::start(console_config(&db)).await;
+    let mut admin = server.admin().await;
+    let (reader, secret) = create(&mut admin, new_key("console reader", &["keys:read"])).await;
+    let (mut browser, _) = Browser::signed_in(&server, &secret).await;
+    for _ in 0..3 {
+        assert_eq!(browser.get("/console/keys").await.status, 200);
+    }
+    let usage = admin
+        .keys
+        .get_key_usage(pb::GetKeyUsageRequest {
+            key_id: reader.key_id.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("usage")
+        .into_inner();
+    let allowed: u64 = usage.buckets.iter().map(|b| b.allowed).sum();
+    // The sign-in, then one ListKeys per list page (four of them).
+    assert_eq!(allowed, 5, "{usage:?}");
     server.stop().await;
 }

@@ -406,6 +406,33 @@ impl Authorizer {
         peer: Option<IpAddr>,
         now: DateTime<Utc>,
     ) -> Result<Principal, ApiError> {
+        let (key, lookup_id) = self.verify_bearer(bearer, peer, now).await?;
+        self.usage
+            .record(&key.runtime, lookup_id, now, UseOutcome::Allowed);
+        Ok(Principal::from_snapshot(&key.snapshot))
+    }
+
+    /// [`Authorizer::authenticate`] without counting a use of the key: for
+    /// checks that are not calls of their own (the console re-checks its
+    /// session's key on every page, then makes the call that counts).
+    pub async fn verify_management_key(
+        self: &Arc<Self>,
+        bearer: Option<&str>,
+        peer: Option<IpAddr>,
+        now: DateTime<Utc>,
+    ) -> Result<Principal, ApiError> {
+        let (key, _) = self.verify_bearer(bearer, peer, now).await?;
+        Ok(Principal::from_snapshot(&key.snapshot))
+    }
+
+    /// The cached key `bearer` belongs to, and its secret's lookup id, if
+    /// it may manage now from `peer`.
+    async fn verify_bearer(
+        self: &Arc<Self>,
+        bearer: Option<&str>,
+        peer: Option<IpAddr>,
+        now: DateTime<Utc>,
+    ) -> Result<(Arc<CachedKey>, [u8; 8]), ApiError> {
         let Some(bearer) = bearer else {
             return Err(ApiError::Unauthenticated {
                 reason: "MANAGEMENT_KEY_MISSING",
@@ -438,9 +465,8 @@ impl Authorizer {
                 message: format!("management key refused: {}", denial.reason.message()),
             });
         }
-        self.usage
-            .record(&key.runtime, secret.lookup_id, now, UseOutcome::Allowed);
-        Ok(Principal::from_snapshot(&key.snapshot))
+        let lookup_id = secret.lookup_id;
+        Ok((key, lookup_id))
     }
 }
 

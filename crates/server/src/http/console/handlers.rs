@@ -122,9 +122,10 @@ async fn signed_in(
     };
     let client = client(state, peer, headers);
     let bearer = format!("Bearer {}", session.key);
+    // Checked, not counted: the page's own management call counts the use.
     let principal = match state
         .authorizer
-        .authenticate(Some(&bearer), Some(client), Utc::now())
+        .verify_management_key(Some(&bearer), Some(client), Utc::now())
         .await
     {
         Ok(principal) => principal,
