@@ -576,6 +576,8 @@ async fn a_flood_of_forged_keys_starves_nothing(db: TestDatabase) {
         real.push(create(&mut admin, new_key(&format!("real-{i}"), &["dns:read"])).await);
     }
     let stop = Arc::new(AtomicBool::new(false));
+    // Stops the flood however this test ends, a failed assertion included.
+    let _stop_on_exit = StopOnDrop(stop.clone());
     let forged_sent = Arc::new(AtomicU64::new(0));
     let mut flooders = Vec::new();
     for _ in 0..32 {
@@ -589,6 +591,9 @@ async fn a_flood_of_forged_keys_starves_nothing(db: TestDatabase) {
                     assert_denied(&resp.into_inner(), pb::DenyReason::KeyInvalid);
                 }
                 sent.fetch_add(1, Ordering::Relaxed);
+                // A call that fails at once (server gone) must not spin the
+                // worker: the runtime could never shut down.
+                tokio::task::yield_now().await;
             }
         }));
     }
@@ -622,4 +627,14 @@ async fn a_flood_of_forged_keys_starves_nothing(db: TestDatabase) {
         metrics.loads_shed.get()
     );
     server.stop().await;
+}
+
+/// Sets its flag when dropped, so background loops end with the test that
+/// started them, whether it passed or panicked.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
+    }
 }

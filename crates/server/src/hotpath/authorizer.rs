@@ -47,8 +47,10 @@ use crate::{
     metrics::Metrics,
 };
 
-/// Longest a cache miss waits for storage before the key is decided from a
-/// stale entry (or the call fails as UNAVAILABLE).
+/// Longest a cache miss waits for its lane, and then longest its query may
+/// run, before the key is decided from a stale entry (or the call fails as
+/// UNAVAILABLE). Only a query that outlives it marks storage down; a wait
+/// that outlives it sheds the call.
 const LOAD_TIMEOUT: Duration = Duration::from_secs(2);
 /// After storage failed, how long loads are not even attempted: stale
 /// entries are served at once instead of each request waiting on a timeout.
@@ -244,7 +246,6 @@ impl Authorizer {
                 "storage presumed down after a failure".into(),
             ));
         }
-        let started = Instant::now();
         let semaphore = match lane {
             Lane::Authorize => &self.authorize_loads,
             Lane::Management => &self.management_loads,
@@ -256,9 +257,13 @@ impl Authorizer {
             )));
         };
         self.metrics.key_loads.inc();
-        let budget = LOAD_TIMEOUT.saturating_sub(started.elapsed());
+        // The query gets its own LOAD_TIMEOUT: a load that queued behind a
+        // flood and then ran a quick query is no sign of an outage, and
+        // must not mark storage down (it once did, with the wait's leftover
+        // as the query's budget).
         let found =
-            match tokio::time::timeout(budget, self.store.find_by_lookup_id(lookup_id)).await {
+            match tokio::time::timeout(LOAD_TIMEOUT, self.store.find_by_lookup_id(lookup_id)).await
+            {
                 Ok(Ok(found)) => found,
                 Ok(Err(StoreError::Unavailable(msg))) => return Err(self.storage_down(msg)),
                 // The pool is busy, not the database down: shed this call only.
