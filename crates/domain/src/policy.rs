@@ -47,6 +47,34 @@ pub enum DenyReason {
 }
 
 impl DenyReason {
+    /// Every reason, in declaration order (so `reason as usize` is its
+    /// position here).
+    pub const ALL: [DenyReason; 8] = [
+        Self::KeyInvalid,
+        Self::KeyExpired,
+        Self::KeyRevoked,
+        Self::KeyDisabled,
+        Self::EnvironmentMismatch,
+        Self::IpNotAllowed,
+        Self::ScopeMissing,
+        Self::RateLimited,
+    ];
+
+    /// The reason's lowercase name (`key_revoked`), as the SDKs, the JSON
+    /// bodies of proxied denials and the metrics labels spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::KeyInvalid => "key_invalid",
+            Self::KeyExpired => "key_expired",
+            Self::KeyRevoked => "key_revoked",
+            Self::KeyDisabled => "key_disabled",
+            Self::EnvironmentMismatch => "environment_mismatch",
+            Self::IpNotAllowed => "ip_not_allowed",
+            Self::ScopeMissing => "scope_missing",
+            Self::RateLimited => "rate_limited",
+        }
+    }
+
     /// The message shown to callers.
     pub fn message(self) -> &'static str {
         match self {
@@ -134,6 +162,16 @@ pub fn check(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_reason_is_listed_once_in_order_with_its_own_name() {
+        for (i, reason) in DenyReason::ALL.iter().enumerate() {
+            assert_eq!(*reason as usize, i, "{reason:?}");
+        }
+        let names: std::collections::HashSet<&str> =
+            DenyReason::ALL.iter().map(|r| r.name()).collect();
+        assert_eq!(names.len(), DenyReason::ALL.len());
+    }
     use crate::{ApiKey, Credential};
 
     /// `check` on the snapshot of a full key record.

@@ -62,20 +62,21 @@ pub enum Decided {
     Failed,
 }
 
-/// Every `(decision, reason)` label pair, in [`Decided::index`] order.
-const OUTCOMES: [(&str, &str); 11] = [
-    ("allow", "none"),
-    ("deny", "key_invalid"),
-    ("deny", "key_expired"),
-    ("deny", "key_revoked"),
-    ("deny", "key_disabled"),
-    ("deny", "environment_mismatch"),
-    ("deny", "ip_not_allowed"),
-    ("deny", "scope_missing"),
-    ("deny", "rate_limited"),
-    ("error", "invalid_request"),
-    ("error", "unavailable"),
-];
+/// Outcomes counted per front end: allow, each deny reason, then the two
+/// errors, in [`Decided::index`] order.
+const OUTCOMES: usize = DenyReason::ALL.len() + 3;
+
+/// The `(decision, reason)` labels of every outcome, in [`Decided::index`]
+/// order; deny reasons by [`DenyReason::name`].
+fn outcome_labels() -> [(&'static str, &'static str); OUTCOMES] {
+    let mut labels = [("allow", "none"); OUTCOMES];
+    for reason in DenyReason::ALL {
+        labels[Decided::Deny(reason).index()] = ("deny", reason.name());
+    }
+    labels[Decided::Invalid.index()] = ("error", "invalid_request");
+    labels[Decided::Failed.index()] = ("error", "unavailable");
+    labels
+}
 
 impl Decided {
     /// How the hot path's `outcome` counts.
@@ -97,18 +98,10 @@ impl Decided {
     fn index(self) -> usize {
         match self {
             Self::Allow => 0,
-            Self::Deny(reason) => match reason {
-                DenyReason::KeyInvalid => 1,
-                DenyReason::KeyExpired => 2,
-                DenyReason::KeyRevoked => 3,
-                DenyReason::KeyDisabled => 4,
-                DenyReason::EnvironmentMismatch => 5,
-                DenyReason::IpNotAllowed => 6,
-                DenyReason::ScopeMissing => 7,
-                DenyReason::RateLimited => 8,
-            },
-            Self::Invalid => 9,
-            Self::Failed => 10,
+            // `DenyReason::ALL` is in declaration order.
+            Self::Deny(reason) => 1 + reason as usize,
+            Self::Invalid => OUTCOMES - 2,
+            Self::Failed => OUTCOMES - 1,
         }
     }
 }
@@ -142,7 +135,7 @@ fn latency_histogram() -> Histogram {
 pub struct Metrics {
     registry: Registry,
     origin: Instant,
-    decisions: [[Counter; OUTCOMES.len()]; FRONTENDS.len()],
+    decisions: [[Counter; OUTCOMES]; FRONTENDS.len()],
     decision_seconds: [Histogram; FRONTENDS.len()],
     /// Keys read from storage by the hot path (cache misses, refreshes,
     /// management authentication). A warm path leaves this unchanged.
@@ -185,7 +178,7 @@ impl Metrics {
         // Resolved once, so every series exists from the start and a
         // decision never looks its labels up.
         let decisions = FRONTENDS.map(|(_, frontend)| {
-            OUTCOMES.map(|(decision, reason)| {
+            outcome_labels().map(|(decision, reason)| {
                 decisions_by_reason
                     .get_or_create(&[
                         ("service", frontend),
@@ -349,11 +342,6 @@ impl Metrics {
         self.decision_seconds[f].observe(elapsed.as_secs_f64());
     }
 
-    /// How many decisions `frontend` counted as `decided` (for tests).
-    pub fn decisions(&self, frontend: Frontend, decided: Decided) -> u64 {
-        self.decisions[frontend as usize][decided.index()].get()
-    }
-
     /// A usage flush of `kind` ended after `elapsed`; `ok` when it wrote.
     pub fn flushed(&self, kind: Flush, elapsed: Duration, ok: bool) {
         self.flush_seconds[kind as usize].observe(elapsed.as_secs_f64());
@@ -414,5 +402,29 @@ impl StoreObserver for Metrics {
         self.storage_seconds
             .get_or_create(&labels)
             .observe(elapsed.as_secs_f64());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_outcome_has_its_own_labels() {
+        let labels = outcome_labels();
+        let distinct: std::collections::HashSet<_> = labels.iter().collect();
+        assert_eq!(distinct.len(), OUTCOMES);
+        for reason in DenyReason::ALL {
+            assert_eq!(
+                labels[Decided::Deny(reason).index()],
+                ("deny", reason.name())
+            );
+        }
+        assert_eq!(labels[Decided::Allow.index()], ("allow", "none"));
+        assert_eq!(
+            labels[Decided::Invalid.index()],
+            ("error", "invalid_request")
+        );
+        assert_eq!(labels[Decided::Failed.index()], ("error", "unavailable"));
     }
 }
