@@ -165,6 +165,26 @@ async fn signed_in(
 
 /// A failed call as a response: back to sign-in when the key stopped
 /// authenticating, else the error page.
+/// The create or edit form, with `error` (and its status) when a submit
+/// was refused.
+fn key_form_page(
+    state: &ConsoleState,
+    ctx: &Ctx,
+    view: &KeyFormView,
+    error: Option<&PageError>,
+) -> Response {
+    html(
+        error.map_or(StatusCode::OK, |e| e.status),
+        views::key_form(
+            &ctx.nav,
+            state.environments.names(),
+            view,
+            state.default_rate_limit,
+            error,
+        ),
+    )
+}
+
 fn failed(state: &ConsoleState, ctx: &Ctx, error: &PageError) -> Response {
     if error.signed_out {
         state.sessions.end_all_with_key(&ctx.session.key);
@@ -491,16 +511,7 @@ pub async fn new_key(
         },
         key_id: None,
     };
-    html(
-        StatusCode::OK,
-        views::key_form(
-            &ctx.nav,
-            state.environments.names(),
-            &view,
-            state.default_rate_limit,
-            None,
-        ),
-    )
+    key_form_page(&state, &ctx, &view, None)
 }
 
 /// `POST /console/keys`: CreateKey; the secret page on success (shown once,
@@ -571,16 +582,7 @@ pub async fn create_key(
                 },
                 key_id: None,
             };
-            html(
-                error.status,
-                views::key_form(
-                    &ctx.nav,
-                    state.environments.names(),
-                    &view,
-                    state.default_rate_limit,
-                    Some(&error),
-                ),
-            )
+            key_form_page(&state, &ctx, &view, Some(&error))
         }
     }
 }
@@ -728,16 +730,7 @@ pub async fn edit_page(
         },
         key_id: Some(key.key_id.clone()),
     };
-    html(
-        StatusCode::OK,
-        views::key_form(
-            &ctx.nav,
-            state.environments.names(),
-            &view,
-            state.default_rate_limit,
-            None,
-        ),
-    )
+    key_form_page(&state, &ctx, &view, None)
 }
 
 /// `POST /console/keys/{id}/edit`: UpdateKey with the etag the form was
@@ -816,16 +809,7 @@ pub async fn edit_key(
                 },
                 key_id: Some(id),
             };
-            html(
-                error.status,
-                views::key_form(
-                    &ctx.nav,
-                    state.environments.names(),
-                    &view,
-                    state.default_rate_limit,
-                    Some(&error),
-                ),
-            )
+            key_form_page(&state, &ctx, &view, Some(&error))
         }
     }
 }
