@@ -265,11 +265,6 @@ impl Store {
     pub async fn purge_deleted(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
         self.observed("purge_deleted", async move {
             let txn = self.db.begin().await?;
-            let due = Query::select()
-                .column(api_key::Column::Id)
-                .from(api_key::Entity)
-                .and_where(api_key::Column::PurgeAt.lte(now))
-                .to_owned();
             txn.execute_raw(Statement::from_sql_and_values(
                 self.db.get_database_backend(),
                 "DELETE FROM key_usage_hourly WHERE key_id IN \
@@ -277,10 +272,7 @@ impl Store {
                 [now.into()],
             ))
             .await?;
-            credential::Entity::delete_many()
-                .filter(credential::Column::KeyId.in_subquery(due))
-                .exec(&txn)
-                .await?;
+            // Their credentials go with them (ON DELETE CASCADE).
             let purged = api_key::Entity::delete_many()
                 .filter(api_key::Column::PurgeAt.lte(now))
                 .exec(&txn)
