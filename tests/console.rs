@@ -112,38 +112,29 @@ impl Browser {
 
 /// The value of the first `csrf` hidden field in `html`.
 fn csrf(html: &str) -> String {
-    let marker = "name=\"csrf\" value=\"";
-    let start = html
-        .find(marker)
-        .unwrap_or_else(|| panic!("no csrf field in {html}"))
-        + marker.len();
-    html[start..]
-        .split('"')
-        .next()
-        .unwrap_or_default()
-        .to_owned()
+    hidden(html, "csrf")
 }
 
 /// The value of the hidden field `name` in `html`.
 fn hidden(html: &str, name: &str) -> String {
-    let marker = format!("name=\"{name}\" value=\"");
-    let start = html
-        .find(&marker)
-        .unwrap_or_else(|| panic!("no {name} field in {html}"))
-        + marker.len();
-    html[start..]
-        .split('"')
-        .next()
-        .unwrap_or_default()
-        .to_owned()
+    value_after(html, &format!("name=\"{name}\" value=\""), name)
 }
 
 /// The secret in the secret page's field.
 fn secret_of(html: &str) -> String {
-    let marker = "id=\"secret\" type=\"text\" readonly value=\"";
+    value_after(
+        html,
+        "id=\"secret\" type=\"text\" readonly value=\"",
+        "secret",
+    )
+}
+
+/// The attribute value that `marker` (ending in `value="`) opens in
+/// `html`; `field` names it when it is missing.
+fn value_after(html: &str, marker: &str, field: &str) -> String {
     let start = html
         .find(marker)
-        .unwrap_or_else(|| panic!("no secret field in {html}"))
+        .unwrap_or_else(|| panic!("no {field} field in {html}"))
         + marker.len();
     html[start..]
         .split('"')
