@@ -150,6 +150,13 @@ impl UsageRange {
     }
 }
 
+/// A last use as it is kept: to the microsecond, PostgreSQL's precision,
+/// on every backend, so a use shows the same time before and after it is
+/// written.
+pub fn last_use_precision(at: DateTime<Utc>) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(at.timestamp_micros()).unwrap_or(at)
+}
+
 /// A bucket's start as a time.
 pub fn bucket_time(hour_start: i64) -> DateTime<Utc> {
     Utc.timestamp_opt(hour_start, 0)

@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use keygate_domain::usage::{UsageBucket, UsageCounts};
+use keygate_domain::usage::{UsageBucket, UsageCounts, last_use_precision};
 use sea_orm::{ConnectionTrait, Statement, TransactionTrait};
 
 use crate::error::StoreError;
@@ -63,12 +63,14 @@ impl Store {
             let mut keys: BTreeMap<&str, DateTime<Utc>> = BTreeMap::new();
             let mut creds: BTreeMap<(&str, &str), DateTime<Utc>> = BTreeMap::new();
             for u in uses {
-                let at = keys.entry(u.key_id.as_str()).or_insert(u.at);
-                *at = (*at).max(u.at);
+                // Microseconds on every backend, as PostgreSQL keeps them.
+                let used = last_use_precision(u.at);
+                let at = keys.entry(u.key_id.as_str()).or_insert(used);
+                *at = (*at).max(used);
                 let at = creds
                     .entry((u.key_id.as_str(), u.lookup_id.as_str()))
-                    .or_insert(u.at);
-                *at = (*at).max(u.at);
+                    .or_insert(used);
+                *at = (*at).max(used);
             }
             let backend = self.connection().get_database_backend();
             let keys: Vec<_> = keys.into_iter().collect();

@@ -31,7 +31,7 @@ use keygate_domain::{
     rights::Principal,
     scope::Scope,
     snapshot::KeySnapshot,
-    usage::{UsageBucket, UseOutcome},
+    usage::{self, UsageBucket, UseOutcome},
 };
 use keygate_persistence::{Backend, Store, StoreError};
 use tokio::sync::Semaphore;
@@ -228,10 +228,12 @@ impl Authorizer {
         self.usage.pending_counts(&self.runtimes, key_id)
     }
 
-    /// The newest use of a credential not yet written to storage.
+    /// The newest use of a credential not yet written to storage, as
+    /// storage will keep it ([`usage::last_use_precision`]).
     pub fn pending_last_used(&self, key_id: &str, lookup_id: &str) -> Option<DateTime<Utc>> {
         self.usage
             .pending_last_used(&self.runtimes, key_id, lookup_id)
+            .map(usage::last_use_precision)
     }
 
     fn nanos_since_origin(&self) -> u64 {
@@ -692,6 +694,32 @@ mod tests {
         assert_eq!(decide(&f).await, Ok(DenyReason::KeyRevoked));
     }
 
+    /// A use not yet flushed shows exactly what storage shows once it is:
+    /// a key read just before and just after the flush is the same.
+    async fn a_pending_use_shows_the_time_storage_will_keep(db: TestDatabase) {
+        let f = fixture(db, Duration::from_secs(60)).await;
+        // A time with nanoseconds, as the clock gives them.
+        let at = DateTime::from_timestamp(Utc::now().timestamp(), 123_456_789).expect("time");
+        let allowed = f.authorizer.authorize(&f.secret, &live(), at).await;
+        assert!(matches!(allowed, Ok(Outcome::Allow { .. })), "{allowed:?}");
+        let pending = f
+            .authorizer
+            .pending_last_used(&f.key_id, &f.lookup_id)
+            .expect("pending use");
+        f.authorizer
+            .usage()
+            .flush_last_used(&f.store)
+            .await
+            .expect("flush");
+        assert_eq!(
+            f.authorizer.pending_last_used(&f.key_id, &f.lookup_id),
+            None
+        );
+        let stored = f.store.get_key(&f.key_id).await.expect("get").expect("key");
+        assert_eq!(stored.credentials[0].last_used_at, Some(pending));
+        assert_eq!(stored.last_used_at, Some(pending));
+    }
+
     macro_rules! on_both_backends {
         ($($name:ident),* $(,)?) => {
             mod sqlite {
@@ -719,5 +747,6 @@ mod tests {
         a_load_of_an_uncached_key_that_read_before_a_revocation,
         a_refresh_of_a_cached_key_that_read_before_a_revocation,
         a_cached_key_reloading_after_distrust_during_a_revocation,
+        a_pending_use_shows_the_time_storage_will_keep,
     );
 }
