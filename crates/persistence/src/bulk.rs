@@ -95,7 +95,7 @@ where
         let sql = format!(
             "INSERT INTO {} ({column_list}) VALUES {}",
             table.table_name(),
-            placeholders(1, chunk.len(), columns.len())
+            placeholders(backend, 1, chunk.len(), columns.len())
         );
         txn.execute_raw(Statement::from_sql_and_values(backend, sql, values))
             .await?;
@@ -123,7 +123,7 @@ async fn notify_all(txn: &DatabaseTransaction, keys: &[ApiKey]) -> Result<(), St
         }
         let sql = format!(
             "SELECT pg_notify($1, v.p) FROM (VALUES {}) AS v(p)",
-            placeholders(2, chunk.len(), 1)
+            placeholders(DbBackend::Postgres, 2, chunk.len(), 1)
         );
         txn.execute_raw(Statement::from_sql_and_values(
             DbBackend::Postgres,

@@ -41,10 +41,14 @@ const POSTGRES_POOL_SIZE: u32 = 16;
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Bind parameters per set-based statement on SQLite: 256. sqlx binds each
-/// `$N` by asking SQLite for the parameter's name, which SQLite finds by a
-/// linear search, so a statement costs quadratic time in its parameters:
-/// seeding 100 000 keys took about 3 s at 100 to 500 parameters per
-/// statement, 4.2 s at 1 000 and 11 s at 4 000.
+/// parameter by asking SQLite for its name, which SQLite finds by a linear
+/// search of the statement's named parameters (`$N` and `?N` are named), so
+/// with named parameters a statement costs quadratic time in its
+/// parameters: seeding 100 000 keys took about 3 s at 100 to 500
+/// parameters per statement, 4.2 s at 1 000 and 11 s at 4 000, and at 256
+/// that search was still the largest single cost of a usage flush (10% of
+/// its CPU). [`placeholders`] therefore writes anonymous `?` on SQLite,
+/// which have no name to search.
 const SQLITE_PARAMETERS: usize = 256;
 
 /// Bind parameters per set-based statement on PostgreSQL: 512. sqlx does
@@ -65,9 +69,18 @@ pub(crate) fn rows_per_statement(backend: DbBackend, columns: usize) -> usize {
 }
 
 /// `($1, $2, $3), ($4, $5, $6), …` for `rows` rows of `columns` values,
-/// numbered from `$first`.
-pub(crate) fn placeholders(first: usize, rows: usize, columns: usize) -> String {
+/// numbered from `$first`; on SQLite `(?, ?, ?), (?, ?, ?), …`, bound in
+/// order (see [`SQLITE_PARAMETERS`]), so there `first` must be 1: the
+/// statement has no other parameters before these.
+pub(crate) fn placeholders(
+    backend: DbBackend,
+    first: usize,
+    rows: usize,
+    columns: usize,
+) -> String {
     use std::fmt::Write;
+    let anonymous = backend == DbBackend::Sqlite;
+    debug_assert!(!anonymous || first == 1, "anonymous parameters start at 1");
     let mut sql = String::with_capacity(rows * columns * 7);
     for row in 0..rows {
         if row > 0 {
@@ -78,7 +91,11 @@ pub(crate) fn placeholders(first: usize, rows: usize, columns: usize) -> String 
             if column > 0 {
                 sql.push_str(", ");
             }
-            let _ = write!(sql, "${}", first + row * columns + column);
+            if anonymous {
+                sql.push('?');
+            } else {
+                let _ = write!(sql, "${}", first + row * columns + column);
+            }
         }
         sql.push(')');
     }
@@ -430,7 +447,7 @@ impl Store {
                      ON CONFLICT (key_id, window_start) \
                      DO UPDATE SET count = rate_limit_windows.count + excluded.count \
                      RETURNING key_id, window_start, count",
-                    placeholders(1, chunk.len(), 3)
+                    placeholders(backend, 1, chunk.len(), 3)
                 );
                 let rows = txn
                     .query_all_raw(Statement::from_sql_and_values(backend, sql, values))
@@ -569,4 +586,21 @@ pub(crate) async fn lookup_ids_of<C: ConnectionTrait>(
         .into_tuple::<String>()
         .all(db)
         .await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_are_numbered_on_postgres_and_anonymous_on_sqlite() {
+        assert_eq!(
+            placeholders(DbBackend::Postgres, 2, 2, 2),
+            "($2, $3), ($4, $5)"
+        );
+        assert_eq!(
+            placeholders(DbBackend::Sqlite, 1, 2, 3),
+            "(?, ?, ?), (?, ?, ?)"
+        );
+    }
 }

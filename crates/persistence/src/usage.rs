@@ -86,7 +86,7 @@ impl Store {
                      UPDATE api_keys SET last_used_at = v.t FROM v \
                      WHERE api_keys.id = v.id \
                      AND (api_keys.last_used_at IS NULL OR api_keys.last_used_at < v.t)",
-                    placeholders(1, chunk.len(), 2)
+                    placeholders(backend, 1, chunk.len(), 2)
                 );
                 txn.execute_raw(Statement::from_sql_and_values(backend, sql, values))
                     .await?;
@@ -101,7 +101,7 @@ impl Store {
                      UPDATE credentials SET last_used_at = v.t FROM v \
                      WHERE credentials.lookup_id = v.lookup_id AND credentials.key_id = v.key_id \
                      AND (credentials.last_used_at IS NULL OR credentials.last_used_at < v.t)",
-                    placeholders(1, chunk.len(), 3)
+                    placeholders(backend, 1, chunk.len(), 3)
                 );
                 txn.execute_raw(Statement::from_sql_and_values(backend, sql, values))
                     .await?;
@@ -152,7 +152,7 @@ impl Store {
                      denied_rate_limited = key_usage_hourly.denied_rate_limited \
                      + excluded.denied_rate_limited, \
                      denied_other = key_usage_hourly.denied_other + excluded.denied_other",
-                    placeholders(1, chunk.len(), 5)
+                    placeholders(backend, 1, chunk.len(), 5)
                 );
                 txn.execute_raw(Statement::from_sql_and_values(backend, sql, values))
                     .await?;

@@ -8,6 +8,7 @@ mod m20261122_000001_create_keys;
 mod m20261125_000002_key_versions;
 mod m20261201_000003_key_usage;
 mod m20261202_000004_key_lifecycle;
+mod m20261204_000005_usage_fillfactor;
 
 /// All of Keygate's migrations, in order.
 #[derive(Clone, Copy, Debug, Default)]
@@ -20,6 +21,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261125_000002_key_versions::Migration),
             Box::new(m20261201_000003_key_usage::Migration),
             Box::new(m20261202_000004_key_lifecycle::Migration),
+            Box::new(m20261204_000005_usage_fillfactor::Migration),
         ]
     }
 }

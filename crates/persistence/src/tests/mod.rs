@@ -67,6 +67,31 @@ both_backends!(
 
 mod lifecycle;
 
+/// On PostgreSQL the tables the usage flushers update are filled to 80%,
+/// so those updates can stay on their page without new index entries.
+#[tokio::test]
+async fn postgres_usage_tables_leave_room_for_updates() {
+    let Some(db) = TestDatabase::postgres().await else {
+        return;
+    };
+    let store = open(&db).await;
+    for table in ["api_keys", "credentials", "key_usage_hourly"] {
+        let row = store
+            .connection()
+            .query_one_raw(Statement::from_sql_and_values(
+                sea_orm::DbBackend::Postgres,
+                "SELECT array_to_string(reloptions, ',') AS options FROM pg_class \
+                 WHERE relname = $1 AND relkind = 'r'",
+                [table.into()],
+            ))
+            .await
+            .expect("query pg_class")
+            .unwrap_or_else(|| panic!("no table {table}"));
+        let options: Option<String> = row.try_get("", "options").expect("options");
+        assert_eq!(options.as_deref(), Some("fillfactor=80"), "{table}");
+    }
+}
+
 pub(crate) async fn open(db: &TestDatabase) -> Store {
     let store = Store::connect(&db.url).await.expect("connect");
     store.migrate().await.expect("migrate");
