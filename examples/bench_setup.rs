@@ -14,6 +14,10 @@
 //!                       [--scope bench:read] [--client-ip 10.0.0.1]
 //! bench_setup data-file --keys FILE --out FILE [--scope bench:read] [--client-ip 10.0.0.1]
 //!                        [--format authorize|ext-authz]
+//! bench_setup usage-writes --database-url URL [--active 100000] [--rounds 3]
+//! bench_setup load      --endpoint URL --rpc authorize|ext-authz|check --keys FILE
+//!                       [--duration-secs 10] [--concurrency 32] [--connections 4]
+//!                       [--scope bench:read] [--client-ip 10.0.0.1]
 //! ```
 //!
 //! `create` writes one secret per line to `--out`. `seed` writes the same
@@ -28,6 +32,20 @@
 //! `DECISION_ALLOW`. `data-file` writes a JSON array of AuthorizeRequest
 //! messages for ghz's `--data-file` (sent round robin), or with `--format
 //! ext-authz` the same questions as Envoy ext_authz CheckRequests.
+//! `usage-writes` measures what the usage flushers' writes cost for
+//! `--active` keys in use (a random sample of the database's keys): per
+//! round, one `record_last_used` (each key's and credential's
+//! `last_used_at`, as when they fall due) and one `add_usage_counts` (one
+//! hourly row per key), with the wall time and this process's CPU time of
+//! each (on SQLite the database's work is in this process).
+//! `load` is a load generator whose own cost per call is the same for every
+//! RPC: each request is encoded once, before the clock starts, and sent as
+//! bytes; answers are taken as bytes (every 64th decoded and checked to be
+//! an allow). ghz builds every message from JSON through reflection, which
+//! costs it more for an ext_authz `CheckRequest` than for an
+//! `AuthorizeRequest`; on two CPUs shared with the server that changes the
+//! load the server sees, and with it the server's CPU per call. `load`
+//! prints calls, rps, p50 and p99 on one line.
 //!
 //! Arguments are parsed by hand so the example needs no extra dependencies.
 
@@ -431,6 +449,308 @@ fn data_file(args: &Args) -> Result<(), Error> {
     Ok(())
 }
 
+/// A codec that sends bytes as they are and takes answers as bytes, so a
+/// call costs the client the same whatever the message.
+#[derive(Clone, Copy, Debug, Default)]
+struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = bytes::Bytes;
+    type Decode = bytes::Bytes;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        RawCodec
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        RawCodec
+    }
+}
+
+impl tonic::codec::Encoder for RawCodec {
+    type Item = bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn encode(
+        &mut self,
+        item: bytes::Bytes,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        use bytes::BufMut;
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCodec {
+    type Item = bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<bytes::Bytes>, tonic::Status> {
+        use bytes::Buf;
+        Ok(Some(src.copy_to_bytes(src.remaining())))
+    }
+}
+
+/// Whether an encoded answer of `rpc` is an allow (or a serving health
+/// check).
+fn allowed(rpc: &str, answer: &[u8]) -> Result<bool, Error> {
+    use envoy_types::ext_authz::v3::pb::CheckResponse;
+    use prost::Message;
+    Ok(match rpc {
+        "authorize" => pb::AuthorizeResponse::decode(answer)?.decision() == pb::Decision::Allow,
+        "ext-authz" => CheckResponse::decode(answer)?
+            .status
+            .is_some_and(|s| s.code == 0),
+        _ => {
+            tonic_health::pb::HealthCheckResponse::decode(answer)?.status()
+                == ServingStatus::Serving
+        }
+    })
+}
+
+async fn load(args: &Args) -> Result<(), Error> {
+    use envoy_types::pb::envoy::{
+        config::core::v3::{Address, SocketAddress, address, socket_address},
+        service::auth::v3::{AttributeContext, CheckRequest, attribute_context},
+    };
+    use prost::Message;
+    use tonic::codegen::http::uri::PathAndQuery;
+
+    let endpoint = args.get("endpoint")?;
+    let rpc = args.get("rpc")?;
+    let duration = Duration::from_secs(args.num("duration-secs", 10)? as u64);
+    let concurrency = args.num("concurrency", 32)?.max(1);
+    let connections = args.num("connections", CHANNELS)?.max(1);
+    let scope = args.get_or("scope", "bench:read");
+    let client_ip = args.get_or("client-ip", "10.0.0.1");
+    let keys = read_keys(&args.get("keys")?)?;
+    let (path, requests): (&'static str, Vec<bytes::Bytes>) = match rpc.as_str() {
+        "authorize" => (
+            "/keygate.v1.AuthorizationService/Authorize",
+            keys.iter()
+                .map(|key| {
+                    pb::AuthorizeRequest {
+                        key: key.clone(),
+                        required_scopes: vec![scope.clone()],
+                        environment: "live".to_owned(),
+                        client_ip: client_ip.clone(),
+                    }
+                    .encode_to_vec()
+                    .into()
+                })
+                .collect(),
+        ),
+        // The same question as `data-file --format ext-authz` asks.
+        "ext-authz" => (
+            "/envoy.service.auth.v3.Authorization/Check",
+            keys.iter()
+                .map(|key| {
+                    let check = CheckRequest {
+                        attributes: Some(AttributeContext {
+                            source: Some(attribute_context::Peer {
+                                address: Some(Address {
+                                    address: Some(address::Address::SocketAddress(SocketAddress {
+                                        address: client_ip.clone(),
+                                        port_specifier: Some(
+                                            socket_address::PortSpecifier::PortValue(40000),
+                                        ),
+                                        ..Default::default()
+                                    })),
+                                }),
+                                ..Default::default()
+                            }),
+                            request: Some(attribute_context::Request {
+                                http: Some(attribute_context::HttpRequest {
+                                    method: "GET".into(),
+                                    path: "/bench".into(),
+                                    headers: [(
+                                        "authorization".to_owned(),
+                                        format!("Bearer {key}"),
+                                    )]
+                                    .into(),
+                                    ..Default::default()
+                                }),
+                                ..Default::default()
+                            }),
+                            context_extensions: [
+                                ("keygate_scopes".to_owned(), scope.clone()),
+                                ("keygate_environment".to_owned(), "live".to_owned()),
+                            ]
+                            .into(),
+                            ..Default::default()
+                        }),
+                    };
+                    check.encode_to_vec().into()
+                })
+                .collect(),
+        ),
+        "check" => (
+            "/grpc.health.v1.Health/Check",
+            vec![
+                HealthCheckRequest {
+                    service: String::new(),
+                }
+                .encode_to_vec()
+                .into(),
+            ],
+        ),
+        other => {
+            return Err(format!("--rpc must be authorize, ext-authz or check, got {other}").into());
+        }
+    };
+    if requests.is_empty() {
+        return Err("no keys".into());
+    }
+    let requests = Arc::new(requests);
+    let mut channels = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        channels.push(
+            tonic::transport::Endpoint::from_shared(endpoint.clone())?
+                .connect()
+                .await?,
+        );
+    }
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let deadline = started + duration;
+    let mut tasks = Vec::with_capacity(concurrency);
+    for worker in 0..concurrency {
+        let mut grpc = tonic::client::Grpc::new(channels[worker % connections].clone());
+        let (next, requests, rpc) = (next.clone(), requests.clone(), rpc.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut latencies: Vec<u32> = Vec::new();
+            while Instant::now() < deadline {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let request = requests[i % requests.len()].clone();
+                let sent = Instant::now();
+                grpc.ready().await?;
+                let answer = grpc
+                    .unary(
+                        tonic::Request::new(request),
+                        PathAndQuery::from_static(path),
+                        RawCodec,
+                    )
+                    .await?
+                    .into_inner();
+                latencies.push(u32::try_from(sent.elapsed().as_micros()).unwrap_or(u32::MAX));
+                if i % 64 == 0 && !allowed(&rpc, &answer)? {
+                    return Err(format!("request #{i} was not allowed").into());
+                }
+            }
+            Ok::<_, Error>(latencies)
+        }));
+    }
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await??);
+    }
+    let secs = started.elapsed().as_secs_f64();
+    latencies.sort_unstable();
+    let percentile = |p: usize| {
+        latencies
+            .get((latencies.len() * p / 100).min(latencies.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0)
+    };
+    println!(
+        "calls {} rps {:.0} p50_us {} p99_us {}",
+        latencies.len(),
+        latencies.len() as f64 / secs,
+        percentile(50),
+        percentile(99)
+    );
+    Ok(())
+}
+
+/// This process's CPU time (user + system), from `/proc/self/stat`.
+fn process_cpu() -> Result<Duration, Error> {
+    let stat = std::fs::read_to_string("/proc/self/stat")?;
+    // Fields after the command name, which ends with the last ')'.
+    let rest = stat.rsplit_once(')').ok_or("unexpected /proc/self/stat")?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line.
+    let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
+    // USER_HZ is 100 on Linux.
+    Ok(Duration::from_millis(ticks * 10))
+}
+
+async fn usage_writes(args: &Args) -> Result<(), Error> {
+    use keygate_domain::usage::UsageCounts;
+    use keygate_persistence::{HourlyUsage, LastUsed};
+    use sea_orm::{ConnectionTrait, Statement};
+
+    let store = Store::connect(&args.get("database-url")?).await?;
+    let active = args.num("active", 100_000)?;
+    let rounds = args.num("rounds", 3)?;
+    let backend = store.connection().get_database_backend();
+    let rows = store
+        .connection()
+        .query_all_raw(Statement::from_sql_and_values(
+            backend,
+            "SELECT key_id, lookup_id FROM credentials ORDER BY random() LIMIT $1",
+            [i64::try_from(active)?.into()],
+        ))
+        .await?;
+    let sample: Vec<(String, String)> = rows
+        .iter()
+        .map(|r| Ok((r.try_get("", "key_id")?, r.try_get("", "lookup_id")?)))
+        .collect::<Result<_, sea_orm::DbErr>>()?;
+    eprintln!(
+        "bench_setup: usage writes for {} keys in use, {rounds} rounds",
+        sample.len()
+    );
+    let start = chrono::Utc::now();
+    for round in 0..rounds {
+        // A minute apart: every key falls due again, as with the default
+        // 60 s precision.
+        let at = start + chrono::Duration::seconds(61 * i64::try_from(round)?);
+        let uses: Vec<LastUsed> = sample
+            .iter()
+            .map(|(key_id, lookup_id)| LastUsed {
+                key_id: key_id.clone(),
+                lookup_id: lookup_id.clone(),
+                at,
+            })
+            .collect();
+        let counts: Vec<HourlyUsage> = sample
+            .iter()
+            .map(|(key_id, _)| HourlyUsage {
+                key_id: key_id.clone(),
+                hour_start: at.timestamp() - at.timestamp().rem_euclid(3600),
+                counts: UsageCounts {
+                    allowed: 5,
+                    ..Default::default()
+                },
+            })
+            .collect();
+        let (cpu, wall) = (process_cpu()?, Instant::now());
+        store.record_last_used(&uses).await?;
+        let (cpu_used, wall_used) = (process_cpu()? - cpu, wall.elapsed());
+        let (cpu, wall) = (process_cpu()?, Instant::now());
+        store.add_usage_counts(&counts).await?;
+        let (cpu_counts, wall_counts) = (process_cpu()? - cpu, wall.elapsed());
+        let per_key = |d: Duration| d.as_secs_f64() * 1e6 / sample.len().max(1) as f64;
+        eprintln!(
+            "bench_setup: round {}: last used {:.0} ms wall, {:.0} ms CPU ({:.1} µs/key); \
+             hourly counts {:.0} ms wall, {:.0} ms CPU ({:.1} µs/key)",
+            round + 1,
+            wall_used.as_secs_f64() * 1e3,
+            cpu_used.as_secs_f64() * 1e3,
+            per_key(cpu_used),
+            wall_counts.as_secs_f64() * 1e3,
+            cpu_counts.as_secs_f64() * 1e3,
+            per_key(cpu_counts),
+        );
+    }
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() {
     let raw: Vec<String> = std::env::args().skip(1).collect();
@@ -442,6 +762,8 @@ async fn main() {
                 "seed" => seed(&args).await,
                 "authorize" => authorize(&args).await,
                 "data-file" => data_file(&args),
+                "usage-writes" => usage_writes(&args).await,
+                "load" => load(&args).await,
                 other => Err(format!("unknown command {other:?}").into()),
             },
             Err(err) => Err(err),
