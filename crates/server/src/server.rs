@@ -7,7 +7,6 @@ use std::{
     sync::{Arc, atomic::AtomicBool},
 };
 
-use envoy_types::ext_authz::v3::pb::AuthorizationServer as ExtAuthzServer;
 use keygate::v1::{
     authorization_service_server::AuthorizationServiceServer,
     key_management_service_server::KeyManagementServiceServer,
@@ -26,7 +25,7 @@ use tonic::{
 
 use crate::{
     api::authorization::AuthorizeService,
-    api::ext_authz::ExtAuthzService,
+    api::ext_authz::{ExtAuthzServer, ExtAuthzService},
     api::management::{ManagementService, issue_key},
     config::{Config, ConfigError},
     hotpath::authorizer::Authorizer,
@@ -130,9 +129,7 @@ impl Keygate {
         health
             .set_serving::<AuthorizationServiceServer<AuthorizeService>>()
             .await;
-        health
-            .set_serving::<ExtAuthzServer<ExtAuthzService>>()
-            .await;
+        health.set_serving::<ExtAuthzServer>().await;
 
         let reflection_v1 = reflection().build_v1()?;
         let reflection_v1alpha = reflection().build_v1alpha()?;
@@ -293,7 +290,7 @@ fn reflection() -> tonic_reflection::server::Builder<'static> {
     for service in [
         <KeyManagementServiceServer<ManagementService> as NamedService>::NAME,
         <AuthorizationServiceServer<AuthorizeService> as NamedService>::NAME,
-        <ExtAuthzServer<ExtAuthzService> as NamedService>::NAME,
+        <ExtAuthzServer as NamedService>::NAME,
         "grpc.health.v1.Health",
         "grpc.reflection.v1.ServerReflection",
         "grpc.reflection.v1alpha.ServerReflection",

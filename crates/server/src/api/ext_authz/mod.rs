@@ -14,19 +14,28 @@
 //! headers go back to the client) or a `denied_response` (401/403/429 with a
 //! JSON body). When Keygate cannot decide, Check fails with an error status,
 //! so Envoy's `failure_mode_allow` decides.
+//!
+//! The request is read through [`request::CheckRequest`], the few fields
+//! used, and served by [`server::ExtAuthzServer`]; the answer is
+//! envoy-types' `CheckResponse`.
 
-use std::{net::IpAddr, sync::Arc};
+mod request;
+mod server;
+
+use std::sync::Arc;
 
 use envoy_types::{
     ext_authz::v3::pb::{
-        Address, Authorization, CheckRequest, CheckResponse, DeniedHttpResponse,
-        HeaderAppendAction, HeaderValue, HeaderValueOption, HttpResponse, HttpStatus,
-        OkHttpResponse,
+        CheckResponse, DeniedHttpResponse, HeaderAppendAction, HeaderValue, HeaderValueOption,
+        HttpResponse, HttpStatus, OkHttpResponse,
     },
     pb::google::rpc,
 };
 use keygate_domain::{environment::Environments, forwarded};
-use tonic::{Code, Request, Response, Status};
+use tonic::{Code, Status};
+
+pub use request::CheckRequest;
+pub use server::ExtAuthzServer;
 
 use crate::{
     api::proxy::{self, Header, ProxyRequest, ProxySettings, Verdict},
@@ -67,6 +76,7 @@ fn header_options(headers: Vec<Header>) -> Vec<HeaderValueOption> {
     headers
         .into_iter()
         .map(|(key, value)| {
+            let keep_empty_value = value.is_empty();
             #[allow(deprecated)] // `append` is deprecated; leaving it unset is the way
             HeaderValueOption {
                 header: Some(HeaderValue {
@@ -76,18 +86,14 @@ fn header_options(headers: Vec<Header>) -> Vec<HeaderValueOption> {
                 }),
                 append: None,
                 append_action: HeaderAppendAction::OverwriteIfExistsOrAdd.into(),
-                keep_empty_value: true,
+                // Envoy drops an empty value unless told to keep it; an
+                // empty x-keygate-scopes must still replace a client's copy.
+                // (Only there: every other value is non-empty, and the flag
+                // costs bytes on every answer.)
+                keep_empty_value,
             }
         })
         .collect()
-}
-
-fn source_ip(request: &CheckRequest) -> Option<IpAddr> {
-    let peer = request.attributes.as_ref()?.source.as_ref()?;
-    match peer.address.as_ref()?.address.as_ref()? {
-        Address::SocketAddress(socket) => forwarded::parse_entry(&socket.address),
-        _ => None,
-    }
 }
 
 fn rpc_status(code: Code, message: &str) -> rpc::Status {
@@ -98,28 +104,13 @@ fn rpc_status(code: Code, message: &str) -> rpc::Status {
     }
 }
 
-#[tonic::async_trait]
-impl Authorization for ExtAuthzService {
-    async fn check(
-        &self,
-        request: Request<CheckRequest>,
-    ) -> Result<Response<CheckResponse>, Status> {
-        let check = request.into_inner();
-        let attributes = check.attributes.as_ref();
-        let http = attributes
-            .and_then(|a| a.request.as_ref())
-            .and_then(|r| r.http.as_ref());
-        // Envoy sends header names in lowercase.
-        let header = |name: &str| http.and_then(|h| h.headers.get(name)).map(String::as_str);
-        let extension = |name: &str| {
-            attributes
-                .and_then(|a| a.context_extensions.get(name))
-                .map(String::as_str)
-        };
-        let key = self.settings.find_key(header);
+impl ExtAuthzService {
+    /// Answers one Check.
+    pub async fn check(&self, check: &CheckRequest) -> Result<CheckResponse, Status> {
+        let key = self.settings.find_key(|name| check.header(name));
         let client_ip = forwarded::client_address(
-            source_ip(&check),
-            header("x-forwarded-for"),
+            check.source_address().and_then(forwarded::parse_entry),
+            check.header("x-forwarded-for"),
             self.settings.trusted_proxy_hops,
         );
         let verdict = proxy::decide(
@@ -129,8 +120,12 @@ impl Authorization for ExtAuthzService {
             &self.settings,
             ProxyRequest {
                 key: key.map(|(_, value)| value),
-                scopes: extension(SCOPES_EXTENSION).map(|s| (SCOPES_EXTENSION, s)),
-                environment: extension(ENVIRONMENT_EXTENSION).map(|e| (ENVIRONMENT_EXTENSION, e)),
+                scopes: check
+                    .extension(SCOPES_EXTENSION)
+                    .map(|s| (SCOPES_EXTENSION, s)),
+                environment: check
+                    .extension(ENVIRONMENT_EXTENSION)
+                    .map(|e| (ENVIRONMENT_EXTENSION, e)),
                 client_ip,
             },
         )
@@ -149,7 +144,8 @@ impl Authorization for ExtAuthzService {
                     ..Default::default()
                 };
                 CheckResponse {
-                    status: Some(rpc_status(Code::Ok, "authorized")),
+                    // Envoy reads only the code of an OK; no message.
+                    status: Some(rpc_status(Code::Ok, "")),
                     http_response: Some(HttpResponse::OkResponse(ok)),
                     dynamic_metadata: None,
                 }
@@ -178,6 +174,6 @@ impl Authorization for ExtAuthzService {
                 }
             }
         };
-        Ok(Response::new(response))
+        Ok(response)
     }
 }
