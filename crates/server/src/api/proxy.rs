@@ -49,10 +49,7 @@ pub struct ProxySettings {
 
 impl ProxySettings {
     /// The first configured key header present (name and value).
-    pub fn find_key<'h>(
-        &self,
-        header: impl Fn(&str) -> Option<&'h str>,
-    ) -> Option<(&str, &'h str)> {
+    pub fn find_key<V>(&self, header: impl Fn(&str) -> Option<V>) -> Option<(&str, V)> {
         self.key_headers
             .iter()
             .find_map(|name| header(name).map(|value| (name.as_str(), value)))
@@ -262,7 +259,7 @@ mod tests {
         assert_eq!(settings.find_key(both), Some(("authorization", "Bearer a")));
         let api_key_only = |name: &str| (name == "x-api-key").then_some("b");
         assert_eq!(settings.find_key(api_key_only), Some(("x-api-key", "b")));
-        assert_eq!(settings.find_key(|_| None), None);
+        assert_eq!(settings.find_key(|_| None::<&str>), None);
     }
 
     #[test]

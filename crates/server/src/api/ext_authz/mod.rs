@@ -110,7 +110,7 @@ impl ExtAuthzService {
         let key = self.settings.find_key(|name| check.header(name));
         let client_ip = forwarded::client_address(
             check.source_address().and_then(forwarded::parse_entry),
-            check.header("x-forwarded-for"),
+            check.header("x-forwarded-for").as_deref(),
             self.settings.trusted_proxy_hops,
         );
         let verdict = proxy::decide(
@@ -119,7 +119,7 @@ impl ExtAuthzService {
             &self.environments,
             &self.settings,
             ProxyRequest {
-                key: key.map(|(_, value)| value),
+                key: key.as_ref().map(|(_, value)| value.as_ref()),
                 scopes: check
                     .extension(SCOPES_EXTENSION)
                     .map(|s| (SCOPES_EXTENSION, s)),

@@ -19,6 +19,8 @@
 //! Envoy sends request headers in `headers`, or in `header_map` when the
 //! filter sets `encode_raw_headers`; both are read.
 
+use std::borrow::Cow;
+
 use prost::bytes::Bytes;
 
 /// `envoy.service.auth.v3.CheckRequest`.
@@ -120,14 +122,24 @@ pub struct HeaderValue {
 }
 
 /// The value of the first entry named `name`, if it is UTF-8.
-fn find<'a>(
-    entries: impl IntoIterator<Item = (&'a Bytes, &'a Bytes)>,
-    name: &str,
-) -> Option<&'a str> {
+fn find<'a>(entries: &'a [Entry], name: &str) -> Option<&'a str> {
     entries
-        .into_iter()
-        .find(|(key, _)| key.as_ref() == name.as_bytes())
-        .and_then(|(_, value)| std::str::from_utf8(value).ok())
+        .iter()
+        .find(|e| e.key.as_ref() == name.as_bytes())
+        .and_then(|e| std::str::from_utf8(&e.value).ok())
+}
+
+impl HeaderValue {
+    /// The value as Envoy means it: `raw_value`, or the deprecated `value`
+    /// when that is all it sent.
+    fn text(&self) -> Option<&str> {
+        let value = if self.raw_value.is_empty() {
+            &self.value
+        } else {
+            &self.raw_value
+        };
+        std::str::from_utf8(value).ok()
+    }
 }
 
 impl CheckRequest {
@@ -136,34 +148,37 @@ impl CheckRequest {
     }
 
     /// A request header (`name` in lowercase, as Envoy sends names).
-    pub fn header(&self, name: &str) -> Option<&str> {
+    ///
+    /// `headers` holds each name once, repeated lines already joined by
+    /// Envoy; `header_map` holds every line, so lines of one name are
+    /// joined here, in order, with `,` (RFC 9110 §5.3). Reading only the
+    /// first would let a client's own `x-forwarded-for` line hide the one
+    /// a trusted proxy added after it. A value that is not UTF-8 makes the
+    /// header unreadable, as if it were absent.
+    pub fn header(&self, name: &str) -> Option<Cow<'_, str>> {
         let http = self.http()?;
-        find(http.headers.iter().map(|e| (&e.key, &e.value)), name).or_else(|| {
-            let map = http.header_map.as_ref()?;
-            find(
-                map.headers.iter().map(|h| {
-                    let value = if h.raw_value.is_empty() {
-                        &h.value
-                    } else {
-                        &h.raw_value
-                    };
-                    (&h.key, value)
-                }),
-                name,
-            )
-        })
+        if let Some(value) = find(&http.headers, name) {
+            return Some(Cow::Borrowed(value));
+        }
+        let mut lines = http
+            .header_map
+            .as_ref()?
+            .headers
+            .iter()
+            .filter(|h| h.key.as_ref() == name.as_bytes());
+        let first = lines.next()?.text()?;
+        let mut joined = Cow::Borrowed(first);
+        for line in lines {
+            let text = joined.to_mut();
+            text.push(',');
+            text.push_str(line.text()?);
+        }
+        Some(joined)
     }
 
     /// A context extension set by the route.
     pub fn extension(&self, name: &str) -> Option<&str> {
-        let attributes = self.attributes.as_ref()?;
-        find(
-            attributes
-                .context_extensions
-                .iter()
-                .map(|e| (&e.key, &e.value)),
-            name,
-        )
+        find(&self.attributes.as_ref()?.context_extensions, name)
     }
 
     /// The downstream peer's address, as Envoy wrote it.
@@ -265,9 +280,12 @@ mod tests {
         for header_map in [false, true] {
             let bytes = full_request(header_map).encode_to_vec();
             let lean = CheckRequest::decode(bytes.as_slice()).expect("decode");
-            assert_eq!(lean.header("authorization"), Some("Bearer kg_live_abc"));
             assert_eq!(
-                lean.header("x-forwarded-for"),
+                lean.header("authorization").as_deref(),
+                Some("Bearer kg_live_abc")
+            );
+            assert_eq!(
+                lean.header("x-forwarded-for").as_deref(),
                 Some("203.0.113.7, 10.0.0.2")
             );
             assert_eq!(lean.header("x-api-key"), None);
@@ -277,6 +295,32 @@ mod tests {
             assert_eq!(lean.extension("other"), None);
             assert_eq!(lean.source_address(), Some("10.0.0.2"));
         }
+    }
+
+    #[test]
+    fn repeated_header_map_lines_are_joined_in_order() {
+        let mut request = full_request(true);
+        let map = request
+            .attributes
+            .as_mut()
+            .and_then(|a| a.request.as_mut())
+            .and_then(|r| r.http.as_mut())
+            .and_then(|h| h.header_map.as_mut())
+            .expect("header_map");
+        map.headers.push(core::HeaderValue {
+            key: "x-forwarded-for".into(),
+            value: "198.51.100.1".into(),
+            raw_value: Vec::new(),
+        });
+        let lean = CheckRequest::decode(request.encode_to_vec().as_slice()).expect("decode");
+        assert_eq!(
+            lean.header("x-forwarded-for").as_deref(),
+            Some("203.0.113.7, 10.0.0.2,198.51.100.1")
+        );
+        assert_eq!(
+            lean.header("authorization").as_deref(),
+            Some("Bearer kg_live_abc")
+        );
     }
 
     #[test]
