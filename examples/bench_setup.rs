@@ -34,8 +34,8 @@
 //! ext-authz` the same questions as Envoy ext_authz CheckRequests.
 //! `usage-writes` measures what the usage flushers' writes cost for
 //! `--active` keys in use (a random sample of the database's keys): per
-//! round, one `record_last_used` (each key's and credential's
-//! `last_used_at`, as when they fall due) and one `add_usage_counts` (one
+//! round, one `record_last_used` (each credential's last use, one
+//! `key_last_uses` row per key, as when they fall due) and one `add_usage_counts` (one
 //! hourly row per key), with the wall time and this process's CPU time of
 //! each (on SQLite the database's work is in this process).
 //! `load` is a load generator whose own cost per call is the same for every

@@ -23,8 +23,8 @@ use sea_orm::{
 
 use keygate_domain::ApiKey;
 
-use crate::convert::{credential_to_active, key_to_active};
-use crate::entity::{api_key, credential};
+use crate::convert::{credential_to_active, key_to_active, last_use_rows};
+use crate::entity::{api_key, credential, key_last_use};
 use crate::error::StoreError;
 use crate::notify::{CHANGE_CHANNEL, encode_payload};
 use crate::store::{Store, placeholders, rows_per_statement};
@@ -47,9 +47,12 @@ impl Store {
                 .iter()
                 .flat_map(|k| k.credentials.iter().map(|c| credential_to_active(&k.id, c)))
                 .collect();
+            let last_use_rows: Vec<key_last_use::ActiveModel> =
+                keys.iter().flat_map(last_use_rows).collect();
             let txn = self.connection().begin().await?;
             insert_rows(&txn, &key_rows).await?;
             insert_rows(&txn, &credential_rows).await?;
+            insert_rows(&txn, &last_use_rows).await?;
             notify_all(&txn, keys).await?;
             txn.commit().await?;
             Ok(())
@@ -182,11 +185,13 @@ mod tests {
         full.expires_at = Some(t + TimeDelta::microseconds(123_456_789));
         full.created_at = t - TimeDelta::microseconds(1);
         full.updated_at = t + TimeDelta::microseconds(1);
-        full.last_used_at = Some(t - TimeDelta::microseconds(999_999));
+        full.credentials[0].last_used_at = Some(t - TimeDelta::microseconds(999_999));
         let mut old = credential("OLDk0001", t - TimeDelta::seconds(60));
         old.expires_at = Some(t + TimeDelta::microseconds(7));
         old.last_used_at = Some(t - TimeDelta::microseconds(3));
         full.credentials.push(old);
+        // A key's last use is the latest of its credentials'.
+        full.last_used_at = Some(t - TimeDelta::microseconds(3));
         let disabled = &mut keys[2];
         disabled.state = KeyState::Disabled;
         disabled.version = 3;

@@ -9,11 +9,12 @@ use keygate_domain::scope::Scope;
 use keygate_domain::{ApiKey, Credential, KeyState};
 use sea_orm::ActiveValue::Set;
 
-use crate::entity::{api_key, credential};
+use crate::entity::{api_key, credential, key_last_use};
 use crate::error::StoreError;
 
 /// The columns of `api_keys` written from a domain key (`request_count` is
-/// left to its default).
+/// left to its default; last uses are rows of their own,
+/// [`last_use_rows`]).
 pub(crate) fn key_to_active(key: &ApiKey) -> api_key::ActiveModel {
     api_key::ActiveModel {
         id: Set(key.id.clone()),
@@ -28,7 +29,6 @@ pub(crate) fn key_to_active(key: &ApiKey) -> api_key::ActiveModel {
         prefix: Set(key.prefix.clone()),
         created_at: Set(key.created_at),
         updated_at: Set(key.updated_at),
-        last_used_at: Set(key.last_used_at),
         revoked_at: Set(key.revoked_at),
         revoked_reason: Set(key.revoked_reason.clone()),
         request_count: Default::default(),
@@ -49,8 +49,19 @@ pub(crate) fn credential_to_active(key_id: &str, cred: &Credential) -> credentia
         hint: Set(cred.hint.clone()),
         created_at: Set(cred.created_at),
         expires_at: Set(cred.expires_at),
-        last_used_at: Set(cred.last_used_at),
     }
+}
+
+/// The `key_last_uses` rows of a domain key: one per credential with a
+/// last use. (A key's own `last_used_at` is the latest of its credentials'.)
+pub(crate) fn last_use_rows(key: &ApiKey) -> impl Iterator<Item = key_last_use::ActiveModel> {
+    key.credentials.iter().filter_map(|c| {
+        c.last_used_at.map(|at| key_last_use::ActiveModel {
+            key_id: Set(key.id.clone()),
+            lookup_id: Set(c.lookup_id.clone()),
+            used_at: Set(at),
+        })
+    })
 }
 
 /// Scopes as a JSON array of strings.
@@ -76,13 +87,19 @@ fn json_array<'a>(items: impl Iterator<Item = &'a str>) -> String {
     serde_json::to_string(&items).unwrap_or_else(|_| "[]".to_owned())
 }
 
-/// Rebuilds a domain key from its row and its credential rows (already
-/// ordered newest first).
+/// Rebuilds a domain key from its row, its credential rows (already ordered
+/// newest first) and its `key_last_uses` rows (any order; rows of other keys
+/// are ignored). The key's last use is the latest of those rows, including
+/// rows of credentials since deleted.
 pub(crate) fn key_from_rows(
     row: api_key::Model,
     credentials: Vec<credential::Model>,
+    last_uses: &[key_last_use::Model],
 ) -> Result<ApiKey, StoreError> {
     let id = row.id;
+    let uses = || last_uses.iter().filter(|u| u.key_id == id);
+    let last_used_at = uses().map(|u| u.used_at).max();
+    let used = |lookup_id: &str| uses().find(|u| u.lookup_id == lookup_id).map(|u| u.used_at);
     let corrupt = |column: &str, detail: String| {
         StoreError::Corrupt(format!("api_keys.{column} of key {id}: {detail}"))
     };
@@ -113,7 +130,10 @@ pub(crate) fn key_from_rows(
         serde_json::from_str(&row.metadata).map_err(|e| corrupt("metadata", e.to_string()))?;
     let credentials = credentials
         .into_iter()
-        .map(credential_from_row)
+        .map(|c| {
+            let last_used_at = used(&c.lookup_id);
+            credential_from_row(c, last_used_at)
+        })
         .collect::<Result<Vec<_>, _>>()?;
     Ok(ApiKey {
         id,
@@ -128,7 +148,7 @@ pub(crate) fn key_from_rows(
         prefix: row.prefix,
         created_at: row.created_at,
         updated_at: row.updated_at,
-        last_used_at: row.last_used_at,
+        last_used_at,
         revoked_at: row.revoked_at,
         revoked_reason: row.revoked_reason,
         version,
@@ -139,7 +159,10 @@ pub(crate) fn key_from_rows(
     })
 }
 
-fn credential_from_row(row: credential::Model) -> Result<Credential, StoreError> {
+fn credential_from_row(
+    row: credential::Model,
+    last_used_at: Option<chrono::DateTime<chrono::Utc>>,
+) -> Result<Credential, StoreError> {
     let corrupt = |column: &str, len: usize| {
         StoreError::Corrupt(format!(
             "credentials.{column} of lookup id {}: {len} bytes",
@@ -163,7 +186,7 @@ fn credential_from_row(row: credential::Model) -> Result<Credential, StoreError>
         hint: row.hint,
         created_at: row.created_at,
         expires_at: row.expires_at,
-        last_used_at: row.last_used_at,
+        last_used_at,
     })
 }
 

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use keygate_domain::{ApiKey, KeyStatus, audit::Actor};
-use sea_orm::sea_query::Query;
+use sea_orm::sea_query::{Expr, Query};
 use sea_orm::{
     ColumnTrait, Condition, ConnectOptions, ConnectionTrait, Database, DatabaseConnection,
     DbBackend, EntityTrait, JoinType, QueryFilter, QueryOrder, QuerySelect, Statement,
@@ -23,8 +23,8 @@ use sea_orm::{
 use sea_orm_migration::MigratorTrait;
 
 use crate::audit;
-use crate::convert::{credential_to_active, key_from_rows, key_to_active};
-use crate::entity::{api_key, credential};
+use crate::convert::{credential_to_active, key_from_rows, key_to_active, last_use_rows};
+use crate::entity::{api_key, credential, key_last_use};
 use crate::error::StoreError;
 use crate::migration::Migrator;
 use crate::notify::{CHANGE_CHANNEL, ChangeListener, HEARTBEAT_PAYLOAD, notify_in};
@@ -263,6 +263,12 @@ impl Store {
                 .exec_without_returning(&txn)
                 .await?;
             }
+            let last_uses: Vec<_> = last_use_rows(key).collect();
+            if !last_uses.is_empty() {
+                key_last_use::Entity::insert_many(last_uses)
+                    .exec_without_returning(&txn)
+                    .await?;
+            }
             let lookup_ids: Vec<String> = key
                 .credentials
                 .iter()
@@ -338,10 +344,11 @@ impl Store {
             let Some((first, key_row)) = rows.next() else {
                 return Ok(None);
             };
+            let last_uses = last_uses_of(&self.db, std::slice::from_ref(&key_row.id)).await?;
             let credentials = std::iter::once(first)
                 .chain(rows.map(|(credential, _)| credential))
                 .collect();
-            key_from_rows(key_row, credentials).map(Some)
+            key_from_rows(key_row, credentials, &last_uses).map(Some)
         })
         .await
     }
@@ -371,11 +378,18 @@ impl Store {
                 query = query.filter(status_condition(status, now));
             }
             if let Some(before) = filter.last_used_before {
-                query = query.filter(
-                    Condition::any()
-                        .add(api_key::Column::LastUsedAt.is_null())
-                        .add(api_key::Column::LastUsedAt.lt(before)),
-                );
+                // No use at or after `before` (never used counts too).
+                use sea_orm::sea_query::ExprTrait as _;
+                let used_since = Query::select()
+                    .expr(Expr::val(1))
+                    .from(key_last_use::Entity)
+                    .and_where(
+                        Expr::col((key_last_use::Entity, key_last_use::Column::KeyId))
+                            .equals((api_key::Entity, api_key::Column::Id)),
+                    )
+                    .and_where(key_last_use::Column::UsedAt.gte(before))
+                    .to_owned();
+                query = query.filter(Expr::exists(used_since).not());
             }
             if let Some(before) = filter.expires_before {
                 query = query.filter(api_key::Column::ExpiresAt.lt(before));
@@ -394,7 +408,7 @@ impl Store {
             let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
             let mut by_key: HashMap<String, Vec<credential::Model>> = HashMap::new();
             for c in credential::Entity::find()
-                .filter(credential::Column::KeyId.is_in(ids))
+                .filter(credential::Column::KeyId.is_in(ids.iter().map(String::as_str)))
                 .order_by_desc(credential::Column::CreatedAt)
                 .order_by_desc(credential::Column::LookupId)
                 .all(&self.db)
@@ -402,10 +416,11 @@ impl Store {
             {
                 by_key.entry(c.key_id.clone()).or_default().push(c);
             }
+            let last_uses = last_uses_of(&self.db, &ids).await?;
             rows.into_iter()
                 .map(|row| {
                     let creds = by_key.remove(&row.id).unwrap_or_default();
-                    key_from_rows(row, creds)
+                    key_from_rows(row, creds, &last_uses)
                 })
                 .collect()
         })
@@ -560,7 +575,19 @@ pub(crate) async fn load_key<C: ConnectionTrait>(
         return Ok(None);
     };
     let credentials = credentials_of(db, id).await?;
-    key_from_rows(row, credentials).map(Some)
+    let last_uses = last_uses_of(db, std::slice::from_ref(&row.id)).await?;
+    key_from_rows(row, credentials, &last_uses).map(Some)
+}
+
+/// The `key_last_uses` rows of the keys `key_ids`.
+async fn last_uses_of<C: ConnectionTrait>(
+    db: &C,
+    key_ids: &[String],
+) -> Result<Vec<key_last_use::Model>, StoreError> {
+    Ok(key_last_use::Entity::find()
+        .filter(key_last_use::Column::KeyId.is_in(key_ids.iter().map(String::as_str)))
+        .all(db)
+        .await?)
 }
 
 async fn credentials_of<C: ConnectionTrait>(

@@ -1,5 +1,6 @@
-//! Usage storage: `last_used_at` of keys and credentials, and request counts
-//! per key per hour (`key_usage_hourly`).
+//! Usage storage: the last use of each credential (`key_last_uses`; a key's
+//! is the latest of its credentials'), and request counts per key per hour
+//! (`key_usage_hourly`).
 //!
 //! Both are written by the server's background flushers, never by a request,
 //! and always set-based: one statement per few hundred parameters
@@ -50,57 +51,45 @@ fn to_u64(n: i64) -> u64 {
 }
 
 impl Store {
-    /// Stores last uses, in one transaction: per key and per credential,
-    /// `last_used_at` becomes the given time if none is stored or the
-    /// stored one is earlier. A row already as recent is not touched (no
-    /// write at all, which matters on PostgreSQL, where every update is a
-    /// new row version). Unknown keys and credentials are ignored.
+    /// Stores last uses, in one transaction of multi-row upserts into
+    /// `key_last_uses`, in key order: per credential, the stored use becomes
+    /// the given time if none is stored or the stored one is earlier (a key's
+    /// last use is the latest of its credentials'). A row already as recent
+    /// is not touched (no write at all, which matters on PostgreSQL, where
+    /// every update is a new row version). Uses of unknown keys and
+    /// credentials are ignored.
     pub async fn record_last_used(&self, uses: &[LastUsed]) -> Result<(), StoreError> {
         self.observed("record_last_used", async move {
-            if uses.is_empty() {
-                return Ok(());
-            }
-            let mut keys: BTreeMap<&str, DateTime<Utc>> = BTreeMap::new();
-            let mut creds: BTreeMap<(&str, &str), DateTime<Utc>> = BTreeMap::new();
+            let mut latest: BTreeMap<(&str, &str), DateTime<Utc>> = BTreeMap::new();
             for u in uses {
                 // Microseconds on every backend, as PostgreSQL keeps them.
                 let used = last_use_precision(u.at);
-                let at = keys.entry(u.key_id.as_str()).or_insert(used);
-                *at = (*at).max(used);
-                let at = creds
+                let at = latest
                     .entry((u.key_id.as_str(), u.lookup_id.as_str()))
                     .or_insert(used);
                 *at = (*at).max(used);
             }
-            let backend = self.connection().get_database_backend();
-            let keys: Vec<_> = keys.into_iter().collect();
-            let creds: Vec<_> = creds.into_iter().collect();
-            let txn = self.connection().begin().await?;
-            for chunk in keys.chunks(rows_per_statement(backend, 2)) {
-                let mut values = Vec::with_capacity(chunk.len() * 2);
-                for (key_id, at) in chunk {
-                    values.extend([(*key_id).into(), (*at).into()]);
-                }
-                let sql = format!(
-                    "WITH v(id, t) AS (VALUES {}) \
-                     UPDATE api_keys SET last_used_at = v.t FROM v \
-                     WHERE api_keys.id = v.id \
-                     AND (api_keys.last_used_at IS NULL OR api_keys.last_used_at < v.t)",
-                    placeholders(backend, 1, chunk.len(), 2)
-                );
-                txn.execute_raw(Statement::from_sql_and_values(backend, sql, values))
-                    .await?;
+            if latest.is_empty() {
+                return Ok(());
             }
-            for chunk in creds.chunks(rows_per_statement(backend, 3)) {
+            let latest: Vec<_> = latest.into_iter().collect();
+            let backend = self.connection().get_database_backend();
+            let txn = self.connection().begin().await?;
+            for chunk in latest.chunks(rows_per_statement(backend, 3)) {
                 let mut values = Vec::with_capacity(chunk.len() * 3);
                 for ((key_id, lookup_id), at) in chunk {
-                    values.extend([(*lookup_id).into(), (*key_id).into(), (*at).into()]);
+                    values.extend([(*key_id).into(), (*lookup_id).into(), (*at).into()]);
                 }
+                // `WHERE EXISTS`: only credentials that exist (a key deleted
+                // meanwhile would fail the foreign key, and the flush with it).
                 let sql = format!(
-                    "WITH v(lookup_id, key_id, t) AS (VALUES {}) \
-                     UPDATE credentials SET last_used_at = v.t FROM v \
-                     WHERE credentials.lookup_id = v.lookup_id AND credentials.key_id = v.key_id \
-                     AND (credentials.last_used_at IS NULL OR credentials.last_used_at < v.t)",
+                    "WITH v(key_id, lookup_id, t) AS (VALUES {}) \
+                     INSERT INTO key_last_uses (key_id, lookup_id, used_at) \
+                     SELECT v.key_id, v.lookup_id, v.t FROM v WHERE EXISTS \
+                     (SELECT 1 FROM credentials c \
+                     WHERE c.lookup_id = v.lookup_id AND c.key_id = v.key_id) \
+                     ON CONFLICT (key_id, lookup_id) DO UPDATE SET used_at = excluded.used_at \
+                     WHERE key_last_uses.used_at < excluded.used_at",
                     placeholders(backend, 1, chunk.len(), 3)
                 );
                 txn.execute_raw(Statement::from_sql_and_values(backend, sql, values))

@@ -31,8 +31,8 @@ pub struct Model {
     pub created_at: DateTimeUtc,
     /// Last change.
     pub updated_at: DateTimeUtc,
-    /// Last successful use.
-    pub last_used_at: Option<DateTimeUtc>,
+    // `last_used_at` is no longer read or written: last uses are in
+    // `key_last_uses` (migration 6).
     /// When revoked.
     pub revoked_at: Option<DateTimeUtc>,
     /// Why revoked.

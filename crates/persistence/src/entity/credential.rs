@@ -21,8 +21,7 @@ pub struct Model {
     pub created_at: DateTimeUtc,
     /// End of validity (rotation grace period).
     pub expires_at: Option<DateTimeUtc>,
-    /// Last successful use.
-    pub last_used_at: Option<DateTimeUtc>,
+    // `last_used_at` is no longer read or written: see `key_last_use`.
 }
 
 /// No relations are declared: queries join by hand where needed.

@@ -6,3 +6,4 @@
 pub mod api_key;
 pub mod audit_event;
 pub mod credential;
+pub mod key_last_use;

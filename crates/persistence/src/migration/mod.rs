@@ -9,6 +9,7 @@ mod m20261125_000002_key_versions;
 mod m20261201_000003_key_usage;
 mod m20261202_000004_key_lifecycle;
 mod m20261204_000005_usage_fillfactor;
+mod m20261205_000006_key_last_uses;
 
 /// All of Keygate's migrations, in order.
 #[derive(Clone, Copy, Debug, Default)]
@@ -22,6 +23,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000003_key_usage::Migration),
             Box::new(m20261202_000004_key_lifecycle::Migration),
             Box::new(m20261204_000005_usage_fillfactor::Migration),
+            Box::new(m20261205_000006_key_last_uses::Migration),
         ]
     }
 }

@@ -55,6 +55,7 @@ both_backends!(
     racing_changes_are_serialized,
     rotate_expires_old_adds_new_and_cleans_up,
     last_used_only_moves_forward,
+    migration_6_carries_last_uses_over,
     usage_counts_add_up_across_replicas_and_prune,
     concurrent_usage_flushes_lose_nothing,
     rate_usage_is_shared_between_stores,
@@ -75,7 +76,12 @@ async fn postgres_usage_tables_leave_room_for_updates() {
         return;
     };
     let store = open(&db).await;
-    for table in ["api_keys", "credentials", "key_usage_hourly"] {
+    for table in [
+        "api_keys",
+        "credentials",
+        "key_usage_hourly",
+        "key_last_uses",
+    ] {
         let row = store
             .connection()
             .query_one_raw(Statement::from_sql_and_values(
@@ -101,6 +107,13 @@ pub(crate) async fn open(db: &TestDatabase) -> Store {
 /// Now, truncated to microseconds (what both backends keep).
 pub(crate) fn now() -> DateTime<Utc> {
     DateTime::from_timestamp_micros(Utc::now().timestamp_micros()).expect("valid time")
+}
+
+/// Marks `key` as last used at `at`, through its current credential (a
+/// key's last use is the latest of its credentials').
+fn used_at(key: &mut ApiKey, at: DateTime<Utc>) {
+    key.credentials[0].last_used_at = Some(at);
+    key.last_used_at = Some(at);
 }
 
 pub(crate) fn credential(lookup_id: &str, created_at: DateTime<Utc>) -> Credential {
@@ -160,13 +173,16 @@ async fn roundtrip_every_field(db: &TestDatabase) {
     k.expires_at = Some(t + TimeDelta::microseconds(123_456_789));
     k.created_at = t - TimeDelta::microseconds(1);
     k.updated_at = t + TimeDelta::microseconds(1);
-    k.last_used_at = Some(t - TimeDelta::microseconds(999_999));
     k.revoked_at = Some(t);
     k.revoked_reason = Some("leaked in «logs»".to_owned());
     let mut old = credential("BBBBbbbb", t - TimeDelta::seconds(60));
     old.expires_at = Some(t + TimeDelta::microseconds(7));
     old.last_used_at = Some(t - TimeDelta::microseconds(3));
-    k.credentials = vec![credential("AAAAaaaa", t), old];
+    let mut current = credential("AAAAaaaa", t);
+    current.last_used_at = Some(t - TimeDelta::microseconds(999_999));
+    k.credentials = vec![current, old];
+    // A key's last use is the latest of its credentials'.
+    k.last_used_at = Some(t - TimeDelta::microseconds(3));
     k.metadata = [
         ("plan", "pro"),
         ("tenant.id", "t-42"),
@@ -410,11 +426,11 @@ async fn list_filters_by_last_use_and_expiry(db: &TestDatabase) {
         key("u5-expires-later", "acme", "live", "UNUSED05"),
         key("u6-expired-unused", "globex", "live", "UNUSED06"),
     ];
-    keys[1].last_used_at = Some(t - TimeDelta::days(100));
-    keys[2].last_used_at = Some(t);
-    keys[3].last_used_at = Some(t - TimeDelta::days(1));
+    used_at(&mut keys[1], t - TimeDelta::days(100));
+    used_at(&mut keys[2], t);
+    used_at(&mut keys[3], t - TimeDelta::days(1));
     keys[3].expires_at = Some(t + TimeDelta::days(3));
-    keys[4].last_used_at = Some(t);
+    used_at(&mut keys[4], t);
     keys[4].expires_at = Some(t + TimeDelta::days(60));
     keys[5].expires_at = Some(t - TimeDelta::days(1));
     for k in &keys {
@@ -824,11 +840,13 @@ async fn rotate_expires_old_adds_new_and_cleans_up(db: &TestDatabase) {
     ending_soon.expires_at = Some(t + TimeDelta::minutes(5));
     let mut long_gone = credential("GONExxx1", t - TimeDelta::days(10));
     long_gone.expires_at = Some(t - TimeDelta::days(2));
+    long_gone.last_used_at = Some(t - TimeDelta::days(3));
     k.credentials = vec![
         credential("CURRENT1", t - TimeDelta::hours(1)),
         ending_soon.clone(),
         long_gone,
     ];
+    k.last_used_at = Some(t - TimeDelta::days(3));
     store
         .insert_key(&k, &Actor::default())
         .await
@@ -867,6 +885,8 @@ async fn rotate_expires_old_adds_new_and_cleans_up(db: &TestDatabase) {
         store.find_by_lookup_id("GONExxx1").await.expect("find"),
         None
     );
+    // The deleted credential's last use is still the key's.
+    assert_eq!(rotated.last_used_at, Some(t - TimeDelta::days(3)));
 
     // Immediate rotation ends every older credential now.
     let t2 = t + TimeDelta::seconds(1);
@@ -914,6 +934,99 @@ async fn rotate_expires_old_adds_new_and_cleans_up(db: &TestDatabase) {
         .await
         .expect_err("lookup id taken");
     assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+}
+
+/// Migration 6 moves last uses out of `api_keys` and `credentials` into
+/// `key_last_uses`: a credential's own, and a key's later than all its
+/// credentials' (its credential deleted since) under the empty lookup id.
+async fn migration_6_carries_last_uses_over(db: &TestDatabase) {
+    use sea_orm::EntityTrait;
+    use sea_orm_migration::MigratorTrait;
+
+    use crate::convert::{credential_to_active, key_to_active};
+    use crate::entity::{api_key, credential};
+
+    let store = Store::connect(&db.url).await.expect("connect");
+    let conn = store.connection();
+    crate::migration::Migrator::up(conn, Some(5))
+        .await
+        .expect("migrations 1-5");
+    let t = now();
+    let mut used = key("0001-used", "acme", "live", "MIGRused");
+    used.credentials
+        .push(credential("MIGRold1", t - TimeDelta::days(1)));
+    let deleted = key("0002-deleted-credential", "acme", "live", "MIGRdel1");
+    let never = key("0003-never-used", "acme", "live", "MIGRnev1");
+    for k in [&used, &deleted, &never] {
+        api_key::Entity::insert(key_to_active(k))
+            .exec_without_returning(conn)
+            .await
+            .expect("insert key row");
+        for c in &k.credentials {
+            credential::Entity::insert(credential_to_active(&k.id, c))
+                .exec_without_returning(conn)
+                .await
+                .expect("insert credential row");
+        }
+    }
+    let backend = conn.get_database_backend();
+    let set = |sql: &str, at: DateTime<Utc>, id: &str| {
+        Statement::from_sql_and_values(backend, sql, [at.into(), id.into()])
+    };
+    for (sql, at, id) in [
+        (
+            "UPDATE credentials SET last_used_at = $1 WHERE lookup_id = $2",
+            t - TimeDelta::hours(2),
+            "MIGRold1",
+        ),
+        (
+            "UPDATE api_keys SET last_used_at = $1 WHERE id = $2",
+            t - TimeDelta::hours(2),
+            "0001-used",
+        ),
+        (
+            "UPDATE api_keys SET last_used_at = $1 WHERE id = $2",
+            t - TimeDelta::hours(5),
+            "0002-deleted-credential",
+        ),
+    ] {
+        conn.execute_raw(set(sql, at, id))
+            .await
+            .expect("old column");
+    }
+    store.migrate().await.expect("migration 6");
+
+    let got = store
+        .get_key(&used.id)
+        .await
+        .expect("get")
+        .expect("present");
+    assert_eq!(got.last_used_at, Some(t - TimeDelta::hours(2)));
+    let uses: Vec<_> = got
+        .credentials
+        .iter()
+        .map(|c| (c.lookup_id.as_str(), c.last_used_at))
+        .collect();
+    assert_eq!(
+        uses,
+        [
+            ("MIGRused", None),
+            ("MIGRold1", Some(t - TimeDelta::hours(2)))
+        ]
+    );
+    let got = store
+        .get_key(&deleted.id)
+        .await
+        .expect("get")
+        .expect("present");
+    assert_eq!(got.last_used_at, Some(t - TimeDelta::hours(5)));
+    assert_eq!(got.credentials[0].last_used_at, None);
+    let got = store
+        .get_key(&never.id)
+        .await
+        .expect("get")
+        .expect("present");
+    assert_eq!(got.last_used_at, None);
 }
 
 async fn last_used_only_moves_forward(db: &TestDatabase) {
