@@ -18,6 +18,7 @@
 //! only ones that know protobuf.
 
 pub mod api;
+mod coalesce;
 pub mod config;
 pub mod error;
 #[cfg(test)]

@@ -18,6 +18,7 @@ use keygate_domain::{
 };
 use keygate_persistence::{Backend, Store, StoreError};
 use tokio::{net::TcpListener, sync::watch};
+use tokio_stream::StreamExt as _;
 use tonic::{
     server::NamedService,
     transport::{ServerTlsConfig, server::TcpIncoming},
@@ -27,6 +28,7 @@ use crate::{
     api::authorization::AuthorizeService,
     api::ext_authz::{ExtAuthzServer, ExtAuthzService},
     api::management::{ManagementService, issue_key},
+    coalesce::CoalescingIo,
     config::{Config, ConfigError},
     hotpath::authorizer::Authorizer,
     hotpath::usage::FlushSchedule,
@@ -237,7 +239,10 @@ impl Keygate {
             client_certificates = config.tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
             "keygate serving"
         );
-        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        // Small answers written together: see `coalesce`.
+        let incoming = TcpIncoming::from(listener)
+            .with_nodelay(Some(true))
+            .map(|accepted| accepted.map(CoalescingIo));
         let mut builder = tonic::transport::Server::builder().timeout(config.request_timeout);
         if let Some(tls) = tls {
             builder = builder.tls_config(tls)?;

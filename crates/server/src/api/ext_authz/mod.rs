@@ -16,29 +16,25 @@
 //! so Envoy's `failure_mode_allow` decides.
 //!
 //! The request is read through [`request::CheckRequest`], the few fields
-//! used, and served by [`server::ExtAuthzServer`]; the answer is
-//! envoy-types' `CheckResponse`.
+//! used, the answer written as [`response::CheckResponse`], the few fields
+//! set, and both served by [`server::ExtAuthzServer`].
 
 mod request;
+mod response;
 mod server;
 
 use std::sync::Arc;
 
-use envoy_types::{
-    ext_authz::v3::pb::{
-        CheckResponse, DeniedHttpResponse, HeaderAppendAction, HeaderValue, HeaderValueOption,
-        HttpResponse, HttpStatus, OkHttpResponse,
-    },
-    pb::google::rpc,
-};
 use keygate_domain::{environment::Environments, forwarded};
-use tonic::{Code, Status};
+use prost::bytes::Bytes;
+use tonic::Status;
 
 pub use request::CheckRequest;
+pub use response::CheckResponse;
 pub use server::ExtAuthzServer;
 
 use crate::{
-    api::proxy::{self, Header, ProxyRequest, ProxySettings, Verdict},
+    api::proxy::{self, ProxyRequest, ProxySettings},
     hotpath::authorizer::Authorizer,
     metrics::Frontend,
 };
@@ -54,6 +50,8 @@ pub struct ExtAuthzService {
     authorizer: Arc<Authorizer>,
     environments: Environments,
     settings: Arc<ProxySettings>,
+    /// `settings.key_headers` as the bytes `headers_to_remove` sends.
+    key_header_names: Vec<Bytes>,
 }
 
 impl ExtAuthzService {
@@ -64,47 +62,19 @@ impl ExtAuthzService {
         environments: Environments,
         settings: Arc<ProxySettings>,
     ) -> Self {
+        let key_header_names = settings
+            .key_headers
+            .iter()
+            .map(|name| Bytes::from(name.clone()))
+            .collect();
         Self {
             authorizer,
             environments,
             settings,
+            key_header_names,
         }
     }
-}
 
-fn header_options(headers: Vec<Header>) -> Vec<HeaderValueOption> {
-    headers
-        .into_iter()
-        .map(|(key, value)| {
-            let keep_empty_value = value.is_empty();
-            #[allow(deprecated)] // `append` is deprecated; leaving it unset is the way
-            HeaderValueOption {
-                header: Some(HeaderValue {
-                    key: key.to_owned(),
-                    value,
-                    raw_value: Vec::new(),
-                }),
-                append: None,
-                append_action: HeaderAppendAction::OverwriteIfExistsOrAdd.into(),
-                // Envoy drops an empty value unless told to keep it; an
-                // empty x-keygate-scopes must still replace a client's copy.
-                // (Only there: every other value is non-empty, and the flag
-                // costs bytes on every answer.)
-                keep_empty_value,
-            }
-        })
-        .collect()
-}
-
-fn rpc_status(code: Code, message: &str) -> rpc::Status {
-    rpc::Status {
-        code: code as i32,
-        message: message.to_owned(),
-        details: Vec::new(),
-    }
-}
-
-impl ExtAuthzService {
     /// Answers one Check.
     pub async fn check(&self, check: &CheckRequest) -> Result<CheckResponse, Status> {
         let key = self.settings.find_key(|name| check.header(name));
@@ -130,50 +100,14 @@ impl ExtAuthzService {
             },
         )
         .await?;
-        let response = match verdict {
-            Verdict::Allow { identity, response } => {
-                let headers_to_remove = match key {
-                    Some((name, _)) if !self.settings.forward_key => vec![name.to_owned()],
-                    _ => Vec::new(),
-                };
-                #[allow(deprecated)] // `dynamic_metadata` inside is deprecated
-                let ok = OkHttpResponse {
-                    headers: header_options(identity),
-                    headers_to_remove,
-                    response_headers_to_add: header_options(response),
-                    ..Default::default()
-                };
-                CheckResponse {
-                    // Envoy reads only the code of an OK; no message.
-                    status: Some(rpc_status(Code::Ok, "")),
-                    http_response: Some(HttpResponse::OkResponse(ok)),
-                    dynamic_metadata: None,
-                }
-            }
-            Verdict::Deny {
-                status,
-                reason,
-                headers,
-                body,
-            } => {
-                let code = match status {
-                    401 => Code::Unauthenticated,
-                    429 => Code::ResourceExhausted,
-                    _ => Code::PermissionDenied,
-                };
-                CheckResponse {
-                    status: Some(rpc_status(code, reason)),
-                    http_response: Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
-                        status: Some(HttpStatus {
-                            code: i32::from(status),
-                        }),
-                        headers: header_options(headers),
-                        body,
-                    })),
-                    dynamic_metadata: None,
-                }
-            }
+        let remove = match key {
+            Some((name, _)) if !self.settings.forward_key => self
+                .key_header_names
+                .iter()
+                .find(|n| n.as_ref() == name.as_bytes())
+                .cloned(),
+            _ => None,
         };
-        Ok(response)
+        Ok(CheckResponse::of(verdict, remove))
     }
 }

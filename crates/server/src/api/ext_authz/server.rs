@@ -1,9 +1,10 @@
 //! The gRPC route of `envoy.service.auth.v3.Authorization/Check`: what
 //! envoy-types' generated `AuthorizationServer` does, with the request
 //! decoded as [`super::request::CheckRequest`] (the fields Keygate reads)
-//! instead of Envoy's whole message. The answer is envoy-types'
-//! `CheckResponse`; the service's name is envoy-types' too, so health and
-//! reflection name it as before.
+//! instead of Envoy's whole message, and answered with
+//! [`super::response::CheckResponse`] (the fields Keygate sets). The
+//! service's name is envoy-types', so health and reflection name it as
+//! before.
 
 use std::{
     convert::Infallible,
@@ -11,14 +12,17 @@ use std::{
     task::{Context, Poll},
 };
 
-use envoy_types::ext_authz::v3::pb::CheckResponse;
+use prost::bytes::Buf;
 use tonic::{
     body::Body,
+    codec::{Codec, DecodeBuf, Decoder},
     codegen::{Body as HttpBody, BoxFuture, StdError, http},
     server::{Grpc, NamedService, UnaryService},
 };
 
-use super::{ExtAuthzService, request::CheckRequest};
+use tonic_prost::ProstEncoder;
+
+use super::{CheckResponse, ExtAuthzService, request::CheckRequest};
 
 /// The gRPC path of Check.
 const CHECK_PATH: &str = "/envoy.service.auth.v3.Authorization/Check";
@@ -89,10 +93,44 @@ where
         let check = Check(Arc::clone(&self.inner));
         let max_decoding = self.max_decoding_message_size;
         Box::pin(async move {
-            let mut grpc =
-                Grpc::new(tonic_prost::ProstCodec::<CheckResponse, CheckRequest>::default())
-                    .apply_max_message_size_config(max_decoding, None);
+            let mut grpc = Grpc::new(CheckCodec).apply_max_message_size_config(max_decoding, None);
             Ok(grpc.unary(check, request).await)
         })
+    }
+}
+
+/// Check's codec: the request kept as its bytes ([`CheckRequest::decode`]),
+/// the answer encoded by prost.
+#[derive(Clone, Copy, Debug, Default)]
+struct CheckCodec;
+
+/// Takes a request's bytes without copying them.
+#[derive(Clone, Copy, Debug, Default)]
+struct CheckDecoder;
+
+impl Codec for CheckCodec {
+    type Encode = CheckResponse;
+    type Decode = CheckRequest;
+    type Encoder = ProstEncoder<CheckResponse>;
+    type Decoder = CheckDecoder;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        ProstEncoder::default()
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        CheckDecoder
+    }
+}
+
+impl Decoder for CheckDecoder {
+    type Item = CheckRequest;
+    type Error = tonic::Status;
+
+    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<CheckRequest>, tonic::Status> {
+        let raw = buf.copy_to_bytes(buf.remaining());
+        CheckRequest::decode(raw)
+            .map(Some)
+            .map_err(|e| tonic::Status::internal(format!("decoding CheckRequest: {e}")))
     }
 }
