@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use chrono::{DateTime, Utc};
 use ipnet::IpNet;
 use keygate_domain::scope::Scope;
 use keygate_domain::{ApiKey, Credential, KeyState};
@@ -87,19 +88,40 @@ fn json_array<'a>(items: impl Iterator<Item = &'a str>) -> String {
     serde_json::to_string(&items).unwrap_or_else(|_| "[]".to_owned())
 }
 
+/// A stored last use, if any.
+pub(crate) type LastUse = Option<DateTime<Utc>>;
+
+/// Key `key_id`'s credential rows, each with its last use from `uses`
+/// (`key_last_uses` rows in any order; rows of other keys are ignored), and
+/// the key's last use: the latest of its rows, including rows of
+/// credentials since deleted.
+pub(crate) fn with_last_uses(
+    key_id: &str,
+    credentials: Vec<credential::Model>,
+    uses: &[key_last_use::Model],
+) -> (Vec<(credential::Model, LastUse)>, LastUse) {
+    let of_key = || uses.iter().filter(|u| u.key_id == key_id);
+    let credentials = credentials
+        .into_iter()
+        .map(|c| {
+            let used = of_key()
+                .find(|u| u.lookup_id == c.lookup_id)
+                .map(|u| u.used_at);
+            (c, used)
+        })
+        .collect();
+    (credentials, of_key().map(|u| u.used_at).max())
+}
+
 /// Rebuilds a domain key from its row, its credential rows (already ordered
-/// newest first) and its `key_last_uses` rows (any order; rows of other keys
-/// are ignored). The key's last use is the latest of those rows, including
-/// rows of credentials since deleted.
+/// newest first) with their last uses, and its own last use (see
+/// [`with_last_uses`]).
 pub(crate) fn key_from_rows(
     row: api_key::Model,
-    credentials: Vec<credential::Model>,
-    last_uses: &[key_last_use::Model],
+    credentials: Vec<(credential::Model, LastUse)>,
+    last_used_at: LastUse,
 ) -> Result<ApiKey, StoreError> {
     let id = row.id;
-    let uses = || last_uses.iter().filter(|u| u.key_id == id);
-    let last_used_at = uses().map(|u| u.used_at).max();
-    let used = |lookup_id: &str| uses().find(|u| u.lookup_id == lookup_id).map(|u| u.used_at);
     let corrupt = |column: &str, detail: String| {
         StoreError::Corrupt(format!("api_keys.{column} of key {id}: {detail}"))
     };
@@ -130,10 +152,7 @@ pub(crate) fn key_from_rows(
         serde_json::from_str(&row.metadata).map_err(|e| corrupt("metadata", e.to_string()))?;
     let credentials = credentials
         .into_iter()
-        .map(|c| {
-            let last_used_at = used(&c.lookup_id);
-            credential_from_row(c, last_used_at)
-        })
+        .map(|(c, used)| credential_from_row(c, used))
         .collect::<Result<Vec<_>, _>>()?;
     Ok(ApiKey {
         id,
@@ -161,7 +180,7 @@ pub(crate) fn key_from_rows(
 
 fn credential_from_row(
     row: credential::Model,
-    last_used_at: Option<chrono::DateTime<chrono::Utc>>,
+    last_used_at: LastUse,
 ) -> Result<Credential, StoreError> {
     let corrupt = |column: &str, len: usize| {
         StoreError::Corrupt(format!(

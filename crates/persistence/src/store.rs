@@ -17,13 +17,15 @@ use keygate_domain::{ApiKey, KeyStatus, audit::Actor};
 use sea_orm::sea_query::{Expr, Query};
 use sea_orm::{
     ColumnTrait, Condition, ConnectOptions, ConnectionTrait, Database, DatabaseConnection,
-    DbBackend, EntityTrait, JoinType, QueryFilter, QueryOrder, QuerySelect, Statement,
-    TransactionTrait,
+    DbBackend, DbErr, EntityTrait, FromQueryResult, JoinType, QueryFilter, QueryOrder, QueryResult,
+    QuerySelect, Statement, TransactionTrait,
 };
 use sea_orm_migration::MigratorTrait;
 
 use crate::audit;
-use crate::convert::{credential_to_active, key_from_rows, key_to_active, last_use_rows};
+use crate::convert::{
+    credential_to_active, key_from_rows, key_to_active, last_use_rows, with_last_uses,
+};
 use crate::entity::{api_key, credential, key_last_use};
 use crate::error::StoreError;
 use crate::migration::Migrator;
@@ -315,7 +317,8 @@ impl Store {
     /// The key owning the credential `lookup_id` (current or old), with all
     /// its credentials newest first. One round trip: the key's credentials
     /// joined with the key row (one result row per credential), selected by
-    /// the key id that owns `lookup_id`.
+    /// the key id that owns `lookup_id`, each with its last use and the
+    /// key's (from `key_last_uses`, by subqueries on its primary key).
     pub async fn find_by_lookup_id(&self, lookup_id: &str) -> Result<Option<ApiKey>, StoreError> {
         self.observed("find_by_lookup_id", async move {
             let owner = Query::select()
@@ -338,17 +341,32 @@ impl Store {
                 .order_by_desc(credential::Column::CreatedAt)
                 .order_by_desc(credential::Column::LookupId)
                 .select_two_required(api_key::Entity)
+                .column_as(
+                    Expr::cust(
+                        "(SELECT u.used_at FROM key_last_uses u WHERE u.key_id = credentials.key_id \
+                         AND u.lookup_id = credentials.lookup_id)",
+                    ),
+                    CredentialRow::USED_AT,
+                )
+                .column_as(
+                    Expr::cust(
+                        "(SELECT MAX(u.used_at) FROM key_last_uses u \
+                         WHERE u.key_id = credentials.key_id)",
+                    ),
+                    KeyRow::LAST_USED,
+                )
+                .into_model::<CredentialRow, KeyRow>()
                 .all(&self.db)
                 .await?;
             let mut rows = rows.into_iter();
-            let Some((first, key_row)) = rows.next() else {
+            let Some((first, key)) = rows.next() else {
                 return Ok(None);
             };
-            let last_uses = last_uses_of(&self.db, std::slice::from_ref(&key_row.id)).await?;
             let credentials = std::iter::once(first)
                 .chain(rows.map(|(credential, _)| credential))
+                .map(|c| (c.credential, c.used_at))
                 .collect();
-            key_from_rows(key_row, credentials, &last_uses).map(Some)
+            key_from_rows(key.key, credentials, key.last_used).map(Some)
         })
         .await
     }
@@ -420,7 +438,8 @@ impl Store {
             rows.into_iter()
                 .map(|row| {
                     let creds = by_key.remove(&row.id).unwrap_or_default();
-                    key_from_rows(row, creds, &last_uses)
+                    let (creds, last_used) = with_last_uses(&row.id, creds, &last_uses);
+                    key_from_rows(row, creds, last_used)
                 })
                 .collect()
         })
@@ -576,7 +595,48 @@ pub(crate) async fn load_key<C: ConnectionTrait>(
     };
     let credentials = credentials_of(db, id).await?;
     let last_uses = last_uses_of(db, std::slice::from_ref(&row.id)).await?;
-    key_from_rows(row, credentials, &last_uses).map(Some)
+    let (credentials, last_used) = with_last_uses(&row.id, credentials, &last_uses);
+    key_from_rows(row, credentials, last_used).map(Some)
+}
+
+/// A credential row of `find_by_lookup_id`, with its last use.
+struct CredentialRow {
+    credential: credential::Model,
+    used_at: Option<DateTime<Utc>>,
+}
+
+impl CredentialRow {
+    /// The last use's column: SeaORM names the first entity's columns `A_…`.
+    const USED_AT: &'static str = "A_used_at";
+}
+
+impl FromQueryResult for CredentialRow {
+    fn from_query_result(row: &QueryResult, prefix: &str) -> Result<Self, DbErr> {
+        Ok(CredentialRow {
+            credential: credential::Model::from_query_result(row, prefix)?,
+            used_at: row.try_get(prefix, "used_at")?,
+        })
+    }
+}
+
+/// The key row of `find_by_lookup_id`, with the key's last use.
+struct KeyRow {
+    key: api_key::Model,
+    last_used: Option<DateTime<Utc>>,
+}
+
+impl KeyRow {
+    /// The last use's column: SeaORM names the second entity's columns `B_…`.
+    const LAST_USED: &'static str = "B_last_used";
+}
+
+impl FromQueryResult for KeyRow {
+    fn from_query_result(row: &QueryResult, prefix: &str) -> Result<Self, DbErr> {
+        Ok(KeyRow {
+            key: api_key::Model::from_query_result(row, prefix)?,
+            last_used: row.try_get(prefix, "last_used")?,
+        })
+    }
 }
 
 /// The `key_last_uses` rows of the keys `key_ids`.

@@ -885,8 +885,12 @@ async fn rotate_expires_old_adds_new_and_cleans_up(db: &TestDatabase) {
         store.find_by_lookup_id("GONExxx1").await.expect("find"),
         None
     );
-    // The deleted credential's last use is still the key's.
+    // The deleted credential's last use is still the key's, read either way.
     assert_eq!(rotated.last_used_at, Some(t - TimeDelta::days(3)));
+    assert_eq!(
+        store.find_by_lookup_id("CURRENT1").await.expect("find"),
+        Some(rotated.clone())
+    );
 
     // Immediate rotation ends every older credential now.
     let t2 = t + TimeDelta::seconds(1);
