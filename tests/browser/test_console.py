@@ -10,9 +10,9 @@ refused when it posts anyway. Each page's screenshot is saved in the output
 folder."""
 
 from keygate.v1 import authorization_pb2 as authz
+from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
-from selenium.webdriver.support.expected_conditions import staleness_of
 from selenium.webdriver.support.ui import WebDriverWait
 
 
@@ -45,12 +45,31 @@ def scopes_field(browser):
     return browser.find_element(By.ID, "scopes").get_attribute("value")
 
 
+def page_left(element):
+    """A wait condition: `element`'s page has been replaced. Selenium's
+    `staleness_of` expects a stale-element error, but Chromium, asked about
+    an element while its page is being replaced, may instead answer with an
+    inspector error (the node "does not belong to the document"), which
+    means the same thing; any other error is a real one."""
+    def left(_driver):
+        try:
+            element.is_enabled()
+            return False
+        except StaleElementReferenceException:
+            return True
+        except WebDriverException as error:
+            if "does not belong to the document" in (error.msg or ""):
+                return True
+            raise
+    return left
+
+
 def submit_key_form(browser):
     """Submits the create form and waits for the next page."""
     browser.find_element(By.CSS_SELECTOR, "input[name=expiry][value='30d']").click()
     form = browser.find_element(By.CSS_SELECTOR, "form.key-form")
     form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
-    WebDriverWait(browser, 10).until(staleness_of(form))
+    WebDriverWait(browser, 10).until(page_left(form))
 
 
 def open_create_form(browser, keygate, name):
