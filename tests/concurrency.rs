@@ -212,7 +212,8 @@ async fn racing_changes_never_undo_a_revocation(db: TestDatabase) {
 }
 
 /// Authorize calls loading a key (cache misses, and background refreshes:
-/// the cache lifetime is a few milliseconds) race its revocation. Every
+/// the cache lifetime is a few milliseconds, so version checks renewing
+/// entries past it run throughout) race its revocation. Every
 /// Authorize that starts after RevokeKey returned is denied, for keys
 /// cached before the race and keys never seen before it.
 async fn revoke_racing_cache_loads_is_final(db: TestDatabase) {
@@ -302,7 +303,13 @@ async fn ending_racing_cache_loads_is_final(db: TestDatabase, ending: Ending) {
         late_allows.is_empty(),
         "allowed after {ending:?} returned (key, ns after): {late_allows:?}"
     );
-    eprintln!("100 × {ending:?} raced by {calls} Authorize calls: no allow after it returned");
+    let metrics = server.authorizer.metrics();
+    eprintln!(
+        "100 × {ending:?} raced by {calls} Authorize calls ({} key reads, {} renewals of \
+         entries past their lifetime): no allow after it returned",
+        metrics.key_loads.get(),
+        metrics.key_renewals.get()
+    );
     server.stop().await;
 }
 

@@ -17,6 +17,7 @@ mod observe;
 mod store;
 mod update;
 mod usage;
+mod versions;
 
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
@@ -32,3 +33,4 @@ pub use observe::StoreObserver;
 pub use store::{Backend, KeyFilter, Store};
 pub use update::KeyUpdate;
 pub use usage::{HourlyUsage, LastUsed};
+pub use versions::StoredVersion;

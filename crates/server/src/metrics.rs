@@ -145,6 +145,9 @@ pub struct Metrics {
     /// Loads refused because their lane stayed full (the caller got
     /// UNAVAILABLE; storage was not marked down).
     pub loads_shed: Counter,
+    /// Cached keys past their lifetime that a set-based version check
+    /// found unchanged and renewed without reading them again.
+    pub key_renewals: Counter,
     /// Cache lookups, fed by the cache itself.
     pub cache: CacheCounters,
     cache_entries: Gauge,
@@ -225,6 +228,12 @@ impl Metrics {
             "loads_shed",
             "Key loads refused because their share of the connection pool stayed busy",
             loads_shed.clone(),
+        );
+        let key_renewals = Counter::default();
+        registry.register(
+            "key_renewals",
+            "Cached keys past their lifetime renewed because storage still held their version (checked in batches, not read again)",
+            key_renewals.clone(),
         );
 
         let cache = CacheCounters::default();
@@ -320,6 +329,7 @@ impl Metrics {
             key_loads,
             stale_served,
             loads_shed,
+            key_renewals,
             cache,
             cache_entries,
             storage_operations,

@@ -16,7 +16,9 @@ use keygate_domain::{ApiKey, Credential, KeyState, KeyStatus, audit::Actor};
 use sea_orm::{ConnectionTrait, Statement, TransactionTrait};
 
 use crate::testing::TestDatabase;
-use crate::{Backend, Change, HourlyUsage, KeyFilter, KeyUpdate, LastUsed, Store, StoreError};
+use crate::{
+    Backend, Change, HourlyUsage, KeyFilter, KeyUpdate, LastUsed, Store, StoreError, StoredVersion,
+};
 
 macro_rules! both_backends {
     ($($name:ident),* $(,)?) => {
@@ -55,6 +57,7 @@ both_backends!(
     racing_changes_are_serialized,
     rotate_expires_old_adds_new_and_cleans_up,
     last_used_only_moves_forward,
+    current_versions_answer_for_live_keys_only,
     migration_6_carries_last_uses_over,
     usage_counts_add_up_across_replicas_and_prune,
     concurrent_usage_flushes_lose_nothing,
@@ -1091,6 +1094,80 @@ async fn last_used_only_moves_forward(db: &TestDatabase) {
     assert_eq!(got.last_used_at, Some(t + TimeDelta::microseconds(1)));
     assert_eq!(by_lookup(&got, "USAGEaa1"), Some(t));
     assert_eq!(got.version, k.version, "usage is not a change");
+}
+
+/// The set-based check a cache uses to renew entries past their lifetime:
+/// each live key's version (a change bumps it) and newest use, nothing for
+/// deleted or unknown ids, and every asked id answered however many.
+async fn current_versions_answer_for_live_keys_only(db: &TestDatabase) {
+    let store = open(db).await;
+    let t = now();
+    let mut used = key("0001-vers", "acme", "live", "VERSaaa1");
+    used_at(&mut used, t - TimeDelta::minutes(3));
+    let changed = key("0002-vers", "acme", "live", "VERSbbb1");
+    let deleted = key("0003-vers", "acme", "live", "VERSccc1");
+    for k in [&used, &changed, &deleted] {
+        store
+            .insert_key(k, &Actor::default())
+            .await
+            .expect("insert");
+    }
+    let change = |k: &ApiKey, update: KeyUpdate| {
+        let store = store.clone();
+        let id = k.id.clone();
+        async move {
+            store
+                .update_key(&id, 1, &update, t, &Actor::default(), None)
+                .await
+                .expect("change")
+        }
+    };
+    assert_eq!(
+        change(&changed, KeyUpdate::Revoke { reason: None })
+            .await
+            .version,
+        2
+    );
+    change(
+        &deleted,
+        KeyUpdate::Delete {
+            purge_at: t + TimeDelta::days(1),
+        },
+    )
+    .await;
+    store
+        .record_last_used(&[LastUsed {
+            key_id: used.id.clone(),
+            lookup_id: "VERSaaa1".into(),
+            at: t,
+        }])
+        .await
+        .expect("record use");
+
+    let mut got = store
+        .current_versions(&[&used.id, &changed.id, &deleted.id, "0009-none"])
+        .await
+        .expect("versions");
+    got.sort_by(|a, b| a.key_id.cmp(&b.key_id));
+    let expected = |k: &ApiKey, version, last_used_at| StoredVersion {
+        key_id: k.id.clone(),
+        version,
+        last_used_at,
+    };
+    assert_eq!(
+        got,
+        vec![expected(&used, 1, Some(t)), expected(&changed, 2, None)],
+        "deleted and unknown keys are left out"
+    );
+
+    // More ids than one statement holds, the live ones last: all answered.
+    let mut many: Vec<String> = (0..1_203).map(|i| format!("9{i:04}-none")).collect();
+    many.push(used.id.clone());
+    many.push(changed.id.clone());
+    let many: Vec<&str> = many.iter().map(String::as_str).collect();
+    let got = store.current_versions(&many).await.expect("versions");
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert!(store.current_versions(&[]).await.expect("none").is_empty());
 }
 
 fn counts(allowed: u64, denied_rate_limited: u64, denied_other: u64) -> UsageCounts {

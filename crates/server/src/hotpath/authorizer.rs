@@ -2,8 +2,9 @@
 //!
 //! parse + checksum → cache lookup by lookup id → constant-time hash compare →
 //! state, expiry, environment, IP, scopes → rate limiter → usage noted in
-//! memory. Storage is read only on a cache miss (or by a background refresh)
-//! and never written here. Management calls authenticate their bearer key
+//! memory. Storage is read only on a cache miss (or to renew entries past
+//! their lifetime, in batches: [`crate::hotpath::renewal`]) and never
+//! written here. Management calls authenticate their bearer key
 //! through the same path.
 //!
 //! Storage loads are bounded: at most a quarter of the connection pool
@@ -15,6 +16,7 @@
 //! that outlives [`LOAD_TIMEOUT`], marks storage down.
 
 use std::{
+    collections::HashMap,
     net::IpAddr,
     sync::{
         Arc,
@@ -33,7 +35,7 @@ use keygate_domain::{
     snapshot::KeySnapshot,
     usage::{self, UsageBucket, UseOutcome},
 };
-use keygate_persistence::{Backend, Store, StoreError};
+use keygate_persistence::{Backend, Store, StoreError, StoredVersion};
 use tokio::sync::Semaphore;
 
 use crate::{
@@ -42,6 +44,7 @@ use crate::{
     hotpath::cache::{CachedKey, Entry, KeyCache, LoadError},
     hotpath::interner::Interner,
     hotpath::limiter::RateLimiter,
+    hotpath::renewal::{Due, RenewalQueue},
     hotpath::runtime::Runtimes,
     hotpath::usage::UsageRecorder,
     metrics::Metrics,
@@ -59,8 +62,11 @@ const UNAVAILABLE_BACKOFF: Duration = Duration::from_secs(1);
 /// Runtime registry shards each housekeeping run looks at (of 64).
 pub const HOUSEKEEPING_SHARDS: usize = 4;
 
-/// Background refreshes of entries past their lifetime running at once.
-const MAX_CONCURRENT_REFRESHES: usize = 2;
+/// How long the renewal drainer lets entries past their lifetime gather
+/// before checking them: they come due one request at a time.
+const RENEWAL_GATHER: Duration = Duration::from_millis(50);
+/// Entries checked against storage per query.
+const RENEWALS_PER_CHECK: usize = 500;
 /// Storage loads for management authentication running at once.
 const MANAGEMENT_LOADS: usize = 2;
 
@@ -111,8 +117,8 @@ pub struct Authorizer {
     origin: Instant,
     /// Nanoseconds after `origin` until which storage is presumed down.
     unavailable_until: AtomicU64,
-    /// Background refreshes allowed at once.
-    refreshes: Arc<Semaphore>,
+    /// Entries past their lifetime waiting for a version check.
+    renewals: RenewalQueue,
     /// Storage loads allowed at once, per lane.
     authorize_loads: Semaphore,
     management_loads: Semaphore,
@@ -149,7 +155,7 @@ impl Authorizer {
             metrics,
             origin: Instant::now(),
             unavailable_until: AtomicU64::new(0),
-            refreshes: Arc::new(Semaphore::new(MAX_CONCURRENT_REFRESHES)),
+            renewals: RenewalQueue::default(),
             authorize_loads: Semaphore::new((pool / 4).max(1)),
             management_loads: Semaphore::new(MANAGEMENT_LOADS.min(pool).max(1)),
             interner: Interner::default(),
@@ -240,9 +246,13 @@ impl Authorizer {
         u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
 
-    /// Reads the key owning `lookup_id` from storage, within `lane`'s share
-    /// of the pool.
-    async fn load(&self, lookup_id: &str, lane: Lane) -> Result<Entry, ApiError> {
+    /// Runs `read` within `lane`'s share of the pool, unless storage is
+    /// presumed down.
+    async fn read<T>(
+        &self,
+        lane: Lane,
+        read: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, ApiError> {
         if self.nanos_since_origin() < self.unavailable_until.load(Ordering::Acquire) {
             return Err(ApiError::Unavailable(
                 "storage presumed down after a failure".into(),
@@ -258,23 +268,29 @@ impl Authorizer {
                 "{lane:?} loads stayed busy for {LOAD_TIMEOUT:?}; load shed"
             )));
         };
-        self.metrics.key_loads.inc();
         // The query gets its own LOAD_TIMEOUT: a load that queued behind a
         // flood and then ran a quick query is no sign of an outage, and
         // must not mark storage down (it once did, with the wait's leftover
         // as the query's budget).
-        let found =
-            match tokio::time::timeout(LOAD_TIMEOUT, self.store.find_by_lookup_id(lookup_id)).await
-            {
-                Ok(Ok(found)) => found,
-                Ok(Err(StoreError::Unavailable(msg))) => return Err(self.storage_down(msg)),
-                // The pool is busy, not the database down: shed this call only.
-                Ok(Err(StoreError::Saturated(msg))) => return Err(ApiError::Unavailable(msg)),
-                Ok(Err(other)) => return Err(other.into()),
-                Err(_) => {
-                    return Err(self.storage_down(format!("no answer within {LOAD_TIMEOUT:?}")));
-                }
-            };
+        match tokio::time::timeout(LOAD_TIMEOUT, read).await {
+            Ok(Ok(found)) => Ok(found),
+            Ok(Err(StoreError::Unavailable(msg))) => Err(self.storage_down(msg)),
+            // The pool is busy, not the database down: shed this call only.
+            Ok(Err(StoreError::Saturated(msg))) => Err(ApiError::Unavailable(msg)),
+            Ok(Err(other)) => Err(other.into()),
+            Err(_) => Err(self.storage_down(format!("no answer within {LOAD_TIMEOUT:?}"))),
+        }
+    }
+
+    /// Reads the key owning `lookup_id` from storage, within `lane`'s share
+    /// of the pool.
+    async fn load(&self, lookup_id: &str, lane: Lane) -> Result<Entry, ApiError> {
+        let found = self
+            .read(lane, async {
+                self.metrics.key_loads.inc();
+                self.store.find_by_lookup_id(lookup_id).await
+            })
+            .await?;
         Ok(match found {
             Some(key) => {
                 let runtime = self.runtimes.get_or_create(&key.id);
@@ -289,6 +305,56 @@ impl Authorizer {
             }
             None => Entry::Unknown,
         })
+    }
+
+    /// The renewal drainer: checks the entries queued past their lifetime
+    /// a batch at a time until none are left.
+    async fn renew_due(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(RENEWAL_GATHER).await;
+            let due = self.renewals.take(RENEWALS_PER_CHECK);
+            if due.is_empty() {
+                return;
+            }
+            // Not checked now: their next use past the retry pause asks again.
+            if let Err(err) = self.renew(due).await {
+                tracing::debug!(error = %err, "renewal check failed");
+            }
+        }
+    }
+
+    /// Checks `due` against storage in one query: an entry whose version
+    /// storage still holds starts a new lifetime; one whose key changed
+    /// (a change this replica did not hear of) or is gone is read again
+    /// and, meanwhile, decides nothing.
+    async fn renew(&self, due: Vec<Due>) -> Result<(), ApiError> {
+        let read_at = self.cache.stamp();
+        let ids: Vec<&str> = due.iter().map(|(_, key)| &*key.snapshot.id).collect();
+        let stored = self
+            .read(Lane::Authorize, self.store.current_versions(&ids))
+            .await?;
+        let stored: HashMap<&str, &StoredVersion> =
+            stored.iter().map(|s| (s.key_id.as_str(), s)).collect();
+        for (lookup_id, key) in &due {
+            match stored.get(&*key.snapshot.id) {
+                Some(found) if found.version == key.snapshot.version => {
+                    UsageRecorder::note_stored(&key.runtime, found.last_used_at);
+                    if self.cache.renew(lookup_id, key, read_at).await {
+                        self.metrics.key_renewals.inc();
+                    }
+                }
+                moved => {
+                    if let Some(found) = moved {
+                        key.runtime.note_version(found.version);
+                    }
+                    let load = || self.load(lookup_id, Lane::Authorize);
+                    if let Err(err) = self.cache.refresh(lookup_id, load).await {
+                        tracing::debug!(error = %err, "reload of a changed key failed");
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     fn storage_down(&self, message: String) -> ApiError {
@@ -310,23 +376,10 @@ impl Authorizer {
             .await
         {
             Ok(lookup) => {
-                // At most a few refreshes at a time, so they never crowd out
-                // cache misses; a refresh not started now is retried by a
-                // later request (the cache spaces the attempts).
-                if let Some(permit) = lookup
-                    .refresh
-                    .then(|| self.refreshes.clone().try_acquire_owned().ok())
-                    .flatten()
+                if let (true, Entry::Known(key)) = (lookup.refresh, &lookup.entry)
+                    && self.renewals.push(lookup_id, key.clone())
                 {
-                    let this = self.clone();
-                    let id = lookup_id.to_owned();
-                    tokio::spawn(async move {
-                        let load = || this.load(&id, Lane::Authorize);
-                        if let Err(err) = this.cache.refresh(&id, load).await {
-                            tracing::debug!(error = %err, "background refresh failed");
-                        }
-                        drop(permit);
-                    });
+                    tokio::spawn(self.clone().renew_due());
                 }
                 lookup.entry
             }
@@ -694,6 +747,101 @@ mod tests {
         assert_eq!(decide(&f).await, Ok(DenyReason::KeyRevoked));
     }
 
+    /// Polls `done` every 10 ms for up to 5 s; whether it came true.
+    async fn eventually(mut done: impl AsyncFnMut() -> bool) -> bool {
+        for _ in 0..500 {
+            if done().await {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        false
+    }
+
+    /// A key past its lifetime that storage still holds at the cached
+    /// version starts a new lifetime from a version check, not a read.
+    async fn an_unchanged_key_past_its_lifetime_is_renewed_without_a_read(db: TestDatabase) {
+        let f = fixture(db, Duration::from_millis(40)).await;
+        let metrics = f.authorizer.metrics().clone();
+        assert_eq!(decide(&f).await, Err(()), "allowed");
+        assert_eq!(metrics.key_loads.get(), 1);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(decide(&f).await, Err(()), "served while due");
+        assert!(
+            eventually(async || metrics.key_renewals.get() == 1).await,
+            "renewed"
+        );
+        assert_eq!(metrics.key_loads.get(), 1, "not read again");
+        assert_eq!(decide(&f).await, Err(()));
+    }
+
+    /// A change this replica never heard of (a lost notification) is caught
+    /// when the entry comes due: the version check sees the version moved,
+    /// and the key is read again.
+    async fn a_change_not_heard_of_is_caught_when_the_entry_comes_due(db: TestDatabase) {
+        let f = fixture(db, Duration::from_millis(40)).await;
+        let metrics = f.authorizer.metrics().clone();
+        assert_eq!(decide(&f).await, Err(()), "allowed");
+        let key = f.store.get_key(&f.key_id).await.unwrap().unwrap();
+        f.store
+            .update_key(
+                &f.key_id,
+                key.version,
+                &KeyUpdate::Revoke { reason: None },
+                Utc::now(),
+                &Actor::default(),
+                None,
+            )
+            .await
+            .expect("revoke, unannounced");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            eventually(async || decide(&f).await == Ok(DenyReason::KeyRevoked)).await,
+            "the revocation was never seen"
+        );
+        assert_eq!(
+            metrics.key_renewals.get(),
+            0,
+            "a moved version renews nothing"
+        );
+        assert_eq!(metrics.key_loads.get(), 2, "read again once");
+    }
+
+    /// A version check reads the key unchanged, then a revocation commits
+    /// and is noted, then the check's renewal arrives: it must not keep the
+    /// old state (the steps of `Authorizer::renew`, interleaved by hand).
+    async fn a_renewal_check_that_read_before_a_revocation(db: TestDatabase) {
+        let f = fixture(db, Duration::from_secs(300)).await;
+        assert_eq!(decide(&f).await, Err(()), "cached while active");
+        let Entry::Known(cached) = f
+            .authorizer
+            .cache()
+            .get_or_load(&f.lookup_id, || {
+                f.authorizer.load(&f.lookup_id, Lane::Authorize)
+            })
+            .await
+            .expect("cached")
+            .entry
+        else {
+            panic!("the key is known");
+        };
+        let read_at = f.authorizer.cache().stamp();
+        let stored = f.store.current_versions(&[&f.key_id]).await.expect("check");
+        assert_eq!(
+            stored[0].version, cached.snapshot.version,
+            "unchanged when read"
+        );
+        revoke(&f).await;
+        assert!(
+            !f.authorizer
+                .cache()
+                .renew(&f.lookup_id, &cached, read_at)
+                .await,
+            "renewed an entry older than the revocation"
+        );
+        assert_eq!(decide(&f).await, Ok(DenyReason::KeyRevoked));
+    }
+
     /// A use not yet flushed shows exactly what storage shows once it is:
     /// a key read just before and just after the flush is the same.
     async fn a_pending_use_shows_the_time_storage_will_keep(db: TestDatabase) {
@@ -748,5 +896,8 @@ mod tests {
         a_refresh_of_a_cached_key_that_read_before_a_revocation,
         a_cached_key_reloading_after_distrust_during_a_revocation,
         a_pending_use_shows_the_time_storage_will_keep,
+        an_unchanged_key_past_its_lifetime_is_renewed_without_a_read,
+        a_change_not_heard_of_is_caught_when_the_entry_comes_due,
+        a_renewal_check_that_read_before_a_revocation,
     );
 }

@@ -25,8 +25,10 @@
 //!    cannot be reached.
 //! 3. **Lifetime.** Past its lifetime (50–100% of the configured one, so
 //!    entries loaded together do not expire together) a known key is still
-//!    served, and one caller is asked to refresh it in the background; an
-//!    unknown lookup id is loaded again.
+//!    served, and one caller is asked to refresh it in the background
+//!    (checked against storage's version in batches, [`KeyCache::renew`]d
+//!    when unchanged, reloaded otherwise); an unknown lookup id is loaded
+//!    again.
 //!
 //! A negative entry has no version to compare: a load that found nothing is
 //! kept only if no change was announced while it ran ([`KeyCache::invalidate`]
@@ -164,6 +166,11 @@ pub struct Lookup {
     /// (this caller won the right to; others were not told).
     pub refresh: bool,
 }
+
+/// When a check of entries against storage began, on the cache's clock: an
+/// entry renewed by the check counts as read then ([`KeyCache::renew`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadStamp(u64);
 
 /// Locks serializing loads per lookup id (by hash), without a lock per entry.
 const LOAD_STRIPES: usize = 1024;
@@ -357,8 +364,7 @@ impl KeyCache {
                 }
                 Entry::Known(_) => {
                     self.unknown.remove(&key);
-                    let lifetime = self.ttl.mul_f64(0.5 + 0.5 * rand::random::<f64>());
-                    self.store(&self.known, key, &entry, read_at, lifetime);
+                    self.store(&self.known, key, &entry, read_at, self.lifetime());
                 }
                 Entry::Unknown => {
                     self.known.remove(&key);
@@ -377,6 +383,12 @@ impl KeyCache {
         }
     }
 
+    /// A known entry's lifetime: 50–100% of the configured one, so entries
+    /// loaded together do not expire together.
+    fn lifetime(&self) -> Duration {
+        self.ttl.mul_f64(0.5 + 0.5 * rand::random::<f64>())
+    }
+
     fn store(
         &self,
         cache: &Cache<LookupKey, Arc<Slot>>,
@@ -393,6 +405,40 @@ impl KeyCache {
         });
         cache.insert(key, slot.clone());
         slot
+    }
+
+    /// Now, for a check of entries against storage about to begin.
+    pub fn stamp(&self) -> ReadStamp {
+        ReadStamp(self.now())
+    }
+
+    /// Starts a new lifetime for `key`, the entry served for `lookup_id`,
+    /// because storage still held its version at `read_at`: as if it had
+    /// been read again then. Returns whether it did; it does not when the
+    /// entry is no longer the one cached (changed, reloaded or evicted
+    /// since), is no longer current, or the cache was cleared after
+    /// `read_at`. A change noted after the check can still land between
+    /// these tests and the store; the renewed entry then fails
+    /// [`CachedKey::is_current`] on every read, as a load's would.
+    pub async fn renew(&self, lookup_id: &str, key: &Arc<CachedKey>, read_at: ReadStamp) -> bool {
+        let lookup = lookup_id_bytes(lookup_id);
+        // Serialized with loads of this lookup id: one storing a newer
+        // entry meanwhile is seen here, never overwritten.
+        let stripe = (self.hasher.hash_one(lookup) as usize) % self.loading.len();
+        let _loading = self.loading[stripe].lock().await;
+        let Some(slot) = self.known.get(&lookup) else {
+            return false;
+        };
+        let unchanged = matches!(&slot.entry, Entry::Known(cached) if Arc::ptr_eq(cached, key));
+        if !unchanged
+            || !key.is_current()
+            || read_at.0 <= self.cleared_at.load(Ordering::Acquire)
+            || read_at.0 <= slot.read_at
+        {
+            return false;
+        }
+        self.store(&self.known, lookup, &slot.entry, read_at.0, self.lifetime());
+        true
     }
 
     /// Evicts these lookup ids (all credentials of a changed key). Whoever
@@ -559,6 +605,87 @@ mod tests {
         assert_eq!(loads.load(Ordering::SeqCst), 2);
         let after = cache.get_or_load("abcdefgh", load).await.unwrap();
         assert!(!after.refresh, "fresh again");
+    }
+
+    fn cached(entry: &Entry) -> Arc<CachedKey> {
+        match entry {
+            Entry::Known(key) => key.clone(),
+            Entry::Unknown => panic!("expected a known key"),
+        }
+    }
+
+    /// A cache of 20 ms lifetimes holding a known key past its lifetime,
+    /// loaded once; answers the cache, the entry served and its runtime.
+    async fn aged() -> (KeyCache, Arc<CachedKey>, Arc<KeyRuntime>) {
+        let cache = KeyCache::new(100, Duration::from_millis(20), Duration::from_secs(60));
+        let runtime = Runtimes::default().get_or_create("k");
+        let load = || async { Ok::<_, ()>(known_at(&runtime, 1)) };
+        cache.get_or_load("abcdefgh", load).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        let due = cache.get_or_load("abcdefgh", load).await.unwrap();
+        assert!(due.refresh, "past its lifetime");
+        (cache, cached(&due.entry), runtime)
+    }
+
+    #[tokio::test]
+    async fn a_renewed_entry_is_fresh_again_without_a_load() {
+        let (cache, key, _) = aged().await;
+        let read_at = cache.stamp();
+        assert!(cache.renew("abcdefgh", &key, read_at).await);
+        let loads = AtomicUsize::new(0);
+        let after = cache
+            .get_or_load("abcdefgh", || async {
+                loads.fetch_add(1, Ordering::SeqCst);
+                Ok::<_, ()>(Entry::Unknown)
+            })
+            .await
+            .unwrap();
+        assert!(!after.refresh, "fresh again");
+        assert!(Arc::ptr_eq(&cached(&after.entry), &key), "the same entry");
+        assert_eq!(loads.load(Ordering::SeqCst), 0);
+        assert!(
+            !cache.renew("abcdefgh", &key, read_at).await,
+            "a check no newer than the entry's read renews nothing"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_renewal_never_outlives_a_change_a_reload_or_a_clear() {
+        // A change noted after the check read the version: never renewed,
+        // and never decides.
+        let (cache, key, runtime) = aged().await;
+        let read_at = cache.stamp();
+        runtime.note_version(2);
+        assert!(!cache.renew("abcdefgh", &key, read_at).await);
+        let load = || async { Ok::<_, ()>(known_at(&runtime, 2)) };
+        let now = cache.get_or_load("abcdefgh", load).await.unwrap();
+        assert_eq!(version_of(&now.entry), 2, "reloaded, not the checked entry");
+
+        // Evicted by a change's invalidation.
+        let (cache, key, _) = aged().await;
+        let read_at = cache.stamp();
+        cache.invalidate(&["abcdefgh"]);
+        assert!(!cache.renew("abcdefgh", &key, read_at).await);
+        assert!(cache.is_empty(), "the renewal brought nothing back");
+
+        // Reloaded meanwhile: the newer entry stays.
+        let (cache, key, runtime) = aged().await;
+        let read_at = cache.stamp();
+        cache
+            .refresh("abcdefgh", || async { Ok::<_, ()>(known_at(&runtime, 1)) })
+            .await
+            .unwrap();
+        assert!(!cache.renew("abcdefgh", &key, read_at).await);
+
+        // Cleared after the check began (notifications maybe lost): the
+        // check proves nothing about what came after it.
+        let (cache, key, _) = aged().await;
+        let read_at = cache.stamp();
+        cache.clear();
+        assert!(!cache.renew("abcdefgh", &key, read_at).await);
+        let loads = AtomicUsize::new(0);
+        load_counting(&cache, &loads).await;
+        assert_eq!(loads.load(Ordering::SeqCst), 1, "still reloaded before use");
     }
 
     #[tokio::test]

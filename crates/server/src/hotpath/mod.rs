@@ -3,17 +3,20 @@
 //! verified-key [`cache`], each key's [`runtime`] (rate-limit state, unwritten
 //! usage, newest version heard of), the [`limiter`] and the [`usage`]
 //! recorder and its background flusher; [`dirty`] lists keys with pending
-//! work, [`interner`] shares what many snapshots have in common.
+//! work, [`interner`] shares what many snapshots have in common, [`renewal`]
+//! queues entries past their lifetime for a batched version check.
 //!
 //! Knows no protobuf: it speaks domain types and `ApiError`, so the gRPC
 //! services, the proxy front ends and management authentication all share
-//! it. Storage is read only on a cache miss, never written here (the
-//! flusher writes usage in the background).
+//! it. Storage is read only on a cache miss or to renew entries past their
+//! lifetime, never written here (the flusher writes usage in the
+//! background).
 
 pub mod authorizer;
 pub mod cache;
 pub(crate) mod dirty;
 pub mod interner;
 pub mod limiter;
+pub mod renewal;
 pub mod runtime;
 pub mod usage;

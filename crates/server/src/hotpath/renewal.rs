@@ -1,0 +1,139 @@
+//! Cache entries past their lifetime, queued to be checked against storage
+//! in batches.
+//!
+//! A known key past its lifetime is still served while one caller asks for
+//! it to be refreshed. Reading each such key again (key, credentials, last
+//! uses) cost a query per key: at 100 000 keys and the default 5-minute
+//! lifetime several hundred queries a second, at a million several
+//! thousand, a cost that grew with the key count. Almost always the key has
+//! not changed (a change is announced and evicts the entry at once), so the
+//! refresh only needs to learn that storage still holds the cached version:
+//! the queue gathers due entries and one drainer checks them a few hundred
+//! per query ([`keygate_persistence::Store::current_versions`]); only keys
+//! whose version moved are read again.
+//!
+//! The queue is bounded: an entry that does not fit is asked for again by a
+//! later request (the cache spaces those requests a second apart). One
+//! drainer runs at a time, started by the push that finds none running and
+//! ending when it finds the queue empty, so an idle replica runs no task.
+
+use std::sync::{Arc, Mutex};
+
+use crate::hotpath::cache::CachedKey;
+
+/// Entries queued at most; beyond it a due entry waits for a later request.
+const MAX_QUEUED: usize = 65_536;
+
+/// A lookup id due for renewal, with the entry the cache served for it.
+pub type Due = (String, Arc<CachedKey>);
+
+#[derive(Debug, Default)]
+struct Queue {
+    due: Vec<Due>,
+    /// Whether a drainer is running (it will take what is queued).
+    draining: bool,
+}
+
+/// Entries due for renewal, waiting for the drainer.
+#[derive(Debug, Default)]
+pub struct RenewalQueue {
+    queue: Mutex<Queue>,
+}
+
+impl RenewalQueue {
+    /// Queues `key`, served for `lookup_id`, for renewal. Returns whether
+    /// the caller must start a drainer (none is running); `false` also when
+    /// the queue is full and the entry was left for a later request.
+    pub fn push(&self, lookup_id: &str, key: Arc<CachedKey>) -> bool {
+        let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        if queue.due.len() >= MAX_QUEUED {
+            return false;
+        }
+        queue.due.push((lookup_id.to_owned(), key));
+        !std::mem::replace(&mut queue.draining, true)
+    }
+
+    /// Takes up to `max` queued entries, oldest first. An empty answer means
+    /// the queue was empty and the drainer must stop: the next push starts
+    /// a new one.
+    pub fn take(&self, max: usize) -> Vec<Due> {
+        let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        if queue.due.is_empty() {
+            queue.draining = false;
+            return Vec::new();
+        }
+        let n = max.min(queue.due.len());
+        queue.due.drain(..n).collect()
+    }
+
+    /// Entries waiting.
+    pub fn len(&self) -> usize {
+        self.queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .due
+            .len()
+    }
+
+    /// Whether no entry is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use keygate_domain::snapshot::KeySnapshot;
+
+    use super::*;
+    use crate::hotpath::runtime::Runtimes;
+
+    fn cached() -> Arc<CachedKey> {
+        let key = crate::fixtures::api_key("k", "abcdefgh");
+        Arc::new(CachedKey {
+            snapshot: KeySnapshot::from(&key),
+            runtime: Runtimes::default().get_or_create("k"),
+        })
+    }
+
+    fn ids(due: &[Due]) -> Vec<&str> {
+        due.iter().map(|(id, _)| id.as_str()).collect()
+    }
+
+    #[test]
+    fn one_drainer_at_a_time_restarted_after_it_found_the_queue_empty() {
+        let queue = RenewalQueue::default();
+        let key = cached();
+        assert!(queue.push("aaaaaaaa", key.clone()), "first push starts one");
+        assert!(!queue.push("bbbbbbbb", key.clone()), "one is running");
+        assert!(!queue.push("cccccccc", key.clone()));
+        assert_eq!(
+            ids(&queue.take(2)),
+            ["aaaaaaaa", "bbbbbbbb"],
+            "oldest first"
+        );
+        // Still running: a push now is taken by the same drainer.
+        assert!(!queue.push("dddddddd", key.clone()));
+        assert_eq!(ids(&queue.take(2)), ["cccccccc", "dddddddd"]);
+        assert!(queue.take(2).is_empty(), "empty: the drainer stops");
+        assert!(queue.push("eeeeeeee", key), "the next push starts another");
+        assert_eq!(queue.len(), 1);
+    }
+
+    #[test]
+    fn a_full_queue_leaves_entries_for_later_requests() {
+        let queue = RenewalQueue::default();
+        let key = cached();
+        for _ in 0..MAX_QUEUED {
+            queue.push("aaaaaaaa", key.clone());
+        }
+        assert!(!queue.push("zzzzzzzz", key));
+        assert_eq!(queue.len(), MAX_QUEUED);
+        let taken = queue.take(usize::MAX);
+        assert!(
+            taken.iter().all(|(id, _)| id == "aaaaaaaa"),
+            "the extra one was left out"
+        );
+        assert!(queue.is_empty());
+    }
+}
