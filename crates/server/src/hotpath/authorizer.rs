@@ -539,7 +539,7 @@ mod tests {
     use std::sync::atomic::AtomicUsize;
 
     use keygate_domain::{
-        KeyState,
+        ApiKey, KeyState,
         audit::Actor,
         environment::Environments,
         validation::{self, NewKeyInput},
@@ -669,8 +669,8 @@ mod tests {
         (task, release, reads)
     }
 
-    /// Revokes the key in storage and notes the change, as RevokeKey does.
-    async fn revoke(f: &Fixture) {
+    /// Revokes the key in storage only: no replica hears of it.
+    async fn revoke_unannounced(f: &Fixture) -> ApiKey {
         let key = f.store.get_key(&f.key_id).await.unwrap().unwrap();
         let revoked = f
             .store
@@ -685,6 +685,12 @@ mod tests {
             .await
             .expect("revoke");
         assert_eq!(revoked.state, KeyState::Revoked);
+        revoked
+    }
+
+    /// Revokes the key in storage and notes the change, as RevokeKey does.
+    async fn revoke(f: &Fixture) {
+        let revoked = revoke_unannounced(f).await;
         f.authorizer
             .note_change(&f.key_id, revoked.version, &[f.lookup_id.as_str()]);
     }
@@ -782,18 +788,7 @@ mod tests {
         let f = fixture(db, Duration::from_millis(40)).await;
         let metrics = f.authorizer.metrics().clone();
         assert_eq!(decide(&f).await, Err(()), "allowed");
-        let key = f.store.get_key(&f.key_id).await.unwrap().unwrap();
-        f.store
-            .update_key(
-                &f.key_id,
-                key.version,
-                &KeyUpdate::Revoke { reason: None },
-                Utc::now(),
-                &Actor::default(),
-                None,
-            )
-            .await
-            .expect("revoke, unannounced");
+        revoke_unannounced(&f).await;
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(
             eventually(async || decide(&f).await == Ok(DenyReason::KeyRevoked)).await,
