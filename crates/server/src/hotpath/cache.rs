@@ -333,8 +333,7 @@ impl KeyCache {
         F: Fn() -> Fut,
         Fut: Future<Output = Result<Entry, E>>,
     {
-        let stripe = (self.hasher.hash_one(key) as usize) % self.loading.len();
-        let _loading = self.loading[stripe].lock().await;
+        let _loading = self.load_lock(&key).lock().await;
         match self.slot(&key) {
             Some(slot) => {
                 // Someone loaded it while this caller waited.
@@ -383,6 +382,11 @@ impl KeyCache {
         }
     }
 
+    /// The lock serializing loads (and renewals) of lookup id `key`.
+    fn load_lock(&self, key: &LookupKey) -> &Mutex<()> {
+        &self.loading[(self.hasher.hash_one(key) as usize) % self.loading.len()]
+    }
+
     /// A known entry's lifetime: 50–100% of the configured one, so entries
     /// loaded together do not expire together.
     fn lifetime(&self) -> Duration {
@@ -424,8 +428,7 @@ impl KeyCache {
         let lookup = lookup_id_bytes(lookup_id);
         // Serialized with loads of this lookup id: one storing a newer
         // entry meanwhile is seen here, never overwritten.
-        let stripe = (self.hasher.hash_one(lookup) as usize) % self.loading.len();
-        let _loading = self.loading[stripe].lock().await;
+        let _loading = self.load_lock(&lookup).lock().await;
         let Some(slot) = self.known.get(&lookup) else {
             return false;
         };
