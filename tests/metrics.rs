@@ -232,7 +232,7 @@ async fn scraped_counters_move_with_traffic(db: TestDatabase) {
     assert!(
         moved(
             "keygate_storage_operations_total",
-            &[("operation", "find_by_lookup_id")]
+            &[("operation", "find_by_lookup_ids")]
         ) >= 1.0
     );
     assert!(

@@ -315,60 +315,86 @@ impl Store {
     }
 
     /// The key owning the credential `lookup_id` (current or old), with all
-    /// its credentials newest first. One round trip: the key's credentials
-    /// joined with the key row (one result row per credential), selected by
-    /// the key id that owns `lookup_id`, each with its last use and the
-    /// key's (from `key_last_uses`, by subqueries on its primary key).
+    /// its credentials newest first: [`Store::find_by_lookup_ids`] for one.
     pub async fn find_by_lookup_id(&self, lookup_id: &str) -> Result<Option<ApiKey>, StoreError> {
         self.observed("find_by_lookup_id", async move {
-            let owner = Query::select()
-                .column(credential::Column::KeyId)
-                .from(credential::Entity)
-                .and_where(credential::Column::LookupId.eq(lookup_id))
-                .to_owned();
-            let rows = credential::Entity::find()
-                .join(
-                    JoinType::InnerJoin,
-                    credential::Entity::belongs_to(api_key::Entity)
-                        .from(credential::Column::KeyId)
-                        .to(api_key::Column::Id)
-                        .into(),
-                )
-                .filter(credential::Column::KeyId.in_subquery(owner))
-                // A deleted key authorizes nothing: to Authorize it is
-                // unknown, as if it never existed.
-                .filter(api_key::Column::DeletedAt.is_null())
-                .order_by_desc(credential::Column::CreatedAt)
-                .order_by_desc(credential::Column::LookupId)
-                .select_two_required(api_key::Entity)
-                .column_as(
-                    Expr::cust(
-                        "(SELECT u.used_at FROM key_last_uses u WHERE u.key_id = credentials.key_id \
-                         AND u.lookup_id = credentials.lookup_id)",
-                    ),
-                    CredentialRow::USED_AT,
-                )
-                .column_as(
-                    Expr::cust(
-                        "(SELECT MAX(u.used_at) FROM key_last_uses u \
-                         WHERE u.key_id = credentials.key_id)",
-                    ),
-                    KeyRow::LAST_USED,
-                )
-                .into_model::<CredentialRow, KeyRow>()
-                .all(&self.db)
-                .await?;
-            let mut rows = rows.into_iter();
-            let Some((first, key)) = rows.next() else {
-                return Ok(None);
-            };
-            let credentials = std::iter::once(first)
-                .chain(rows.map(|(credential, _)| credential))
-                .map(|c| (c.credential, c.used_at))
-                .collect();
-            key_from_rows(key.key, credentials, key.last_used).map(Some)
+            Ok(self.load_by_lookup_ids(&[lookup_id]).await?.pop())
         })
         .await
+    }
+
+    /// The keys owning any of the credentials `lookup_ids` (current or
+    /// old), each once with all its credentials newest first, in no
+    /// particular order; lookup ids no key owns are left out. One round trip
+    /// per statement's worth of bind parameters: this is how the hot
+    /// path reads the cache misses that arrived together, so a flood of
+    /// forged keys costs a query per batch, not per key.
+    pub async fn find_by_lookup_ids(&self, lookup_ids: &[&str]) -> Result<Vec<ApiKey>, StoreError> {
+        self.observed("find_by_lookup_ids", async move {
+            let mut keys = Vec::new();
+            let per_statement = rows_per_statement(self.db.get_database_backend(), 1);
+            for ids in lookup_ids.chunks(per_statement) {
+                keys.extend(self.load_by_lookup_ids(ids).await?);
+            }
+            Ok(keys)
+        })
+        .await
+    }
+
+    /// The keys owning `lookup_ids`: their credentials joined with the key
+    /// row (one result row per credential), selected by the key ids that own
+    /// `lookup_ids`, each with its last use and the key's (from
+    /// `key_last_uses`, by subqueries on its primary key).
+    async fn load_by_lookup_ids(&self, lookup_ids: &[&str]) -> Result<Vec<ApiKey>, StoreError> {
+        let owners = Query::select()
+            .column(credential::Column::KeyId)
+            .from(credential::Entity)
+            .and_where(credential::Column::LookupId.is_in(lookup_ids.iter().copied()))
+            .to_owned();
+        let rows = credential::Entity::find()
+            .join(
+                JoinType::InnerJoin,
+                credential::Entity::belongs_to(api_key::Entity)
+                    .from(credential::Column::KeyId)
+                    .to(api_key::Column::Id)
+                    .into(),
+            )
+            .filter(credential::Column::KeyId.in_subquery(owners))
+            // A deleted key authorizes nothing: to Authorize it is
+            // unknown, as if it never existed.
+            .filter(api_key::Column::DeletedAt.is_null())
+            // A key's rows together, its credentials newest first.
+            .order_by_asc(credential::Column::KeyId)
+            .order_by_desc(credential::Column::CreatedAt)
+            .order_by_desc(credential::Column::LookupId)
+            .select_two_required(api_key::Entity)
+            .column_as(
+                Expr::cust(
+                    "(SELECT u.used_at FROM key_last_uses u WHERE u.key_id = credentials.key_id \
+                     AND u.lookup_id = credentials.lookup_id)",
+                ),
+                CredentialRow::USED_AT,
+            )
+            .column_as(
+                Expr::cust(
+                    "(SELECT MAX(u.used_at) FROM key_last_uses u \
+                     WHERE u.key_id = credentials.key_id)",
+                ),
+                KeyRow::LAST_USED,
+            )
+            .into_model::<CredentialRow, KeyRow>()
+            .all(&self.db)
+            .await?;
+        let mut keys = Vec::new();
+        let mut rows = rows.into_iter().peekable();
+        while let Some((first, key)) = rows.next() {
+            let mut credentials = vec![(first.credential, first.used_at)];
+            while let Some((next, _)) = rows.next_if(|(c, _)| c.credential.key_id == key.key.id) {
+                credentials.push((next.credential, next.used_at));
+            }
+            keys.push(key_from_rows(key.key, credentials, key.last_used)?);
+        }
+        Ok(keys)
     }
 
     /// One page of keys matching `filter`, ordered by id, starting after the

@@ -48,6 +48,7 @@ macro_rules! both_backends {
 both_backends!(
     roundtrip_every_field,
     find_by_lookup_id_current_and_old,
+    find_by_lookup_ids_spans_statements,
     duplicate_lookup_id_is_conflict,
     list_filters_and_statuses,
     list_filters_by_last_use_and_expiry,
@@ -281,6 +282,72 @@ async fn find_by_lookup_id_current_and_old(db: &TestDatabase) {
         store.find_by_lookup_id("NOPEnope").await.expect("find"),
         None
     );
+
+    // Together: each owning key once, whole and with its credentials in
+    // order, however many of its lookup ids were asked for; unknown ones
+    // left out.
+    let mut found = store
+        .find_by_lookup_ids(&["NOPEnope", "OLDlook1", "OTHERxx1", "NEWERlk1", "NEWlook1"])
+        .await
+        .expect("find together");
+    found.sort_by(|a, b| a.id.cmp(&b.id));
+    assert_eq!(found, [rotated, other]);
+    assert_eq!(
+        store
+            .find_by_lookup_ids(&["NOPEnope", "NOPEnop2"])
+            .await
+            .expect("find none"),
+        []
+    );
+    assert_eq!(
+        store.find_by_lookup_ids(&[]).await.expect("find nothing"),
+        []
+    );
+}
+
+/// More lookup ids than one statement binds: every key is still found,
+/// the deleted one is not.
+async fn find_by_lookup_ids_spans_statements(db: &TestDatabase) {
+    let store = open(db).await;
+    let mut lookups = Vec::new();
+    for i in 0..700 {
+        let lookup = format!("BATCH{i:03}");
+        store
+            .insert_key(
+                &key(&format!("batch-{i:03}"), "acme", "live", &lookup),
+                &Actor::default(),
+            )
+            .await
+            .expect("insert");
+        lookups.push(lookup);
+    }
+    store
+        .update_key(
+            "batch-007",
+            1,
+            &KeyUpdate::Delete {
+                purge_at: now() + TimeDelta::days(30),
+            },
+            now(),
+            &Actor::default(),
+            None,
+        )
+        .await
+        .expect("delete");
+    let asked: Vec<&str> = lookups.iter().map(String::as_str).collect();
+    let mut found: Vec<String> = store
+        .find_by_lookup_ids(&asked)
+        .await
+        .expect("find")
+        .into_iter()
+        .map(|k| k.id)
+        .collect();
+    found.sort();
+    let expected: Vec<String> = (0..700)
+        .filter(|&i| i != 7)
+        .map(|i| format!("batch-{i:03}"))
+        .collect();
+    assert_eq!(found, expected);
 }
 
 async fn duplicate_lookup_id_is_conflict(db: &TestDatabase) {

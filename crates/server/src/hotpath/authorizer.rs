@@ -12,8 +12,10 @@
 //! authentication, each in its own lane, so a flood of forged keys (each a
 //! miss: the checksum is public) queues behind itself, never takes the
 //! connections management calls need, and is never mistaken for an outage.
-//! Only a storage error that says the database is unreachable, or a query
-//! that outlives [`LOAD_TIMEOUT`], marks storage down.
+//! Misses that arrive together are read together, one query per batch
+//! ([`crate::hotpath::misses`]). Only a storage error that says the
+//! database is unreachable, or a query that outlives [`LOAD_TIMEOUT`] while
+//! no other load got an answer, marks storage down.
 
 use std::{
     collections::HashMap,
@@ -26,6 +28,7 @@ use std::{
 };
 
 use chrono::{DateTime, Utc};
+use keygate_domain::ApiKey;
 use keygate_domain::{
     keyformat::KeyFormat,
     policy::{self, AccessRequest, DenyReason},
@@ -44,6 +47,7 @@ use crate::{
     hotpath::cache::{CachedKey, Entry, KeyCache, LoadError},
     hotpath::interner::Interner,
     hotpath::limiter::RateLimiter,
+    hotpath::misses::{Found, Miss, MissQueue, Queued},
     hotpath::renewal::{Due, RenewalQueue},
     hotpath::runtime::Runtimes,
     hotpath::usage::UsageRecorder,
@@ -69,6 +73,9 @@ const RENEWAL_GATHER: Duration = Duration::from_millis(50);
 const RENEWALS_PER_CHECK: usize = 500;
 /// Storage loads for management authentication running at once.
 const MANAGEMENT_LOADS: usize = 2;
+/// Cache misses read per query: a statement's worth of bind parameters on
+/// SQLite.
+const MISSES_PER_READ: usize = 256;
 
 /// Who is asking for a load: each has its own bounded share of the pool.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -117,6 +124,10 @@ pub struct Authorizer {
     origin: Instant,
     /// Nanoseconds after `origin` until which storage is presumed down.
     unavailable_until: AtomicU64,
+    /// Nanoseconds after `origin` when a load last got its answer.
+    last_answer: AtomicU64,
+    /// Authorize's cache misses waiting to be read together.
+    misses: MissQueue,
     /// Entries past their lifetime waiting for a version check.
     renewals: RenewalQueue,
     /// Storage loads allowed at once, per lane.
@@ -155,7 +166,11 @@ impl Authorizer {
             metrics,
             origin: Instant::now(),
             unavailable_until: AtomicU64::new(0),
+            last_answer: AtomicU64::new(0),
             renewals: RenewalQueue::default(),
+            // A reader per permit: misses never wait for a permit behind
+            // other misses, only behind renewals.
+            misses: MissQueue::new((pool / 4).max(1)),
             authorize_loads: Semaphore::new((pool / 4).max(1)),
             management_loads: Semaphore::new(MANAGEMENT_LOADS.min(pool).max(1)),
             interner: Interner::default(),
@@ -273,24 +288,65 @@ impl Authorizer {
         // must not mark storage down (it once did, with the wait's leftover
         // as the query's budget).
         match tokio::time::timeout(LOAD_TIMEOUT, read).await {
-            Ok(Ok(found)) => Ok(found),
+            Ok(Ok(found)) => {
+                self.last_answer
+                    .fetch_max(self.nanos_since_origin(), Ordering::AcqRel);
+                Ok(found)
+            }
             Ok(Err(StoreError::Unavailable(msg))) => Err(self.storage_down(msg)),
             // The pool is busy, not the database down: shed this call only.
             Ok(Err(StoreError::Saturated(msg))) => Err(ApiError::Unavailable(msg)),
             Ok(Err(other)) => Err(other.into()),
+            // Another load got its answer while this one waited: storage
+            // is reachable, only slow (a busy machine). Fail this call
+            // only; a silent database answers no one and is marked down.
+            Err(_) if self.answered_within(LOAD_TIMEOUT) => Err(ApiError::Unavailable(format!(
+                "no answer within {LOAD_TIMEOUT:?}, though storage answered others"
+            ))),
             Err(_) => Err(self.storage_down(format!("no answer within {LOAD_TIMEOUT:?}"))),
         }
     }
 
-    /// Reads the key owning `lookup_id` from storage, within `lane`'s share
-    /// of the pool.
-    async fn load(&self, lookup_id: &str, lane: Lane) -> Result<Entry, ApiError> {
-        let found = self
-            .read(lane, async {
-                self.metrics.key_loads.inc();
-                self.store.find_by_lookup_id(lookup_id).await
-            })
-            .await?;
+    /// Whether a load got its answer in the last `window`.
+    fn answered_within(&self, window: Duration) -> bool {
+        let last = self.last_answer.load(Ordering::Acquire);
+        last > 0 && self.nanos_since_origin().saturating_sub(last) < window.as_nanos() as u64
+    }
+
+    /// Reads the key owning `lookup_id` from storage: Authorize's misses
+    /// together with the others waiting ([`crate::hotpath::misses`]),
+    /// management authentication on its own within its lane.
+    async fn load(self: &Arc<Self>, lookup_id: &str, lane: Lane) -> Result<Entry, ApiError> {
+        let found = match lane {
+            Lane::Management => {
+                self.read(lane, async {
+                    self.metrics.key_loads.inc();
+                    self.store.find_by_lookup_id(lookup_id).await
+                })
+                .await?
+            }
+            Lane::Authorize => match self.misses.push(lookup_id) {
+                Queued::Waiting {
+                    answer,
+                    start_reader,
+                } => {
+                    if start_reader {
+                        tokio::spawn(self.clone().read_misses());
+                    }
+                    answer.await.unwrap_or_else(|_| {
+                        Err(ApiError::Internal(
+                            "a miss reader ended without answering".into(),
+                        ))
+                    })?
+                }
+                Queued::Full => {
+                    self.metrics.loads_shed.inc();
+                    return Err(ApiError::Unavailable(
+                        "too many cache misses waiting; load shed".into(),
+                    ));
+                }
+            },
+        };
         Ok(match found {
             Some(key) => {
                 let runtime = self.runtimes.get_or_create(&key.id);
@@ -305,6 +361,25 @@ impl Authorizer {
             }
             None => Entry::Unknown,
         })
+    }
+
+    /// A miss reader: reads the waiting misses a batch per query until none
+    /// is left, and answers each.
+    async fn read_misses(self: Arc<Self>) {
+        loop {
+            let misses = self.misses.take(MISSES_PER_READ);
+            if misses.is_empty() {
+                return;
+            }
+            let ids: Vec<&str> = misses.iter().map(|miss| &*miss.lookup_id).collect();
+            let read = self
+                .read(Lane::Authorize, async {
+                    self.metrics.key_loads.inc_by(ids.len() as u64);
+                    self.store.find_by_lookup_ids(&ids).await
+                })
+                .await;
+            answer_misses(misses, read);
+        }
     }
 
     /// The renewal drainer: checks the entries queued past their lifetime
@@ -327,7 +402,7 @@ impl Authorizer {
     /// storage still holds starts a new lifetime; one whose key changed
     /// (a change this replica did not hear of) or is gone is read again
     /// and, meanwhile, decides nothing.
-    async fn renew(&self, due: Vec<Due>) -> Result<(), ApiError> {
+    async fn renew(self: &Arc<Self>, due: Vec<Due>) -> Result<(), ApiError> {
         let read_at = self.cache.stamp();
         let ids: Vec<&str> = due.iter().map(|(_, key)| &*key.snapshot.id).collect();
         let stored = self
@@ -527,6 +602,41 @@ impl Authorizer {
         }
         let lookup_id = secret.lookup_id;
         Ok((key, lookup_id))
+    }
+}
+
+/// Answers each of `misses` from what one read found: the key owning its
+/// lookup id, `None` when no key does, or the read's error.
+fn answer_misses(misses: Vec<Miss>, read: Result<Vec<ApiKey>, ApiError>) {
+    let keys = match read {
+        Ok(keys) => keys,
+        Err(err) => {
+            for miss in misses {
+                miss.answer(Err(same_error(&err)));
+            }
+            return;
+        }
+    };
+    let owners: HashMap<&str, &ApiKey> = keys
+        .iter()
+        .flat_map(|key| {
+            key.credentials
+                .iter()
+                .map(move |c| (c.lookup_id.as_str(), key))
+        })
+        .collect();
+    for miss in misses {
+        let found: Found = Ok(owners.get(&*miss.lookup_id).map(|&key| key.clone()));
+        miss.answer(found);
+    }
+}
+
+/// `err` again, for each caller of a failed read: a storage read fails as
+/// unavailable or internal, and keeps its detail either way.
+fn same_error(err: &ApiError) -> ApiError {
+    match err {
+        ApiError::Unavailable(detail) => ApiError::Unavailable(detail.clone()),
+        other => ApiError::Internal(other.to_string()),
     }
 }
 
@@ -863,6 +973,113 @@ mod tests {
         assert_eq!(stored.last_used_at, Some(pending));
     }
 
+    /// Counts the storage operations made, by name.
+    #[derive(Debug, Default)]
+    struct Operations(std::sync::Mutex<HashMap<&'static str, usize>>);
+
+    impl keygate_persistence::StoreObserver for Operations {
+        fn operation_done(&self, operation: &'static str, _: Duration, _: bool) {
+            *self.0.lock().unwrap().entry(operation).or_default() += 1;
+        }
+    }
+
+    /// The fixture's key and `forged` well-formed keys no one owns, all
+    /// presented at once (tasks on the test's one thread, so all are
+    /// waiting before any read runs), through an authorizer over `store`.
+    async fn present_together(
+        f: &Fixture,
+        store: Store,
+        forged: usize,
+    ) -> (Arc<Authorizer>, Vec<Result<Outcome, ApiError>>) {
+        let config = Config {
+            database_url: f._db.url.clone(),
+            ..Config::default()
+        };
+        let authorizer = Arc::new(Authorizer::new(store, &config));
+        let format = KeyFormat::default();
+        let mut keys: Vec<String> = (0..forged)
+            .map(|_| {
+                keygate_domain::hashing::issue_credential(&format, "live", Utc::now())
+                    .0
+                    .secret
+            })
+            .collect();
+        keys.push(f.secret.clone());
+        let calls: Vec<_> = keys
+            .into_iter()
+            .map(|key| {
+                let authorizer = authorizer.clone();
+                tokio::spawn(async move { authorizer.authorize(&key, &live(), Utc::now()).await })
+            })
+            .collect();
+        let mut outcomes = Vec::new();
+        for call in calls {
+            outcomes.push(call.await.expect("authorize task"));
+        }
+        (authorizer, outcomes)
+    }
+
+    /// A hundred forged keys and a real one, all misses at once, cost a
+    /// query or a few (two misses may share a load lock, and wait for the
+    /// next read), not a query each; each gets its own answer.
+    async fn misses_that_arrive_together_are_read_together(db: TestDatabase) {
+        let f = fixture(db, Duration::from_secs(60)).await;
+        let operations = Arc::new(Operations::default());
+        let store = f.store.clone().with_observer(operations.clone());
+        let (authorizer, outcomes) = present_together(&f, store, 100).await;
+        let (real, forged) = outcomes.split_last().expect("outcomes");
+        assert!(matches!(real, Ok(Outcome::Allow { .. })), "{real:?}");
+        for outcome in forged {
+            assert!(
+                matches!(
+                    outcome,
+                    Ok(Outcome::Deny {
+                        reason: DenyReason::KeyInvalid,
+                        ..
+                    })
+                ),
+                "{outcome:?}"
+            );
+        }
+        assert_eq!(authorizer.metrics().key_loads.get(), 101);
+        let reads = operations
+            .0
+            .lock()
+            .unwrap()
+            .get("find_by_lookup_ids")
+            .copied();
+        assert!(
+            reads.is_some_and(|reads| reads <= 5),
+            "101 misses took {reads:?} reads"
+        );
+        // Remembered: presented again, none is read.
+        assert!(matches!(decide(&f).await, Err(())));
+        assert_eq!(authorizer.metrics().key_loads.get(), 101);
+    }
+
+    /// A read that fails answers every miss waiting on it with the error,
+    /// and caches nothing.
+    async fn a_failed_read_fails_every_miss_in_it(db: TestDatabase) {
+        use sea_orm::ConnectionTrait as _;
+        let f = fixture(db, Duration::from_secs(60)).await;
+        f.store
+            .connection()
+            .execute_unprepared("ALTER TABLE credentials RENAME TO credentials_gone")
+            .await
+            .expect("break the table");
+        let (authorizer, outcomes) = present_together(&f, f.store.clone(), 20).await;
+        for outcome in &outcomes {
+            assert!(matches!(outcome, Err(ApiError::Internal(_))), "{outcome:?}");
+        }
+        f.store
+            .connection()
+            .execute_unprepared("ALTER TABLE credentials_gone RENAME TO credentials")
+            .await
+            .expect("repair the table");
+        let outcome = authorizer.authorize(&f.secret, &live(), Utc::now()).await;
+        assert!(matches!(outcome, Ok(Outcome::Allow { .. })), "{outcome:?}");
+    }
+
     macro_rules! on_both_backends {
         ($($name:ident),* $(,)?) => {
             mod sqlite {
@@ -891,6 +1108,8 @@ mod tests {
         a_refresh_of_a_cached_key_that_read_before_a_revocation,
         a_cached_key_reloading_after_distrust_during_a_revocation,
         a_pending_use_shows_the_time_storage_will_keep,
+        misses_that_arrive_together_are_read_together,
+        a_failed_read_fails_every_miss_in_it,
         an_unchanged_key_past_its_lifetime_is_renewed_without_a_read,
         a_change_not_heard_of_is_caught_when_the_entry_comes_due,
         a_renewal_check_that_read_before_a_revocation,

@@ -3,8 +3,9 @@
 //! verified-key [`cache`], each key's [`runtime`] (rate-limit state, unwritten
 //! usage, newest version heard of), the [`limiter`] and the [`usage`]
 //! recorder and its background flusher; [`dirty`] lists keys with pending
-//! work, [`interner`] shares what many snapshots have in common, [`renewal`]
-//! queues entries past their lifetime for a batched version check.
+//! work, [`interner`] shares what many snapshots have in common, [`misses`]
+//! gathers cache misses to be read together, [`renewal`] queues entries
+//! past their lifetime for a batched version check.
 //!
 //! Knows no protobuf: it speaks domain types and `ApiError`, so the gRPC
 //! services, the proxy front ends and management authentication all share
@@ -17,6 +18,7 @@ pub mod cache;
 pub(crate) mod dirty;
 pub mod interner;
 pub mod limiter;
+pub mod misses;
 pub mod renewal;
 pub mod runtime;
 pub mod usage;
