@@ -83,6 +83,19 @@ pub fn test_config(db: &TestDatabase) -> Config {
     }
 }
 
+/// Sends the servers' warnings (`RUST_LOG` to choose) to the test's
+/// output, which the harness shows when the test fails: a failure in CI
+/// then says what the server saw, not only what the client got.
+fn log_to_test_output() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    // Once per test binary; later calls find it installed.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
+}
+
 impl TestServer {
     /// Starts a server with `config`, bootstrapping an admin key for owner `acme` in `live`.
     pub async fn start(config: Config) -> Self {
@@ -103,6 +116,7 @@ impl TestServer {
     }
 
     async fn serve(keygate: Keygate, admin_key: String, http: bool) -> Self {
+        log_to_test_output();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
