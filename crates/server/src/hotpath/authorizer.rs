@@ -366,8 +366,9 @@ impl Authorizer {
     /// A miss reader: reads the waiting misses a batch per query until none
     /// is left, and answers each.
     async fn read_misses(self: Arc<Self>) {
+        let mut reader = self.misses.reader();
         loop {
-            let misses = self.misses.take(MISSES_PER_READ);
+            let misses = reader.take(MISSES_PER_READ);
             if misses.is_empty() {
                 return;
             }

@@ -105,11 +105,18 @@ impl MissQueue {
         }
     }
 
+    /// The reader a push asked its caller to start: it takes the waiting
+    /// misses until none is left.
+    pub fn reader(&self) -> Reader<'_> {
+        Reader {
+            queue: self,
+            stopped: false,
+        }
+    }
+
     /// Takes up to `max` waiting misses, oldest first, skipping those whose
-    /// caller went away. An empty answer means none was waiting and the
-    /// reader must stop: it is no longer counted, and the next push starts
-    /// another.
-    pub fn take(&self, max: usize) -> Vec<Miss> {
+    /// caller went away; when none is waiting, counts one reader out.
+    fn take(&self, max: usize) -> Vec<Miss> {
         let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
         queue.waiting.retain(|miss| !miss.answer.is_closed());
         if queue.waiting.is_empty() {
@@ -132,6 +139,38 @@ impl MissQueue {
     /// Whether no miss is waiting.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// One running reader of a [`MissQueue`]. Should it end before finding the
+/// queue empty (a panic while reading), it is counted out all the same, so
+/// the next push starts another rather than finding every reader taken.
+#[derive(Debug)]
+pub struct Reader<'a> {
+    queue: &'a MissQueue,
+    stopped: bool,
+}
+
+impl Reader<'_> {
+    /// Takes up to `max` waiting misses, oldest first. An empty answer
+    /// means none was waiting and this reader must stop: it is no longer
+    /// counted, and the next push starts another.
+    pub fn take(&mut self, max: usize) -> Vec<Miss> {
+        if self.stopped {
+            return Vec::new();
+        }
+        let misses = self.queue.take(max);
+        self.stopped = misses.is_empty();
+        misses
+    }
+}
+
+impl Drop for Reader<'_> {
+    fn drop(&mut self) {
+        if !self.stopped {
+            let mut queue = self.queue.queue.lock().unwrap_or_else(|e| e.into_inner());
+            queue.readers -= 1;
+        }
     }
 }
 
@@ -160,23 +199,46 @@ mod tests {
         let (_b, second) = waiting(queue.push("bbbbbbbb"));
         let (_c, third) = waiting(queue.push("cccccccc"));
         assert_eq!((first, second, third), (true, true, false));
+        let (mut one, mut two) = (queue.reader(), queue.reader());
         assert_eq!(
-            ids(&queue.take(8)),
+            ids(&one.take(8)),
             ["aaaaaaaa", "bbbbbbbb", "cccccccc"],
             "one read takes everything waiting, oldest first"
         );
-        assert!(queue.take(8).is_empty(), "the first reader stops");
+        assert!(one.take(8).is_empty(), "the first reader stops");
         let (_d, fourth) = waiting(queue.push("dddddddd"));
         assert!(fourth, "one running: the push starts another");
+        let mut three = queue.reader();
         let (_e, fifth) = waiting(queue.push("eeeeeeee"));
         assert!(!fifth, "two running");
-        assert_eq!(ids(&queue.take(8)), ["dddddddd", "eeeeeeee"]);
-        assert!(queue.take(8).is_empty());
-        assert!(queue.take(8).is_empty(), "both readers stopped");
+        assert_eq!(ids(&two.take(8)), ["dddddddd", "eeeeeeee"]);
+        assert!(two.take(8).is_empty());
+        assert!(three.take(8).is_empty(), "both readers stopped");
+        drop((one, two, three));
         let (_f, sixth) = waiting(queue.push("ffffffff"));
         let (_g, seventh) = waiting(queue.push("gggggggg"));
         let (_h, eighth) = waiting(queue.push("hhhhhhhh"));
         assert_eq!((sixth, seventh, eighth), (true, true, false));
+    }
+
+    #[test]
+    fn a_reader_that_ends_early_is_counted_out() {
+        let queue = MissQueue::new(1);
+        let (_a, started) = waiting(queue.push("aaaaaaaa"));
+        assert!(started);
+        let (_b, _) = {
+            let mut reader = queue.reader();
+            assert_eq!(ids(&reader.take(1)), ["aaaaaaaa"]);
+            let (b, started) = waiting(queue.push("bbbbbbbb"));
+            assert!(!started, "one running");
+            // Dropped before finding the queue empty, as by a panic.
+            (b, started)
+        };
+        let (_c, started) = waiting(queue.push("cccccccc"));
+        assert!(started, "counted out: the next push starts another");
+        let mut reader = queue.reader();
+        assert_eq!(ids(&reader.take(8)), ["bbbbbbbb", "cccccccc"]);
+        assert!(reader.take(8).is_empty());
     }
 
     #[test]
@@ -185,9 +247,10 @@ mod tests {
         let answers: Vec<_> = (0..5)
             .map(|i| waiting(queue.push(&format!("miss{i:04}"))).0)
             .collect();
-        assert_eq!(ids(&queue.take(3)), ["miss0000", "miss0001", "miss0002"]);
-        assert_eq!(ids(&queue.take(3)), ["miss0003", "miss0004"]);
-        assert!(queue.take(3).is_empty());
+        let mut reader = queue.reader();
+        assert_eq!(ids(&reader.take(3)), ["miss0000", "miss0001", "miss0002"]);
+        assert_eq!(ids(&reader.take(3)), ["miss0003", "miss0004"]);
+        assert!(reader.take(3).is_empty());
         drop(answers);
     }
 
@@ -197,7 +260,7 @@ mod tests {
         let (kept, _) = waiting(queue.push("keptkept"));
         let (gone, _) = waiting(queue.push("gonegone"));
         drop(gone);
-        let misses = queue.take(8);
+        let misses = queue.reader().take(8);
         assert_eq!(ids(&misses), ["keptkept"], "its caller went away");
         for miss in misses {
             miss.answer(Ok(None));
