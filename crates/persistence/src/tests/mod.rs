@@ -59,6 +59,7 @@ both_backends!(
     rotate_expires_old_adds_new_and_cleans_up,
     last_used_only_moves_forward,
     current_versions_answer_for_live_keys_only,
+    versions_unchanged_only_when_every_key_is_at_its_version,
     migration_6_carries_last_uses_over,
     usage_counts_add_up_across_replicas_and_prune,
     concurrent_usage_flushes_lose_nothing,
@@ -1235,6 +1236,133 @@ async fn current_versions_answer_for_live_keys_only(db: &TestDatabase) {
     let got = store.current_versions(&many).await.expect("versions");
     assert_eq!(got.len(), 2, "{got:?}");
     assert!(store.current_versions(&[]).await.expect("none").is_empty());
+}
+
+/// The one-row check renewals ask first: yes only when every pair names a
+/// live key at exactly that version; any change, deletion, unknown id or
+/// contradiction among the pairs is a no, however many ids are asked.
+async fn versions_unchanged_only_when_every_key_is_at_its_version(db: &TestDatabase) {
+    let store = open(db).await;
+    let t = now();
+    let keys: Vec<ApiKey> = (0..3)
+        .map(|i| {
+            key(
+                &format!("000{i}-same"),
+                "acme",
+                "live",
+                &format!("SAMEaaa{i}"),
+            )
+        })
+        .collect();
+    for k in &keys {
+        store
+            .insert_key(k, &Actor::default())
+            .await
+            .expect("insert");
+    }
+    let [a, b, c] = [&keys[0], &keys[1], &keys[2]];
+    let unchanged = |pairs: Vec<(&str, u64)>| {
+        let store = store.clone();
+        let pairs: Vec<(String, u64)> = pairs.into_iter().map(|(i, v)| (i.to_owned(), v)).collect();
+        async move {
+            let pairs: Vec<(&str, u64)> = pairs.iter().map(|(i, v)| (i.as_str(), *v)).collect();
+            store.versions_unchanged(&pairs).await.expect("check")
+        }
+    };
+    assert!(unchanged(vec![(&a.id, 1), (&b.id, 1), (&c.id, 1)]).await);
+    assert!(unchanged(vec![]).await, "nothing asked, nothing moved");
+    assert!(
+        unchanged(vec![(&a.id, 1), (&a.id, 1)]).await,
+        "one key through two credentials"
+    );
+    assert!(
+        !unchanged(vec![(&a.id, 1), (&a.id, 2)]).await,
+        "two versions of one key"
+    );
+    assert!(
+        !unchanged(vec![(&a.id, 1), ("0009-none", 1)]).await,
+        "unknown id"
+    );
+    assert!(
+        !unchanged(vec![(&a.id, u64::MAX)]).await,
+        "beyond any stored version"
+    );
+
+    let revoked = store
+        .update_key(
+            &b.id,
+            1,
+            &KeyUpdate::Revoke { reason: None },
+            t,
+            &Actor::default(),
+            None,
+        )
+        .await
+        .expect("revoke");
+    assert_eq!(revoked.version, 2);
+    assert!(!unchanged(vec![(&a.id, 1), (&b.id, 1)]).await, "b moved");
+    assert!(
+        !unchanged(vec![(&a.id, 2), (&b.id, 1)]).await,
+        "the versions, not their sum, must match"
+    );
+    assert!(unchanged(vec![(&a.id, 1), (&b.id, 2)]).await);
+    store
+        .update_key(
+            &c.id,
+            1,
+            &KeyUpdate::Delete {
+                purge_at: t + TimeDelta::days(1),
+            },
+            t,
+            &Actor::default(),
+            None,
+        )
+        .await
+        .expect("delete");
+    assert!(!unchanged(vec![(&a.id, 1), (&c.id, 2)]).await, "deleted");
+
+    // More keys than one statement holds: every statement must agree.
+    let many: Vec<ApiKey> = (0..1_100)
+        .map(|i| {
+            key(
+                &format!("1{i:04}-many"),
+                "acme",
+                "live",
+                &format!("M{i:07}"),
+            )
+        })
+        .collect();
+    store.insert_keys(&many).await.expect("insert many");
+    let pairs = |moved: Option<&str>| -> Vec<(&str, u64)> {
+        many.iter()
+            .map(|k| {
+                (
+                    k.id.as_str(),
+                    if Some(k.id.as_str()) == moved { 2 } else { 1 },
+                )
+            })
+            .chain([(a.id.as_str(), 1)])
+            .collect()
+    };
+    assert!(unchanged(pairs(None)).await, "1 101 keys, all unchanged");
+    let last = many.last().expect("many").id.clone();
+    assert!(
+        !unchanged(pairs(Some(&last))).await,
+        "one key ahead of storage among 1 101"
+    );
+    store
+        .update_key(
+            &last,
+            1,
+            &KeyUpdate::Revoke { reason: None },
+            t,
+            &Actor::default(),
+            None,
+        )
+        .await
+        .expect("revoke one of many");
+    assert!(!unchanged(pairs(None)).await, "one of 1 101 moved");
+    assert!(unchanged(pairs(Some(&last))).await);
 }
 
 fn counts(allowed: u64, denied_rate_limited: u64, denied_other: u64) -> UsageCounts {

@@ -386,9 +386,10 @@ impl Authorizer {
     /// The renewal drainer: checks the entries queued past their lifetime
     /// a batch at a time until none are left.
     async fn renew_due(self: Arc<Self>) {
+        let mut drainer = self.renewals.drainer();
         loop {
             tokio::time::sleep(RENEWAL_GATHER).await;
-            let due = self.renewals.take(RENEWALS_PER_CHECK);
+            let due = drainer.take(RENEWALS_PER_CHECK);
             if due.is_empty() {
                 return;
             }
@@ -399,12 +400,28 @@ impl Authorizer {
         }
     }
 
-    /// Checks `due` against storage in one query: an entry whose version
-    /// storage still holds starts a new lifetime; one whose key changed
-    /// (a change this replica did not hear of) or is gone is read again
-    /// and, meanwhile, decides nothing.
+    /// Checks `due` against storage: an entry whose version storage still
+    /// holds starts a new lifetime; one whose key changed (a change this
+    /// replica did not hear of) or is gone is read again and, meanwhile,
+    /// decides nothing. Almost always nothing moved, which one aggregate
+    /// query tells; only otherwise are the versions read key by key.
     async fn renew(self: &Arc<Self>, due: Vec<Due>) -> Result<(), ApiError> {
         let read_at = self.cache.stamp();
+        let expected: Vec<(&str, u64)> = due
+            .iter()
+            .map(|(_, key)| (&*key.snapshot.id, key.snapshot.version))
+            .collect();
+        let unchanged = self
+            .read(Lane::Authorize, self.store.versions_unchanged(&expected))
+            .await?;
+        if unchanged {
+            for (lookup_id, key) in &due {
+                if self.cache.renew(lookup_id, key, read_at).await {
+                    self.metrics.key_renewals.inc();
+                }
+            }
+            return Ok(());
+        }
         let ids: Vec<&str> = due.iter().map(|(_, key)| &*key.snapshot.id).collect();
         let stored = self
             .read(Lane::Authorize, self.store.current_versions(&ids))
@@ -913,6 +930,73 @@ mod tests {
         assert_eq!(metrics.key_loads.get(), 2, "read again once");
     }
 
+    /// Twenty unchanged keys and one changed unheard of come due together:
+    /// the one-row check says something moved, the per-key read finds
+    /// which, the twenty are renewed and the changed one is read again.
+    async fn a_moved_key_among_unchanged_ones_is_caught_and_the_rest_renewed(db: TestDatabase) {
+        let f = fixture(db, Duration::from_secs(60)).await;
+        let operations = Arc::new(Operations::default());
+        let config = Config {
+            database_url: f._db.url.clone(),
+            cache_ttl: Duration::from_millis(40),
+            ..Config::default()
+        };
+        let authorizer = Arc::new(Authorizer::new(
+            f.store.clone().with_observer(operations.clone()),
+            &config,
+        ));
+        let mut secrets = Vec::new();
+        for i in 0..20 {
+            let now = Utc::now();
+            let input = NewKeyInput {
+                owner_id: "acme".into(),
+                name: format!("unchanged {i}"),
+                environment: "live".into(),
+                ..NewKeyInput::default()
+            };
+            let new =
+                validation::validate_new_key(input, &Environments::default(), now).expect("valid");
+            let (secret, key) = issue_key(new, &config.key_format, now);
+            f.store
+                .insert_key(&key, &Actor::default())
+                .await
+                .expect("insert");
+            secrets.push(secret);
+        }
+        secrets.push(f.secret.clone());
+        let present = async |secrets: &[String]| {
+            let mut denied = Vec::new();
+            for secret in secrets {
+                match authorizer.authorize(secret, &live(), Utc::now()).await {
+                    Ok(Outcome::Allow { .. }) => {}
+                    Ok(Outcome::Deny { reason, .. }) => denied.push(reason),
+                    Err(err) => panic!("authorize failed: {err:?}"),
+                }
+            }
+            denied
+        };
+        assert!(present(&secrets).await.is_empty(), "all allowed");
+        revoke_unannounced(&f).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // All due now: served as cached, and queued for one check.
+        assert!(present(&secrets).await.is_empty(), "served while due");
+        let metrics = authorizer.metrics().clone();
+        assert!(
+            eventually(async || present(&secrets[20..]).await == [DenyReason::KeyRevoked]).await,
+            "the revocation was never seen"
+        );
+        assert_eq!(metrics.key_renewals.get(), 20, "the unchanged renewed");
+        assert_eq!(metrics.key_loads.get(), 22, "only the moved one read again");
+        // One check, or two if a slow machine split the keys over two
+        // batches; the per-key read only for the batch holding the moved key.
+        let ops = operations.0.lock().unwrap();
+        assert!(
+            matches!(ops.get("versions_unchanged"), Some(1 | 2)),
+            "{ops:?}"
+        );
+        assert_eq!(ops.get("current_versions"), Some(&1), "{ops:?}");
+    }
+
     /// A version check reads the key unchanged, then a revocation commits
     /// and is noted, then the check's renewal arrives: it must not keep the
     /// old state (the steps of `Authorizer::renew`, interleaved by hand).
@@ -1113,6 +1197,7 @@ mod tests {
         a_failed_read_fails_every_miss_in_it,
         an_unchanged_key_past_its_lifetime_is_renewed_without_a_read,
         a_change_not_heard_of_is_caught_when_the_entry_comes_due,
+        a_moved_key_among_unchanged_ones_is_caught_and_the_rest_renewed,
         a_renewal_check_that_read_before_a_revocation,
     );
 }

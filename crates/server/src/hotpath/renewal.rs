@@ -9,13 +9,19 @@
 //! not changed (a change is announced and evicts the entry at once), so the
 //! refresh only needs to learn that storage still holds the cached version:
 //! the queue gathers due entries and one drainer checks them a few hundred
-//! per query ([`keygate_persistence::Store::current_versions`]); only keys
-//! whose version moved are read again.
+//! per query. The query answers in one row whether every one of them is
+//! still at its version ([`keygate_persistence::Store::versions_unchanged`]);
+//! only when one moved are the versions read key by key
+//! ([`keygate_persistence::Store::current_versions`]), and only keys whose
+//! version moved are read again.
 //!
 //! The queue is bounded: an entry that does not fit is asked for again by a
 //! later request (the cache spaces those requests a second apart). One
 //! drainer runs at a time, started by the push that finds none running and
-//! ending when it finds the queue empty, so an idle replica runs no task.
+//! ending when it finds the queue empty, so an idle replica runs no task. A
+//! drainer that ends otherwise (a panic) is counted out all the same
+//! ([`Drainer`]): were it not, no drainer would ever start again, and
+//! entries past their lifetime would be served unchecked for good.
 
 use std::sync::{Arc, Mutex};
 
@@ -53,10 +59,18 @@ impl RenewalQueue {
         !std::mem::replace(&mut queue.draining, true)
     }
 
-    /// Takes up to `max` queued entries, oldest first. An empty answer means
-    /// the queue was empty and the drainer must stop: the next push starts
-    /// a new one.
-    pub fn take(&self, max: usize) -> Vec<Due> {
+    /// The drainer a push asked its caller to start: it takes the queued
+    /// entries until none is left.
+    pub fn drainer(&self) -> Drainer<'_> {
+        Drainer {
+            queue: self,
+            stopped: false,
+        }
+    }
+
+    /// Takes up to `max` queued entries, oldest first; when none is queued,
+    /// marks the drainer stopped.
+    fn take(&self, max: usize) -> Vec<Due> {
         let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
         if queue.due.is_empty() {
             queue.draining = false;
@@ -78,6 +92,38 @@ impl RenewalQueue {
     /// Whether no entry is waiting.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// The running drainer of a [`RenewalQueue`]. Should it end before finding
+/// the queue empty (a panic while checking), it is counted out all the
+/// same, so the next push starts another.
+#[derive(Debug)]
+pub struct Drainer<'a> {
+    queue: &'a RenewalQueue,
+    stopped: bool,
+}
+
+impl Drainer<'_> {
+    /// Takes up to `max` queued entries, oldest first. An empty answer means
+    /// the queue was empty and this drainer must stop: the next push starts
+    /// a new one.
+    pub fn take(&mut self, max: usize) -> Vec<Due> {
+        if self.stopped {
+            return Vec::new();
+        }
+        let due = self.queue.take(max);
+        self.stopped = due.is_empty();
+        due
+    }
+}
+
+impl Drop for Drainer<'_> {
+    fn drop(&mut self) {
+        if !self.stopped {
+            let mut queue = self.queue.queue.lock().unwrap_or_else(|e| e.into_inner());
+            queue.draining = false;
+        }
     }
 }
 
@@ -107,17 +153,42 @@ mod tests {
         assert!(queue.push("aaaaaaaa", key.clone()), "first push starts one");
         assert!(!queue.push("bbbbbbbb", key.clone()), "one is running");
         assert!(!queue.push("cccccccc", key.clone()));
+        let mut drainer = queue.drainer();
         assert_eq!(
-            ids(&queue.take(2)),
+            ids(&drainer.take(2)),
             ["aaaaaaaa", "bbbbbbbb"],
             "oldest first"
         );
         // Still running: a push now is taken by the same drainer.
         assert!(!queue.push("dddddddd", key.clone()));
-        assert_eq!(ids(&queue.take(2)), ["cccccccc", "dddddddd"]);
-        assert!(queue.take(2).is_empty(), "empty: the drainer stops");
+        assert_eq!(ids(&drainer.take(2)), ["cccccccc", "dddddddd"]);
+        assert!(drainer.take(2).is_empty(), "empty: the drainer stops");
+        assert!(drainer.take(2).is_empty(), "and stays stopped");
+        drop(drainer);
         assert!(queue.push("eeeeeeee", key), "the next push starts another");
         assert_eq!(queue.len(), 1);
+    }
+
+    #[test]
+    fn a_drainer_that_ends_early_is_counted_out() {
+        let queue = RenewalQueue::default();
+        let key = cached();
+        assert!(queue.push("aaaaaaaa", key.clone()));
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let mut drainer = queue.drainer();
+            let due = drainer.take(1);
+            assert_eq!(ids(&due), ["aaaaaaaa"]);
+            panic!("the check panicked");
+        }));
+        assert!(result.is_err());
+        assert!(
+            queue.push("bbbbbbbb", key.clone()),
+            "no drainer runs: the next push starts one"
+        );
+        assert!(!queue.push("cccccccc", key), "and only one");
+        let mut drainer = queue.drainer();
+        assert_eq!(ids(&drainer.take(10)), ["bbbbbbbb", "cccccccc"]);
+        assert!(drainer.take(10).is_empty());
     }
 
     #[test]
@@ -129,7 +200,7 @@ mod tests {
         }
         assert!(!queue.push("zzzzzzzz", key));
         assert_eq!(queue.len(), MAX_QUEUED);
-        let taken = queue.take(usize::MAX);
+        let taken = queue.drainer().take(usize::MAX);
         assert!(
             taken.iter().all(|(id, _)| id == "aaaaaaaa"),
             "the extra one was left out"
