@@ -1129,9 +1129,24 @@ async fn last_used_only_moves_forward(db: &TestDatabase) {
                 lookup_id: "UNKNOWN1".into(),
                 at: t,
             },
+            used("USAGEzz1", t),
         ])
         .await
         .expect("record");
+    let rows = store
+        .connection()
+        .query_one_raw(Statement::from_string(
+            store.connection().get_database_backend(),
+            "SELECT COUNT(*) AS n FROM key_last_uses",
+        ))
+        .await
+        .expect("count")
+        .expect("row");
+    assert_eq!(
+        rows.try_get::<i64>("", "n").expect("n"),
+        2,
+        "no row for an unknown key or credential"
+    );
     // An older flush (e.g. from a slower replica) must not move times back.
     store
         .record_last_used(&[used("USAGEaa1", t - TimeDelta::hours(1))])
