@@ -205,7 +205,7 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else
 # writes to (PostgreSQL's statistics; tables that do not exist count 0).
 pg_usage_writes() {
   psql "$1" -qAtX -v ON_ERROR_STOP=1 -c "SELECT coalesce(sum(n_tup_ins + n_tup_upd), 0)
-    FROM pg_stat_user_tables WHERE relname IN ('api_keys', 'credentials', 'key_usage_hourly')"
+    FROM pg_stat_user_tables WHERE relname IN ('api_keys', 'credentials', 'key_last_uses', 'key_usage_hourly')"
 }
 
 # extra_flag FLAG: whether BENCH_SERVER_ARGS sets FLAG (clap refuses a flag twice).
@@ -382,7 +382,7 @@ run_config() {
     sleep 2
     local writes_after
     writes_after=$(pg_usage_writes "$url")
-    log "usage row writes during the load rounds (api_keys, credentials, key_usage_hourly):" \
+    log "usage row writes during the load rounds (api_keys, credentials, key_last_uses, key_usage_hourly):" \
       "$((writes_after - writes_before)) rows," \
       "$(awk -v w="$((writes_after - writes_before))" -v a="$writes_started" -v b="$(date +%s.%N)" \
         'BEGIN { printf "%.0f", w / (b - a) }') rows/s"
