@@ -16,12 +16,11 @@
 //! runs none, and a caller that goes away abandons its answer, not a read
 //! others wait on.
 
-use std::sync::Mutex;
-
 use keygate_domain::ApiKey;
 use tokio::sync::oneshot;
 
 use crate::error::ApiError;
+use crate::hotpath::workers::{WorkQueue, Worker};
 
 /// Misses waiting at most; beyond it a miss is refused at once (UNAVAILABLE)
 /// rather than queued behind a backlog no reader will reach in time.
@@ -46,13 +45,6 @@ impl Miss {
     }
 }
 
-#[derive(Debug, Default)]
-struct Queue {
-    waiting: Vec<Miss>,
-    /// Readers running; each takes what is queued until nothing is.
-    readers: usize,
-}
-
 /// What [`MissQueue::push`] tells its caller.
 #[derive(Debug)]
 pub enum Queued {
@@ -68,109 +60,55 @@ pub enum Queued {
     Full,
 }
 
+/// One running reader of a [`MissQueue`] (counted out when it ends, even by
+/// a panic: [`crate::hotpath::workers`]).
+pub type Reader<'a> = Worker<'a, Miss>;
+
 /// Cache misses waiting for a reader.
 #[derive(Debug)]
 pub struct MissQueue {
-    queue: Mutex<Queue>,
-    max_readers: usize,
+    queue: WorkQueue<Miss>,
 }
 
 impl MissQueue {
     /// An empty queue read by at most `max_readers` readers at once.
     pub fn new(max_readers: usize) -> Self {
         Self {
-            queue: Mutex::default(),
-            max_readers: max_readers.max(1),
+            queue: WorkQueue::new(MAX_WAITING, max_readers, |miss| miss.answer.is_closed()),
         }
     }
 
     /// Queues `lookup_id` to be read.
     pub fn push(&self, lookup_id: &str) -> Queued {
-        let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-        if queue.waiting.len() >= MAX_WAITING {
-            return Queued::Full;
-        }
         let (answer, receiver) = oneshot::channel();
-        queue.waiting.push(Miss {
+        let miss = Miss {
             lookup_id: lookup_id.into(),
             answer,
-        });
-        let start_reader = queue.readers < self.max_readers;
-        if start_reader {
-            queue.readers += 1;
-        }
-        Queued::Waiting {
-            answer: receiver,
-            start_reader,
+        };
+        match self.queue.push(miss) {
+            Some(start_reader) => Queued::Waiting {
+                answer: receiver,
+                start_reader,
+            },
+            None => Queued::Full,
         }
     }
 
     /// The reader a push asked its caller to start: it takes the waiting
-    /// misses until none is left.
+    /// misses (oldest first, skipping those whose caller went away) until
+    /// none is left.
     pub fn reader(&self) -> Reader<'_> {
-        Reader {
-            queue: self,
-            stopped: false,
-        }
-    }
-
-    /// Takes up to `max` waiting misses, oldest first, skipping those whose
-    /// caller went away; when none is waiting, counts one reader out.
-    fn take(&self, max: usize) -> Vec<Miss> {
-        let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-        queue.waiting.retain(|miss| !miss.answer.is_closed());
-        if queue.waiting.is_empty() {
-            queue.readers -= 1;
-            return Vec::new();
-        }
-        let n = max.min(queue.waiting.len());
-        queue.waiting.drain(..n).collect()
+        self.queue.worker()
     }
 
     /// Misses waiting.
     pub fn len(&self) -> usize {
-        self.queue
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .waiting
-            .len()
+        self.queue.len()
     }
 
     /// Whether no miss is waiting.
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
-/// One running reader of a [`MissQueue`]. Should it end before finding the
-/// queue empty (a panic while reading), it is counted out all the same, so
-/// the next push starts another rather than finding every reader taken.
-#[derive(Debug)]
-pub struct Reader<'a> {
-    queue: &'a MissQueue,
-    stopped: bool,
-}
-
-impl Reader<'_> {
-    /// Takes up to `max` waiting misses, oldest first. An empty answer
-    /// means none was waiting and this reader must stop: it is no longer
-    /// counted, and the next push starts another.
-    pub fn take(&mut self, max: usize) -> Vec<Miss> {
-        if self.stopped {
-            return Vec::new();
-        }
-        let misses = self.queue.take(max);
-        self.stopped = misses.is_empty();
-        misses
-    }
-}
-
-impl Drop for Reader<'_> {
-    fn drop(&mut self) {
-        if !self.stopped {
-            let mut queue = self.queue.queue.lock().unwrap_or_else(|e| e.into_inner());
-            queue.readers -= 1;
-        }
+        self.queue.is_empty()
     }
 }
 

@@ -5,7 +5,8 @@
 //! recorder and its background flusher; [`dirty`] lists keys with pending
 //! work, [`interner`] shares what many snapshots have in common, [`misses`]
 //! gathers cache misses to be read together, [`renewal`] queues entries
-//! past their lifetime for a batched version check.
+//! past their lifetime for a batched version check, both taken by the
+//! on-demand [`workers`] of one bounded queue.
 //!
 //! Knows no protobuf: it speaks domain types and `ApiError`, so the gRPC
 //! services, the proxy front ends and management authentication all share
@@ -22,3 +23,4 @@ pub mod misses;
 pub mod renewal;
 pub mod runtime;
 pub mod usage;
+pub mod workers;

@@ -20,12 +20,14 @@
 //! drainer runs at a time, started by the push that finds none running and
 //! ending when it finds the queue empty, so an idle replica runs no task. A
 //! drainer that ends otherwise (a panic) is counted out all the same
-//! ([`Drainer`]): were it not, no drainer would ever start again, and
-//! entries past their lifetime would be served unchecked for good.
+//! ([`crate::hotpath::workers`]): were it not, no drainer would ever start
+//! again, and entries past their lifetime would be served unchecked for
+//! good.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use crate::hotpath::cache::CachedKey;
+use crate::hotpath::workers::{WorkQueue, Worker};
 
 /// Entries queued at most; beyond it a due entry waits for a later request.
 const MAX_QUEUED: usize = 65_536;
@@ -33,17 +35,22 @@ const MAX_QUEUED: usize = 65_536;
 /// A lookup id due for renewal, with the entry the cache served for it.
 pub type Due = (String, Arc<CachedKey>);
 
-#[derive(Debug, Default)]
-struct Queue {
-    due: Vec<Due>,
-    /// Whether a drainer is running (it will take what is queued).
-    draining: bool,
-}
+/// The running drainer of a [`RenewalQueue`] (counted out when it ends,
+/// even by a panic: [`crate::hotpath::workers`]).
+pub type Drainer<'a> = Worker<'a, Due>;
 
 /// Entries due for renewal, waiting for the drainer.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct RenewalQueue {
-    queue: Mutex<Queue>,
+    queue: WorkQueue<Due>,
+}
+
+impl Default for RenewalQueue {
+    fn default() -> Self {
+        Self {
+            queue: WorkQueue::new(MAX_QUEUED, 1, |_| false),
+        }
+    }
 }
 
 impl RenewalQueue {
@@ -51,79 +58,25 @@ impl RenewalQueue {
     /// the caller must start a drainer (none is running); `false` also when
     /// the queue is full and the entry was left for a later request.
     pub fn push(&self, lookup_id: &str, key: Arc<CachedKey>) -> bool {
-        let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-        if queue.due.len() >= MAX_QUEUED {
-            return false;
-        }
-        queue.due.push((lookup_id.to_owned(), key));
-        !std::mem::replace(&mut queue.draining, true)
+        self.queue
+            .push((lookup_id.to_owned(), key))
+            .unwrap_or(false)
     }
 
     /// The drainer a push asked its caller to start: it takes the queued
-    /// entries until none is left.
+    /// entries, oldest first, until none is left.
     pub fn drainer(&self) -> Drainer<'_> {
-        Drainer {
-            queue: self,
-            stopped: false,
-        }
-    }
-
-    /// Takes up to `max` queued entries, oldest first; when none is queued,
-    /// marks the drainer stopped.
-    fn take(&self, max: usize) -> Vec<Due> {
-        let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-        if queue.due.is_empty() {
-            queue.draining = false;
-            return Vec::new();
-        }
-        let n = max.min(queue.due.len());
-        queue.due.drain(..n).collect()
+        self.queue.worker()
     }
 
     /// Entries waiting.
     pub fn len(&self) -> usize {
-        self.queue
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .due
-            .len()
+        self.queue.len()
     }
 
     /// Whether no entry is waiting.
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
-/// The running drainer of a [`RenewalQueue`]. Should it end before finding
-/// the queue empty (a panic while checking), it is counted out all the
-/// same, so the next push starts another.
-#[derive(Debug)]
-pub struct Drainer<'a> {
-    queue: &'a RenewalQueue,
-    stopped: bool,
-}
-
-impl Drainer<'_> {
-    /// Takes up to `max` queued entries, oldest first. An empty answer means
-    /// the queue was empty and this drainer must stop: the next push starts
-    /// a new one.
-    pub fn take(&mut self, max: usize) -> Vec<Due> {
-        if self.stopped {
-            return Vec::new();
-        }
-        let due = self.queue.take(max);
-        self.stopped = due.is_empty();
-        due
-    }
-}
-
-impl Drop for Drainer<'_> {
-    fn drop(&mut self) {
-        if !self.stopped {
-            let mut queue = self.queue.queue.lock().unwrap_or_else(|e| e.into_inner());
-            queue.draining = false;
-        }
+        self.queue.is_empty()
     }
 }
 
