@@ -16,7 +16,7 @@
 //! answers no does a cache need [`Store::current_versions`] to learn which
 //! keys moved.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use sea_orm::{
@@ -98,24 +98,20 @@ impl Store {
     /// cannot be current).
     pub async fn versions_unchanged(&self, expected: &[(&str, u64)]) -> Result<bool, StoreError> {
         self.observed("versions_unchanged", async move {
-            let mut distinct: HashMap<&str, u64> = HashMap::with_capacity(expected.len());
+            // In id order: SQLite then walks the index forward, as it does
+            // for an IN list, instead of seeking at random (about twice the
+            // cost per key at a million keys).
+            let mut pairs: BTreeMap<&str, i64> = BTreeMap::new();
             for &(id, version) in expected {
-                if *distinct.entry(id).or_insert(version) != version {
-                    return Ok(false);
-                }
-            }
-            let mut pairs = Vec::with_capacity(distinct.len());
-            for (id, version) in distinct {
                 // No stored version is that large: it cannot match.
                 let Ok(version) = i64::try_from(version) else {
                     return Ok(false);
                 };
-                pairs.push((id, version));
+                if *pairs.entry(id).or_insert(version) != version {
+                    return Ok(false);
+                }
             }
-            // In id order: SQLite then walks the index forward, as it does
-            // for an IN list, instead of seeking at random (about twice the
-            // cost per key at a million keys).
-            pairs.sort_unstable();
+            let pairs: Vec<(&str, i64)> = pairs.into_iter().collect();
             let backend = self.connection().get_database_backend();
             for chunk in pairs.chunks(IDS_PER_STATEMENT) {
                 let mut values: Vec<Value> = Vec::with_capacity(chunk.len() * 2);
