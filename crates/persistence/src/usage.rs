@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use keygate_domain::usage::{UsageBucket, UsageCounts, last_use_precision};
-use sea_orm::{ConnectionTrait, Statement, TransactionTrait};
+use sea_orm::{ConnectionTrait, DatabaseTransaction, DbBackend, Statement, TransactionTrait};
 
 use crate::error::StoreError;
 use crate::store::{Store, placeholders, rows_per_statement};
@@ -50,6 +50,102 @@ fn to_u64(n: i64) -> u64 {
     u64::try_from(n).unwrap_or(0)
 }
 
+/// Last uses as stored: the newest per credential, in key order, at
+/// PostgreSQL's microsecond precision.
+fn latest_uses(uses: &[LastUsed]) -> Vec<((&str, &str), DateTime<Utc>)> {
+    let mut latest: BTreeMap<(&str, &str), DateTime<Utc>> = BTreeMap::new();
+    for u in uses {
+        // Microseconds on every backend, as PostgreSQL keeps them.
+        let used = last_use_precision(u.at);
+        let at = latest
+            .entry((u.key_id.as_str(), u.lookup_id.as_str()))
+            .or_insert(used);
+        *at = (*at).max(used);
+    }
+    latest.into_iter().collect()
+}
+
+/// Counts to add: one per key-hour (repeats summed), in key order.
+fn merged_counts(counts: &[HourlyUsage]) -> Vec<((&str, i64), UsageCounts)> {
+    let mut merged: BTreeMap<(&str, i64), UsageCounts> = BTreeMap::new();
+    for c in counts.iter().filter(|c| !c.counts.is_empty()) {
+        merged
+            .entry((c.key_id.as_str(), c.hour_start))
+            .or_default()
+            .merge(&c.counts);
+    }
+    merged.into_iter().collect()
+}
+
+/// Upserts `latest` into `key_last_uses` (see [`Store::record_last_used`]).
+async fn upsert_last_uses(
+    txn: &DatabaseTransaction,
+    backend: DbBackend,
+    latest: &[((&str, &str), DateTime<Utc>)],
+) -> Result<(), StoreError> {
+    for chunk in latest.chunks(rows_per_statement(backend, 3)) {
+        let mut values = Vec::with_capacity(chunk.len() * 3);
+        for ((key_id, lookup_id), at) in chunk {
+            values.extend([(*key_id).into(), (*lookup_id).into(), (*at).into()]);
+        }
+        // Only rows that exist or credentials that exist (a key deleted
+        // meanwhile would fail the foreign key, and the flush with it). The
+        // row is asked first: it is almost always there (a credential's
+        // first use writes it once), found by a forward walk of its primary
+        // key in key order, where the credential is a random seek by lookup
+        // id. On SQLite at a million keys that halves a flush's cost per key
+        // (4.3 µs to 2.2 µs).
+        let sql = format!(
+            "WITH v(key_id, lookup_id, t) AS (VALUES {}) \
+             INSERT INTO key_last_uses (key_id, lookup_id, used_at) \
+             SELECT v.key_id, v.lookup_id, v.t FROM v WHERE EXISTS \
+             (SELECT 1 FROM key_last_uses u \
+             WHERE u.key_id = v.key_id AND u.lookup_id = v.lookup_id) \
+             OR EXISTS (SELECT 1 FROM credentials c \
+             WHERE c.lookup_id = v.lookup_id AND c.key_id = v.key_id) \
+             ON CONFLICT (key_id, lookup_id) DO UPDATE SET used_at = excluded.used_at \
+             WHERE key_last_uses.used_at < excluded.used_at",
+            placeholders(backend, 1, chunk.len(), 3)
+        );
+        txn.execute_raw(Statement::from_sql_and_values(backend, sql, values))
+            .await?;
+    }
+    Ok(())
+}
+
+/// Adds `merged` to `key_usage_hourly` (see [`Store::add_usage_counts`]).
+async fn add_counts(
+    txn: &DatabaseTransaction,
+    backend: DbBackend,
+    merged: &[((&str, i64), UsageCounts)],
+) -> Result<(), StoreError> {
+    for chunk in merged.chunks(rows_per_statement(backend, 5)) {
+        let mut values = Vec::with_capacity(chunk.len() * 5);
+        for ((key_id, hour_start), c) in chunk {
+            values.extend([
+                (*key_id).into(),
+                (*hour_start).into(),
+                to_i64(c.allowed).into(),
+                to_i64(c.denied_rate_limited).into(),
+                to_i64(c.denied_other).into(),
+            ]);
+        }
+        let sql = format!(
+            "INSERT INTO key_usage_hourly \
+             (key_id, hour_start, allowed, denied_rate_limited, denied_other) VALUES {} \
+             ON CONFLICT (key_id, hour_start) DO UPDATE SET \
+             allowed = key_usage_hourly.allowed + excluded.allowed, \
+             denied_rate_limited = key_usage_hourly.denied_rate_limited \
+             + excluded.denied_rate_limited, \
+             denied_other = key_usage_hourly.denied_other + excluded.denied_other",
+            placeholders(backend, 1, chunk.len(), 5)
+        );
+        txn.execute_raw(Statement::from_sql_and_values(backend, sql, values))
+            .await?;
+    }
+    Ok(())
+}
+
 impl Store {
     /// Stores last uses, in one transaction of multi-row upserts into
     /// `key_last_uses`, in key order: per credential, the stored use becomes
@@ -59,54 +155,7 @@ impl Store {
     /// every update is a new row version). Uses of unknown keys and
     /// credentials are ignored.
     pub async fn record_last_used(&self, uses: &[LastUsed]) -> Result<(), StoreError> {
-        self.observed("record_last_used", async move {
-            let mut latest: BTreeMap<(&str, &str), DateTime<Utc>> = BTreeMap::new();
-            for u in uses {
-                // Microseconds on every backend, as PostgreSQL keeps them.
-                let used = last_use_precision(u.at);
-                let at = latest
-                    .entry((u.key_id.as_str(), u.lookup_id.as_str()))
-                    .or_insert(used);
-                *at = (*at).max(used);
-            }
-            if latest.is_empty() {
-                return Ok(());
-            }
-            let latest: Vec<_> = latest.into_iter().collect();
-            let backend = self.connection().get_database_backend();
-            let txn = self.connection().begin().await?;
-            for chunk in latest.chunks(rows_per_statement(backend, 3)) {
-                let mut values = Vec::with_capacity(chunk.len() * 3);
-                for ((key_id, lookup_id), at) in chunk {
-                    values.extend([(*key_id).into(), (*lookup_id).into(), (*at).into()]);
-                }
-                // Only rows that exist or credentials that exist (a key
-                // deleted meanwhile would fail the foreign key, and the flush
-                // with it). The row is asked first: it is almost always
-                // there (a credential's first use writes it once), found by
-                // a forward walk of its primary key in key order, where the
-                // credential is a random seek by lookup id. On SQLite at a
-                // million keys that halves a flush's cost per key (4.3 µs
-                // to 2.2 µs).
-                let sql = format!(
-                    "WITH v(key_id, lookup_id, t) AS (VALUES {}) \
-                     INSERT INTO key_last_uses (key_id, lookup_id, used_at) \
-                     SELECT v.key_id, v.lookup_id, v.t FROM v WHERE EXISTS \
-                     (SELECT 1 FROM key_last_uses u \
-                     WHERE u.key_id = v.key_id AND u.lookup_id = v.lookup_id) \
-                     OR EXISTS (SELECT 1 FROM credentials c \
-                     WHERE c.lookup_id = v.lookup_id AND c.key_id = v.key_id) \
-                     ON CONFLICT (key_id, lookup_id) DO UPDATE SET used_at = excluded.used_at \
-                     WHERE key_last_uses.used_at < excluded.used_at",
-                    placeholders(backend, 1, chunk.len(), 3)
-                );
-                txn.execute_raw(Statement::from_sql_and_values(backend, sql, values))
-                    .await?;
-            }
-            txn.commit().await?;
-            Ok(())
-        })
-        .await
+        self.record_usage(uses, &[]).await
     }
 
     /// Adds request counts to the hourly rows, in one transaction of
@@ -116,44 +165,34 @@ impl Store {
     /// stored too (a key deleted meanwhile leaves rows that retention
     /// prunes).
     pub async fn add_usage_counts(&self, counts: &[HourlyUsage]) -> Result<(), StoreError> {
-        self.observed("add_usage_counts", async move {
-            let mut merged: BTreeMap<(&str, i64), UsageCounts> = BTreeMap::new();
-            for c in counts.iter().filter(|c| !c.counts.is_empty()) {
-                merged
-                    .entry((c.key_id.as_str(), c.hour_start))
-                    .or_default()
-                    .merge(&c.counts);
-            }
-            if merged.is_empty() {
+        self.record_usage(&[], counts).await
+    }
+
+    /// Both of the above in one transaction: all of it is stored, or none.
+    /// One pass over a batch of keys writes both tables, and on SQLite one
+    /// commit writes each page the batch touched once, however many of its
+    /// rows changed: the cost of a row falls with the size of the batch
+    /// (4.5 µs in a batch of 83 000 rows among a million keys, 1.8 µs in a
+    /// batch of all of them).
+    pub async fn record_usage(
+        &self,
+        uses: &[LastUsed],
+        counts: &[HourlyUsage],
+    ) -> Result<(), StoreError> {
+        let name = match (uses.is_empty(), counts.is_empty()) {
+            (false, true) => "record_last_used",
+            (true, false) => "add_usage_counts",
+            _ => "record_usage",
+        };
+        self.observed(name, async move {
+            let (latest, merged) = (latest_uses(uses), merged_counts(counts));
+            if latest.is_empty() && merged.is_empty() {
                 return Ok(());
             }
-            let merged: Vec<_> = merged.into_iter().collect();
             let backend = self.connection().get_database_backend();
             let txn = self.connection().begin().await?;
-            for chunk in merged.chunks(rows_per_statement(backend, 5)) {
-                let mut values = Vec::with_capacity(chunk.len() * 5);
-                for ((key_id, hour_start), c) in chunk {
-                    values.extend([
-                        (*key_id).into(),
-                        (*hour_start).into(),
-                        to_i64(c.allowed).into(),
-                        to_i64(c.denied_rate_limited).into(),
-                        to_i64(c.denied_other).into(),
-                    ]);
-                }
-                let sql = format!(
-                    "INSERT INTO key_usage_hourly \
-                     (key_id, hour_start, allowed, denied_rate_limited, denied_other) VALUES {} \
-                     ON CONFLICT (key_id, hour_start) DO UPDATE SET \
-                     allowed = key_usage_hourly.allowed + excluded.allowed, \
-                     denied_rate_limited = key_usage_hourly.denied_rate_limited \
-                     + excluded.denied_rate_limited, \
-                     denied_other = key_usage_hourly.denied_other + excluded.denied_other",
-                    placeholders(backend, 1, chunk.len(), 5)
-                );
-                txn.execute_raw(Statement::from_sql_and_values(backend, sql, values))
-                    .await?;
-            }
+            upsert_last_uses(&txn, backend, &latest).await?;
+            add_counts(&txn, backend, &merged).await?;
             txn.commit().await?;
             Ok(())
         })

@@ -127,12 +127,14 @@ struct ServeArgs {
     /// How long an unknown lookup id is remembered as unknown (at most 1h).
     #[arg(long, env = "KEYGATE_NEGATIVE_CACHE_TTL", default_value = "5s", value_parser = parse_duration)]
     negative_cache_ttl: Duration,
-    /// How often last-used times are written (at most 24h); a key's first
-    /// use shows within this.
+    /// How often first uses (and uses after a pause) are written (at most
+    /// 24h); a key's first use shows within this. Other due uses go with the
+    /// count flush.
     #[arg(long, env = "KEYGATE_USAGE_FLUSH_INTERVAL", default_value = "5s", value_parser = parse_duration)]
     usage_flush_interval: Duration,
     /// How far a stored last-used time may lag the last use: it is
-    /// rewritten only when unset or older than this (at most 24h).
+    /// rewritten only when unset or older than this (at most 24h), with the
+    /// next count flush.
     #[arg(long, env = "KEYGATE_LAST_USED_PRECISION", default_value = "60s", value_parser = parse_duration)]
     last_used_precision: Duration,
     /// How often hourly request counts are added to storage (at most 24h);

@@ -62,6 +62,7 @@ both_backends!(
     versions_unchanged_only_when_every_key_is_at_its_version,
     migration_6_carries_last_uses_over,
     usage_counts_add_up_across_replicas_and_prune,
+    last_uses_and_counts_are_written_together_or_not_at_all,
     concurrent_usage_flushes_lose_nothing,
     rate_usage_is_shared_between_stores,
     migrate_twice_is_idempotent,
@@ -1386,6 +1387,86 @@ fn counts(allowed: u64, denied_rate_limited: u64, denied_other: u64) -> UsageCou
         denied_rate_limited,
         denied_other,
     }
+}
+
+/// The count flush writes due last uses with the counts, in one
+/// transaction: a failure of either part writes neither.
+async fn last_uses_and_counts_are_written_together_or_not_at_all(db: &TestDatabase) {
+    let store = open(db).await;
+    let t = now();
+    let k = key("0001-together", "acme", "live", "TOGETHR1");
+    store
+        .insert_key(&k, &Actor::default())
+        .await
+        .expect("insert");
+    let h = t.timestamp() - t.timestamp().rem_euclid(3600);
+    let used = |at| LastUsed {
+        key_id: k.id.clone(),
+        lookup_id: "TOGETHR1".into(),
+        at,
+    };
+    let hourly = |c| HourlyUsage {
+        key_id: k.id.clone(),
+        hour_start: h,
+        counts: c,
+    };
+    store
+        .record_usage(
+            &[used(t - TimeDelta::minutes(2))],
+            &[hourly(counts(2, 1, 0))],
+        )
+        .await
+        .expect("record both");
+    let got = store.get_key(&k.id).await.expect("get").expect("present");
+    assert_eq!(got.last_used_at, Some(t - TimeDelta::minutes(2)));
+    let buckets = || async {
+        store
+            .usage_buckets(&k.id, h, h + 3600)
+            .await
+            .expect("read")
+            .iter()
+            .map(|b| b.counts)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(buckets().await, [counts(2, 1, 0)]);
+
+    // The counts' table is away: the statement after the last uses fails,
+    // and the last uses before it are rolled back.
+    let backend = store.connection().get_database_backend();
+    let rename = |from: &str, to: &str| {
+        Statement::from_string(backend, format!("ALTER TABLE {from} RENAME TO {to}"))
+    };
+    store
+        .connection()
+        .execute_raw(rename("key_usage_hourly", "key_usage_hourly_aside"))
+        .await
+        .expect("rename away");
+    let failed = store
+        .record_usage(&[used(t)], &[hourly(counts(5, 0, 0))])
+        .await;
+    store
+        .connection()
+        .execute_raw(rename("key_usage_hourly_aside", "key_usage_hourly"))
+        .await
+        .expect("rename back");
+    assert!(failed.is_err(), "{failed:?}");
+    let got = store.get_key(&k.id).await.expect("get").expect("present");
+    assert_eq!(
+        got.last_used_at,
+        Some(t - TimeDelta::minutes(2)),
+        "the last use went back with the counts"
+    );
+    assert_eq!(buckets().await, [counts(2, 1, 0)]);
+
+    // Retried, both land once.
+    store
+        .record_usage(&[used(t)], &[hourly(counts(5, 0, 0))])
+        .await
+        .expect("retry");
+    let got = store.get_key(&k.id).await.expect("get").expect("present");
+    assert_eq!(got.last_used_at, Some(t));
+    assert_eq!(buckets().await, [counts(7, 1, 0)]);
+    store.record_usage(&[], &[]).await.expect("nothing");
 }
 
 /// Two replicas add to the same key-hours: the stored rows are the sums;

@@ -162,7 +162,10 @@ impl Authorizer {
             .with_counters(metrics.cache.clone()),
             runtimes: Arc::new(Runtimes::default()),
             limiter: RateLimiter::new(store.backend() == Backend::Postgres),
-            usage: Arc::new(UsageRecorder::new(config.last_used_precision)),
+            usage: Arc::new(UsageRecorder::new(
+                config.last_used_precision,
+                config.usage_count_flush_interval,
+            )),
             metrics,
             origin: Instant::now(),
             unavailable_until: AtomicU64::new(0),
