@@ -127,9 +127,8 @@ struct ServeArgs {
     /// How long an unknown lookup id is remembered as unknown (at most 1h).
     #[arg(long, env = "KEYGATE_NEGATIVE_CACHE_TTL", default_value = "5s", value_parser = parse_duration)]
     negative_cache_ttl: Duration,
-    /// How often first uses (and uses after a pause) are written (at most
-    /// 24h); a key's first use shows within this. Other due uses go with the
-    /// count flush.
+    /// How often first uses are written (at most 24h); a key's first use
+    /// shows within this. Later due uses go with the count flush.
     #[arg(long, env = "KEYGATE_USAGE_FLUSH_INTERVAL", default_value = "5s", value_parser = parse_duration)]
     usage_flush_interval: Duration,
     /// How far a stored last-used time may lag the last use: it is

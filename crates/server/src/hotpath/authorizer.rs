@@ -162,10 +162,7 @@ impl Authorizer {
             .with_counters(metrics.cache.clone()),
             runtimes: Arc::new(Runtimes::default()),
             limiter: RateLimiter::new(store.backend() == Backend::Postgres),
-            usage: Arc::new(UsageRecorder::new(
-                config.last_used_precision,
-                config.usage_count_flush_interval,
-            )),
+            usage: Arc::new(UsageRecorder::new(config.last_used_precision)),
             metrics,
             origin: Instant::now(),
             unavailable_until: AtomicU64::new(0),

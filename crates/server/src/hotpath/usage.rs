@@ -18,13 +18,10 @@
 //!   twelve small ones. On SQLite a commit writes every page its rows
 //!   touched, and at a million keys a small batch pays a page per row (a
 //!   row cost 4.5 µs in batches of 83 000, 1.8 µs in one of a million).
-//!   Only a key's first use, and a use further behind the stored one than
-//!   the precision plus the shorter of the precision and the count
-//!   interval (a key idle for a while), go with the next last-used flush
-//!   (`--usage-flush-interval`, 5 s). A stored `last_used_at` is therefore
-//!   at most the precision plus that much plus one flush interval behind
-//!   (2 min 5 s by default), and a key in use again after a pause shows
-//!   within a flush interval.
+//!   Only a key's first use goes with the next last-used flush
+//!   (`--usage-flush-interval`, 5 s). A stored `last_used_at` therefore
+//!   trails the last use by at most the precision plus the count interval
+//!   (2 min by default).
 //!
 //! A failed flush puts its batch back for the next one; a graceful stop
 //! flushes both. A kill loses at most one interval of each.
@@ -41,24 +38,24 @@ use tokio::{sync::watch, time::Instant};
 
 use crate::{
     hotpath::dirty::DirtyList,
-    hotpath::runtime::{KeyRuntime, LastUse, PendingUsage, Runtimes},
+    hotpath::runtime::{KeyRuntime, LastUse, Runtimes},
     metrics::{Flush, Metrics},
 };
 
-/// Takes the keys listed in `list` with what `extract` gets from each one's
-/// pending usage, leaving out keys with nothing to write.
-fn gather<T>(
-    list: &DirtyList,
-    extract: impl Fn(&mut PendingUsage) -> Vec<T>,
-) -> Vec<(Arc<KeyRuntime>, Vec<T>)> {
-    list.take()
-        .into_iter()
-        .map(|runtime| {
-            let items = extract(&mut runtime.pending_usage());
-            (runtime, items)
-        })
-        .filter(|(_, items)| !items.is_empty())
-        .collect()
+/// Keys one transaction of a flush covers. A flush of a million keys in
+/// one transaction held a few hundred MB of rows at once (counted in the
+/// benchmark's bytes per cached key when it fell in the warm-up) and
+/// SQLite's write lock for seconds. Keys are taken in key order, so each
+/// transaction covers one key range: on SQLite a page is still written
+/// once per flush however the flush is cut, and replicas still lock rows
+/// in one order.
+const KEYS_PER_TRANSACTION: usize = 20_000;
+
+/// Takes the keys listed in `list`, in key order.
+fn take_in_key_order(list: &DirtyList) -> Vec<Arc<KeyRuntime>> {
+    let mut keys = list.take();
+    keys.sort_unstable_by(|a, b| a.key_id.cmp(&b.key_id));
+    keys
 }
 
 /// The rows storage keeps for `batch`'s uses.
@@ -95,28 +92,28 @@ pub struct UsageRecorder {
     /// Seconds a stored `last_used_at` may lag behind the real last use
     /// before a use is due for writing (with the next count flush).
     precision_secs: i64,
-    /// Seconds of lag past which a due use goes with the next last-used
-    /// flush instead: the precision plus the shorter of the precision and
-    /// the count interval. A key in steady use is written by every count
-    /// flush or every other one, so its lag stays below this and all its
-    /// writes go in the large batches.
-    urgent_secs: i64,
+    /// Keys per transaction of a flush ([`KEYS_PER_TRANSACTION`]).
+    keys_per_transaction: usize,
     last_used: DirtyList,
     counts: DirtyList,
 }
 
 impl UsageRecorder {
-    /// A recorder writing `last_used_at` with `precision`, whose counts are
-    /// flushed every `count_interval`.
-    pub fn new(precision: Duration, count_interval: Duration) -> Self {
-        let secs = |d: Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
-        let precision_secs = secs(precision);
+    /// A recorder writing `last_used_at` with `precision`.
+    pub fn new(precision: Duration) -> Self {
         Self {
-            precision_secs,
-            urgent_secs: precision_secs.saturating_add(precision_secs.min(secs(count_interval))),
+            precision_secs: i64::try_from(precision.as_secs()).unwrap_or(i64::MAX),
+            keys_per_transaction: KEYS_PER_TRANSACTION,
             last_used: DirtyList::new(|r| &r.last_used_dirty),
             counts: DirtyList::new(|r| &r.counts_dirty),
         }
+    }
+
+    /// The same, cutting flushes into transactions of `keys` keys.
+    #[cfg(test)]
+    fn with_keys_per_transaction(mut self, keys: usize) -> Self {
+        self.keys_per_transaction = keys.max(1);
+        self
     }
 
     /// Notes one authenticated request of a key, through its credential
@@ -130,8 +127,8 @@ impl UsageRecorder {
     ) {
         let secs = at.timestamp();
         let stored = runtime.last_used_stored.load(Ordering::Relaxed);
-        let lag = secs.saturating_sub(stored);
-        let due = outcome == UseOutcome::Allowed && lag >= self.precision_secs;
+        let due =
+            outcome == UseOutcome::Allowed && secs.saturating_sub(stored) >= self.precision_secs;
         {
             let mut usage = runtime.pending_usage();
             usage.count(secs, outcome, 1);
@@ -140,9 +137,10 @@ impl UsageRecorder {
             }
         }
         // Every request lists the key for the count flush, which also
-        // writes its due uses.
+        // writes its due uses; a first use goes with the next, sooner,
+        // last-used flush.
         self.counts.mark(runtime);
-        if due && (stored == 0 || lag >= self.urgent_secs) {
+        if due && stored == 0 {
             self.last_used.mark(runtime);
         }
     }
@@ -179,29 +177,36 @@ impl UsageRecorder {
     }
 
     /// Writes the pending last uses of the keys listed for this flush (first
-    /// uses, and uses of keys idle for a while) in one batch; returns how
+    /// uses) in one batch; returns how
     /// many credentials it covered. The uses stay pending (and visible to
     /// [`UsageRecorder::pending_last_used`]) until the write commits, so a
     /// reader never sees a use in neither place; on failure they are simply
     /// written by the next attempt.
     pub async fn flush_last_used(&self, store: &Store) -> Result<usize, StoreError> {
-        let batch = gather(&self.last_used, |usage| usage.last_uses());
-        if batch.is_empty() {
-            return Ok(0);
-        }
-        let rows = last_used_rows(&batch);
-        match store.record_last_used(&rows).await {
-            Ok(()) => {
-                Self::written(&batch);
-                Ok(rows.len())
+        let keys = take_in_key_order(&self.last_used);
+        let mut written = 0;
+        for (i, chunk) in keys.chunks(self.keys_per_transaction).enumerate() {
+            let batch: Vec<_> = chunk
+                .iter()
+                .map(|runtime| (runtime.clone(), runtime.pending_usage().last_uses()))
+                .filter(|(_, uses)| !uses.is_empty())
+                .collect();
+            if batch.is_empty() {
+                continue;
             }
-            Err(err) => {
-                for (runtime, _) in batch {
-                    self.last_used.mark(&runtime);
+            let rows = last_used_rows(&batch);
+            if let Err(err) = store.record_last_used(&rows).await {
+                // This transaction's keys and the ones not yet written are
+                // listed again; their uses are still pending.
+                for runtime in &keys[i * self.keys_per_transaction..] {
+                    self.last_used.mark(runtime);
                 }
-                Err(err)
+                return Err(err);
             }
+            Self::written(&batch);
+            written += rows.len();
         }
+        Ok(written)
     }
 
     /// Notes uses as stored, and no longer pending.
@@ -213,55 +218,56 @@ impl UsageRecorder {
     }
 
     /// Adds every pending request count to storage and writes every pending
-    /// last use of the same keys, in one transaction; returns how many
-    /// key-hours it covered. On failure the counts are put back for the next
-    /// attempt (and the uses, pending until written, stay).
+    /// last use of the same keys, in transactions of
+    /// [`KEYS_PER_TRANSACTION`] keys (each key's counts and uses in one);
+    /// returns how many key-hours it covered. On failure the counts of the
+    /// failed transaction are put back, and its keys and the ones not yet
+    /// written are listed for the next attempt (the uses, pending until
+    /// written, stay).
     pub async fn flush_counts(&self, store: &Store) -> Result<usize, StoreError> {
-        let mut batch = Vec::new();
-        let mut uses = Vec::new();
-        for runtime in self.counts.take() {
-            let (buckets, pending) = {
-                let mut usage = runtime.pending_usage();
-                (usage.take_buckets(), usage.last_uses())
-            };
-            if !pending.is_empty() {
-                uses.push((runtime.clone(), pending));
+        let keys = take_in_key_order(&self.counts);
+        let mut written = 0;
+        for (i, chunk) in keys.chunks(self.keys_per_transaction).enumerate() {
+            let (mut counts, mut uses) = (Vec::new(), Vec::new());
+            for runtime in chunk {
+                let (buckets, pending) = {
+                    let mut usage = runtime.pending_usage();
+                    (usage.take_buckets(), usage.last_uses())
+                };
+                if !pending.is_empty() {
+                    uses.push((runtime.clone(), pending));
+                }
+                if !buckets.is_empty() {
+                    counts.push((runtime, buckets));
+                }
             }
-            if !buckets.is_empty() {
-                batch.push((runtime, buckets));
+            if counts.is_empty() && uses.is_empty() {
+                continue;
             }
-        }
-        if batch.is_empty() && uses.is_empty() {
-            return Ok(0);
-        }
-        let rows: Vec<HourlyUsage> = batch
-            .iter()
-            .flat_map(|(runtime, buckets)| {
-                buckets.iter().map(|b| HourlyUsage {
-                    key_id: runtime.key_id.to_string(),
-                    hour_start: b.hour_start,
-                    counts: b.counts,
+            let rows: Vec<HourlyUsage> = counts
+                .iter()
+                .flat_map(|(runtime, buckets)| {
+                    buckets.iter().map(|b| HourlyUsage {
+                        key_id: runtime.key_id.to_string(),
+                        hour_start: b.hour_start,
+                        counts: b.counts,
+                    })
                 })
-            })
-            .collect();
-        match store.record_usage(&last_used_rows(&uses), &rows).await {
-            Ok(()) => {
-                Self::written(&uses);
-                Ok(rows.len())
-            }
-            Err(err) => {
-                for (runtime, buckets) in batch {
+                .collect();
+            if let Err(err) = store.record_usage(&last_used_rows(&uses), &rows).await {
+                for (runtime, buckets) in counts {
                     let mut usage = runtime.pending_usage();
                     buckets.iter().for_each(|bucket| usage.count_bucket(bucket));
-                    drop(usage);
-                    self.counts.mark(&runtime);
                 }
-                for (runtime, _) in uses {
-                    self.counts.mark(&runtime);
+                for runtime in &keys[i * self.keys_per_transaction..] {
+                    self.counts.mark(runtime);
                 }
-                Err(err)
+                return Err(err);
             }
+            Self::written(&uses);
+            written += rows.len();
         }
+        Ok(written)
     }
 
     /// Flushes last uses and counts on their schedules until `stop` turns
@@ -377,7 +383,7 @@ mod tests {
 
     #[test]
     fn last_uses_are_kept_only_when_due() {
-        let (recorder, runtimes) = (UsageRecorder::new(MINUTE, MINUTE), Runtimes::default());
+        let (recorder, runtimes) = (UsageRecorder::new(MINUTE), Runtimes::default());
         let k1 = runtimes.get_or_create("k1");
         let t0 = Utc::now();
         // Nothing stored: the first use is due.
@@ -433,7 +439,7 @@ mod tests {
             .insert_key(&stored_key(), &Actor::default())
             .await
             .unwrap();
-        let (recorder, runtimes) = (UsageRecorder::new(MINUTE, MINUTE), Runtimes::default());
+        let (recorder, runtimes) = (UsageRecorder::new(MINUTE), Runtimes::default());
         let runtime = runtimes.get_or_create(KEY_ID);
         // Early in an hour, so all 12 uses below fall in one hourly bucket
         // whenever the test runs.
@@ -478,7 +484,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_use_after_a_long_pause_takes_the_short_flush() {
+    async fn only_a_first_use_takes_the_short_flush() {
         let db = TestDatabase::sqlite();
         let store = Store::connect(&db.url).await.unwrap();
         store.migrate().await.unwrap();
@@ -486,43 +492,86 @@ mod tests {
             .insert_key(&stored_key(), &Actor::default())
             .await
             .unwrap();
-        // Precision 60 s, counts every 10 min: a due use waits for the count
-        // flush unless the stored one is 60 + 60 s behind or more.
-        let recorder = UsageRecorder::new(MINUTE, 10 * MINUTE);
-        let runtimes = Runtimes::default();
+        let (recorder, runtimes) = (UsageRecorder::new(MINUTE), Runtimes::default());
         let runtime = runtimes.get_or_create(KEY_ID);
-        let t0 = Utc::now() - chrono::Duration::hours(1);
+        let t0 = Utc::now() - chrono::Duration::hours(2);
         recorder.record(&runtime, *b"aaaaaaaa", t0, UseOutcome::Allowed);
         assert_eq!(recorder.flush_last_used(&store).await.unwrap(), 1);
-        let steady = t0 + chrono::Duration::seconds(119);
-        recorder.record(&runtime, *b"aaaaaaaa", steady, UseOutcome::Allowed);
-        assert_eq!(recorder.flush_last_used(&store).await.unwrap(), 0);
-        let back = t0 + chrono::Duration::seconds(120);
+        // Back after an hour's pause: due, but for the count flush.
+        let back = t0 + chrono::Duration::hours(1);
         recorder.record(&runtime, *b"aaaaaaaa", back, UseOutcome::Allowed);
-        assert_eq!(recorder.flush_last_used(&store).await.unwrap(), 1);
+        assert_eq!(recorder.flush_last_used(&store).await.unwrap(), 0);
+        let stored = store.get_key(KEY_ID).await.unwrap().unwrap();
+        assert_eq!(
+            stored.last_used_at.map(|t| t.timestamp()),
+            Some(t0.timestamp())
+        );
+        // Two hours' counts, and the use.
+        assert_eq!(recorder.flush_counts(&store).await.unwrap(), 2);
         let stored = store.get_key(KEY_ID).await.unwrap().unwrap();
         assert_eq!(
             stored.last_used_at.map(|t| t.timestamp()),
             Some(back.timestamp())
         );
-        // The count flush after it has no use left to write, only counts.
-        assert_eq!(recorder.flush_counts(&store).await.unwrap(), 1);
-        assert_eq!(stored_counts(&store).await, allowed(3));
-        // With a precision under the count interval, the short flush takes
-        // a use twice the precision behind.
-        let short = UsageRecorder::new(Duration::from_secs(10), MINUTE);
-        let other = Runtimes::default().get_or_create(KEY_ID);
-        UsageRecorder::note_stored(&other, Some(back));
-        let t = back + chrono::Duration::seconds(19);
-        short.record(&other, *b"aaaaaaaa", t, UseOutcome::Allowed);
-        assert_eq!(short.flush_last_used(&store).await.unwrap(), 0);
-        short.record(
-            &other,
-            *b"aaaaaaaa",
-            t + chrono::Duration::seconds(1),
-            UseOutcome::Allowed,
-        );
-        assert_eq!(short.flush_last_used(&store).await.unwrap(), 1);
+        assert_eq!(stored_counts(&store).await, allowed(2));
+    }
+
+    /// A flush cut into transactions: one that fails leaves the ones
+    /// before it written and puts its own and the later keys back, so the
+    /// next flush writes each count exactly once.
+    #[tokio::test]
+    async fn a_flush_failing_midway_writes_each_count_once() {
+        use sea_orm::ConnectionTrait;
+        let db = TestDatabase::sqlite();
+        let store = Store::connect(&db.url).await.unwrap();
+        store.migrate().await.unwrap();
+        let recorder = UsageRecorder::new(MINUTE).with_keys_per_transaction(2);
+        let runtimes = Runtimes::default();
+        let ids = ["k5", "k3", "k1", "k4", "k2"];
+        let now = Utc::now();
+        for id in ids {
+            recorder.record(
+                &runtimes.get_or_create(id),
+                *b"aaaaaaaa",
+                now,
+                UseOutcome::Allowed,
+            );
+        }
+        let backend = store.connection().get_database_backend();
+        let sql = |sql: &str| sea_orm::Statement::from_string(backend, sql.to_owned());
+        store
+            .connection()
+            .execute_raw(sql(
+                "CREATE TRIGGER refuse_k3 BEFORE INSERT ON key_usage_hourly \
+                 WHEN NEW.key_id = 'k3' BEGIN SELECT RAISE(ABORT, 'refused'); END",
+            ))
+            .await
+            .unwrap();
+        assert!(recorder.flush_counts(&store).await.is_err());
+        let stored = || async {
+            let mut allowed = Vec::new();
+            for id in ["k1", "k2", "k3", "k4", "k5"] {
+                let mut total = UsageCounts::default();
+                for b in store.usage_buckets(id, 0, i64::MAX).await.unwrap() {
+                    total.merge(&b.counts);
+                }
+                allowed.push(total.allowed);
+            }
+            allowed
+        };
+        // Key order: k1 and k2 went first and are written; k3 and k4
+        // failed together; k5 was never tried.
+        let written = stored().await;
+        assert_eq!(written, [1, 1, 0, 0, 0]);
+        store
+            .connection()
+            .execute_raw(sql("DROP TRIGGER refuse_k3"))
+            .await
+            .unwrap();
+        assert_eq!(recorder.flush_counts(&store).await.unwrap(), 3);
+        let written = stored().await;
+        assert_eq!(written, [1, 1, 1, 1, 1]);
+        assert_eq!(recorder.flush_counts(&store).await.unwrap(), 0);
     }
 
     #[tokio::test]
@@ -534,7 +583,7 @@ mod tests {
             .insert_key(&stored_key(), &Actor::default())
             .await
             .unwrap();
-        let (recorder, runtimes) = (UsageRecorder::new(MINUTE, MINUTE), Runtimes::default());
+        let (recorder, runtimes) = (UsageRecorder::new(MINUTE), Runtimes::default());
         let runtime = runtimes.get_or_create(KEY_ID);
         let t0 = Utc::now() - chrono::Duration::seconds(90);
         UsageRecorder::note_stored(&runtime, Some(t0));
@@ -582,7 +631,7 @@ mod tests {
             .insert_key(&stored_key(), &Actor::default())
             .await
             .unwrap();
-        let recorder = Arc::new(UsageRecorder::new(MINUTE, MINUTE));
+        let recorder = Arc::new(UsageRecorder::new(MINUTE));
         let runtimes = Arc::new(Runtimes::default());
         let runtime = runtimes.get_or_create(KEY_ID);
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -647,7 +696,7 @@ mod tests {
             .add_usage_counts(&[row(0), row(2), row(30)])
             .await
             .unwrap();
-        let recorder = UsageRecorder::new(MINUTE, MINUTE);
+        let recorder = UsageRecorder::new(MINUTE);
         let (stop_tx, stop_rx) = watch::channel(false);
         let schedule = FlushSchedule {
             last_used: Duration::from_secs(3600),
@@ -675,7 +724,7 @@ mod tests {
     async fn a_failed_flush_keeps_the_batch_for_later() {
         let db = TestDatabase::sqlite();
         let store = Store::connect(&db.url).await.unwrap();
-        let (recorder, runtimes) = (UsageRecorder::new(MINUTE, MINUTE), Runtimes::default());
+        let (recorder, runtimes) = (UsageRecorder::new(MINUTE), Runtimes::default());
         let runtime = runtimes.get_or_create(KEY_ID);
         let now = Utc::now();
         recorder.record(&runtime, *b"aaaaaaaa", now, UseOutcome::Allowed);
