@@ -52,10 +52,33 @@ use crate::{
 const KEYS_PER_TRANSACTION: usize = 20_000;
 
 /// Takes the keys listed in `list`, in key order.
+///
+/// Sorting the runtimes themselves would compare through two pointers per
+/// side (the runtime, then its id), at a million keys mostly cache misses.
+/// The sort runs on the ids' first 16 bytes and the keys' positions
+/// instead, comparing whole ids only where those bytes tie.
 fn take_in_key_order(list: &DirtyList) -> Vec<Arc<KeyRuntime>> {
-    let mut keys = list.take();
-    keys.sort_unstable_by(|a, b| a.key_id.cmp(&b.key_id));
-    keys
+    let keys = list.take();
+    let prefix = |id: &str| {
+        let mut bytes = [0u8; 16];
+        let n = id.len().min(16);
+        bytes[..n].copy_from_slice(&id.as_bytes()[..n]);
+        u128::from_be_bytes(bytes)
+    };
+    let mut order: Vec<(u128, usize)> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, runtime)| (prefix(&runtime.key_id), i))
+        .collect();
+    order.sort_unstable_by(|a, b| {
+        a.0.cmp(&b.0)
+            .then_with(|| keys[a.1].key_id.cmp(&keys[b.1].key_id))
+    });
+    let mut slots: Vec<Option<Arc<KeyRuntime>>> = keys.into_iter().map(Some).collect();
+    order
+        .into_iter()
+        .filter_map(|(_, i)| slots[i].take())
+        .collect()
 }
 
 /// The rows storage keeps for `batch`'s uses.
@@ -379,6 +402,33 @@ mod tests {
             total.merge(&bucket.counts);
         }
         total
+    }
+
+    #[test]
+    fn keys_are_taken_in_key_order() {
+        let runtimes = Runtimes::default();
+        let list = DirtyList::new(|r| &r.counts_dirty);
+        // Ties in the first 16 bytes, shorter ids, and a byte order that is
+        // not insertion order.
+        let ids = [
+            "0190b5a2-0000-7000-8000-000000000002",
+            "0190b5a2-0000-7000-8000-000000000001",
+            "0190b5a2-0000-7",
+            "0190b5a2-0000-6fff",
+            "a",
+            "0190b5a2-0000-7000",
+            "",
+        ];
+        for id in ids {
+            list.mark(&runtimes.get_or_create(id));
+        }
+        let taken: Vec<String> = take_in_key_order(&list)
+            .iter()
+            .map(|r| r.key_id.to_string())
+            .collect();
+        let mut sorted: Vec<String> = ids.iter().map(|id| id.to_string()).collect();
+        sorted.sort();
+        assert_eq!(taken, sorted);
     }
 
     #[test]
