@@ -200,7 +200,7 @@ impl UsageRecorder {
     }
 
     /// Writes the pending last uses of the keys listed for this flush (first
-    /// uses) in one batch; returns how
+    /// uses), in transactions of [`KEYS_PER_TRANSACTION`] keys; returns how
     /// many credentials it covered. The uses stay pending (and visible to
     /// [`UsageRecorder::pending_last_used`]) until the write commits, so a
     /// reader never sees a use in neither place; on failure they are simply
@@ -389,6 +389,19 @@ mod tests {
         crate::fixtures::api_key(KEY_ID, "aaaaaaaa")
     }
 
+    /// A migrated SQLite store holding the key [`KEY_ID`] (the database
+    /// lives as long as the returned handle).
+    async fn store_with_key() -> (TestDatabase, Store) {
+        let db = TestDatabase::sqlite();
+        let store = Store::connect(&db.url).await.unwrap();
+        store.migrate().await.unwrap();
+        store
+            .insert_key(&stored_key(), &Actor::default())
+            .await
+            .unwrap();
+        (db, store)
+    }
+
     fn allowed(n: u64) -> UsageCounts {
         UsageCounts {
             allowed: n,
@@ -482,13 +495,7 @@ mod tests {
 
     #[tokio::test]
     async fn within_the_precision_storage_is_written_once() {
-        let db = TestDatabase::sqlite();
-        let store = Store::connect(&db.url).await.unwrap();
-        store.migrate().await.unwrap();
-        store
-            .insert_key(&stored_key(), &Actor::default())
-            .await
-            .unwrap();
+        let (_db, store) = store_with_key().await;
         let (recorder, runtimes) = (UsageRecorder::new(MINUTE), Runtimes::default());
         let runtime = runtimes.get_or_create(KEY_ID);
         // Early in an hour, so all 12 uses below fall in one hourly bucket
@@ -535,13 +542,7 @@ mod tests {
 
     #[tokio::test]
     async fn only_a_first_use_takes_the_short_flush() {
-        let db = TestDatabase::sqlite();
-        let store = Store::connect(&db.url).await.unwrap();
-        store.migrate().await.unwrap();
-        store
-            .insert_key(&stored_key(), &Actor::default())
-            .await
-            .unwrap();
+        let (_db, store) = store_with_key().await;
         let (recorder, runtimes) = (UsageRecorder::new(MINUTE), Runtimes::default());
         let runtime = runtimes.get_or_create(KEY_ID);
         let t0 = Utc::now() - chrono::Duration::hours(2);
@@ -626,13 +627,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_count_flush_keeps_the_due_uses_with_the_counts() {
-        let db = TestDatabase::sqlite();
-        let store = Store::connect(&db.url).await.unwrap();
-        store.migrate().await.unwrap();
-        store
-            .insert_key(&stored_key(), &Actor::default())
-            .await
-            .unwrap();
+        let (_db, store) = store_with_key().await;
         let (recorder, runtimes) = (UsageRecorder::new(MINUTE), Runtimes::default());
         let runtime = runtimes.get_or_create(KEY_ID);
         let t0 = Utc::now() - chrono::Duration::seconds(90);
@@ -674,13 +669,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_flusher_writes_on_schedule_and_flushes_both_on_stop() {
-        let db = TestDatabase::sqlite();
-        let store = Store::connect(&db.url).await.unwrap();
-        store.migrate().await.unwrap();
-        store
-            .insert_key(&stored_key(), &Actor::default())
-            .await
-            .unwrap();
+        let (_db, store) = store_with_key().await;
         let recorder = Arc::new(UsageRecorder::new(MINUTE));
         let runtimes = Arc::new(Runtimes::default());
         let runtime = runtimes.get_or_create(KEY_ID);
