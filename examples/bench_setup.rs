@@ -15,9 +15,11 @@
 //! bench_setup data-file --keys FILE --out FILE [--scope bench:read] [--client-ip 10.0.0.1]
 //!                        [--format authorize|ext-authz]
 //! bench_setup usage-writes --database-url URL [--active 100000] [--rounds 3]
+//! bench_setup usage-flush  --database-url URL [--active 100000] [--rounds 3]
+//!                       [--precision-secs 60]
 //! bench_setup load      --endpoint URL --rpc authorize|ext-authz|check --keys FILE
 //!                       [--duration-secs 10] [--concurrency 32] [--connections 4]
-//!                       [--scope bench:read] [--client-ip 10.0.0.1]
+//!                       [--scope bench:read] [--client-ip 10.0.0.1] [--offset 0]
 //! ```
 //!
 //! `create` writes one secret per line to `--out`. `seed` writes the same
@@ -167,7 +169,9 @@ async fn create(args: &Args) -> Result<(), Error> {
         .iter()
         .map(|c| c.with_management_key(&management_key))
         .collect::<Result<_, _>>()?;
-    let next = Arc::new(AtomicUsize::new(0));
+    // Where in the key list to begin, so rounds that follow each other
+    // can go on where the last one stopped (every key in turn).
+    let next = Arc::new(AtomicUsize::new(args.num("offset", 0)?));
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(concurrency);
     for worker in 0..concurrency {
@@ -350,7 +354,9 @@ async fn authorize(args: &Args) -> Result<(), Error> {
     let concurrency = args.num("concurrency", 32)?.max(1);
 
     let clients = connect_all(&endpoint).await?;
-    let next = Arc::new(AtomicUsize::new(0));
+    // Where in the key list to begin, so rounds that follow each other
+    // can go on where the last one stopped (every key in turn).
+    let next = Arc::new(AtomicUsize::new(args.num("offset", 0)?));
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(concurrency);
     for worker in 0..concurrency {
@@ -616,7 +622,9 @@ async fn load(args: &Args) -> Result<(), Error> {
                 .await?,
         );
     }
-    let next = Arc::new(AtomicUsize::new(0));
+    // Where in the key list to begin, so rounds that follow each other
+    // can go on where the last one stopped (every key in turn).
+    let next = Arc::new(AtomicUsize::new(args.num("offset", 0)?));
     let started = Instant::now();
     let deadline = started + duration;
     let mut tasks = Vec::with_capacity(concurrency);
@@ -751,6 +759,89 @@ async fn usage_writes(args: &Args) -> Result<(), Error> {
     Ok(())
 }
 
+/// The usage flushers of a server, driven through `UsageRecorder` itself:
+/// `--active` keys of the database (a random sample) each used once per
+/// round, rounds a simulated minute apart, so every round's count flush
+/// carries every key's hourly counts and, as in a server under steady use,
+/// a last use due under the 60 s precision. Round 1 is the keys' first use
+/// (the 5 s last-used flush, then the count flush). Prints the wall time
+/// and this process's CPU time per key of each flush (on SQLite the
+/// database's work is in this process).
+async fn usage_flush(args: &Args) -> Result<(), Error> {
+    use keygate_domain::usage::UseOutcome;
+    use keygate_server::hotpath::{runtime::Runtimes, usage::UsageRecorder};
+    use sea_orm::{ConnectionTrait, Statement};
+
+    let store = Store::connect(&args.get("database-url")?).await?;
+    let active = args.num("active", 100_000)?;
+    let rounds = args.num("rounds", 3)?;
+    let backend = store.connection().get_database_backend();
+    let rows = store
+        .connection()
+        .query_all_raw(Statement::from_sql_and_values(
+            backend,
+            "SELECT key_id, lookup_id FROM credentials ORDER BY random() LIMIT $1",
+            [i64::try_from(active)?.into()],
+        ))
+        .await?;
+    let runtimes = Runtimes::default();
+    let sample = rows
+        .iter()
+        .map(|r| {
+            let key_id: String = r.try_get("", "key_id")?;
+            let lookup_id: String = r.try_get("", "lookup_id")?;
+            let lookup: [u8; 8] = lookup_id
+                .as_bytes()
+                .try_into()
+                .map_err(|_| format!("lookup id {lookup_id:?} is not 8 bytes"))?;
+            Ok((runtimes.get_or_create(&key_id), lookup))
+        })
+        .collect::<Result<Vec<_>, Error>>()?;
+    let precision = args.num("precision-secs", 60)?;
+    let recorder = UsageRecorder::new(Duration::from_secs(precision as u64));
+    eprintln!(
+        "bench_setup: usage flushes for {} keys in use, {rounds} rounds",
+        sample.len()
+    );
+    let per_key = |d: Duration| d.as_secs_f64() * 1e6 / sample.len().max(1) as f64;
+    let measure = |name: &'static str, cpu: Duration, wall: Instant, rows: usize| {
+        let cpu = process_cpu().map(|now| now - cpu).unwrap_or_default();
+        format!(
+            "{name} {rows} rows, {:.0} ms wall, {:.0} ms CPU ({:.2} µs/key)",
+            wall.elapsed().as_secs_f64() * 1e3,
+            cpu.as_secs_f64() * 1e3,
+            per_key(cpu)
+        )
+    };
+    // Early in an hour, so the rounds share one hourly row per key.
+    let now = chrono::Utc::now().timestamp();
+    let start = chrono::DateTime::from_timestamp(now - now.rem_euclid(3600) + 1, 0)
+        .ok_or("time out of range")?;
+    for round in 0..rounds {
+        let at = start + chrono::Duration::seconds(61 * i64::try_from(round)?);
+        for (runtime, lookup) in &sample {
+            recorder.record(runtime, *lookup, at, UseOutcome::Allowed);
+        }
+        let mut line = format!("bench_setup: round {}:", round + 1);
+        if round == 0 {
+            let (cpu, wall) = (process_cpu()?, Instant::now());
+            let n = recorder.flush_last_used(&store).await?;
+            line += &format!(" first uses: {};", measure("last used", cpu, wall, n));
+        }
+        let (cpu, wall) = (process_cpu()?, Instant::now());
+        let n = recorder.flush_counts(&store).await?;
+        line += &format!(" count flush: {}", measure("key-hours", cpu, wall, n));
+        eprintln!("{line}");
+    }
+    Ok(())
+}
+
+/// The server's allocator, so `seed`, `usage-writes` and `usage-flush`
+/// (whose database work, on SQLite, runs in this process) allocate as the
+/// server does.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() {
     let raw: Vec<String> = std::env::args().skip(1).collect();
@@ -763,6 +854,7 @@ async fn main() {
                 "authorize" => authorize(&args).await,
                 "data-file" => data_file(&args),
                 "usage-writes" => usage_writes(&args).await,
+                "usage-flush" => usage_flush(&args).await,
                 "load" => load(&args).await,
                 other => Err(format!("unknown command {other:?}").into()),
             },
