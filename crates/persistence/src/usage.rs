@@ -10,10 +10,8 @@
 //! flush covers, not by the request rate. Usage writes neither bump a key's
 //! version nor notify: they change nothing a decision reads.
 
-use std::collections::BTreeMap;
-
 use chrono::{DateTime, Utc};
-use keygate_domain::usage::{UsageBucket, UsageCounts, last_use_precision};
+use keygate_domain::usage::{BUCKET_SECS, UsageBucket, UsageCounts, last_use_precision};
 use sea_orm::{ConnectionTrait, DatabaseTransaction, DbBackend, Statement, TransactionTrait};
 
 use crate::error::StoreError;
@@ -51,30 +49,77 @@ fn to_u64(n: i64) -> u64 {
 }
 
 /// Last uses as stored: the newest per credential, in key order, at
-/// PostgreSQL's microsecond precision.
+/// PostgreSQL's microsecond precision. The flusher hands its rows over in
+/// key order already, so the common case is one pass (a sort only when the
+/// input is out of order).
 fn latest_uses(uses: &[LastUsed]) -> Vec<((&str, &str), DateTime<Utc>)> {
-    let mut latest: BTreeMap<(&str, &str), DateTime<Utc>> = BTreeMap::new();
-    for u in uses {
-        // Microseconds on every backend, as PostgreSQL keeps them.
-        let used = last_use_precision(u.at);
-        let at = latest
-            .entry((u.key_id.as_str(), u.lookup_id.as_str()))
-            .or_insert(used);
-        *at = (*at).max(used);
+    // Microseconds on every backend, as PostgreSQL keeps them.
+    let mut rows: Vec<_> = uses
+        .iter()
+        .map(|u| {
+            (
+                (u.key_id.as_str(), u.lookup_id.as_str()),
+                last_use_precision(u.at),
+            )
+        })
+        .collect();
+    if !rows.is_sorted_by(|a, b| a.0 <= b.0) {
+        rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     }
-    latest.into_iter().collect()
+    rows.dedup_by(|later, kept| {
+        let same = later.0 == kept.0;
+        if same {
+            kept.1 = kept.1.max(later.1);
+        }
+        same
+    });
+    rows
 }
 
-/// Counts to add: one per key-hour (repeats summed), in key order.
-fn merged_counts(counts: &[HourlyUsage]) -> Vec<((&str, i64), UsageCounts)> {
-    let mut merged: BTreeMap<(&str, i64), UsageCounts> = BTreeMap::new();
-    for c in counts.iter().filter(|c| !c.counts.is_empty()) {
-        merged
-            .entry((c.key_id.as_str(), c.hour_start))
-            .or_default()
-            .merge(&c.counts);
+/// Counts to add: one per key-hour (repeats summed), in the table's order
+/// (hour, then key); one pass for input in that order already, as the
+/// flusher gives it (its keys in order, almost always one hour).
+fn merged_counts(counts: &[HourlyUsage]) -> Vec<((i64, &str), UsageCounts)> {
+    let mut rows: Vec<_> = counts
+        .iter()
+        .filter(|c| !c.counts.is_empty())
+        .map(|c| ((c.hour_start, c.key_id.as_str()), c.counts))
+        .collect();
+    if !rows.is_sorted_by(|a, b| a.0 <= b.0) {
+        rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     }
-    merged.into_iter().collect()
+    rows.dedup_by(|later, kept| {
+        let same = later.0 == kept.0;
+        if same {
+            kept.1.merge(&later.1);
+        }
+        same
+    });
+    rows
+}
+
+/// `hours(h)`: the start of every hour in `[$2, $3)` (unix seconds, `$2`
+/// a multiple of an hour) from the first to the last hour that
+/// `key_usage_hourly` holds, none if it holds nothing: a recursive common
+/// table expression for statements on the table to begin with. Both ends
+/// come from the primary key's first column (two index lookups), then one
+/// row per hour.
+pub(crate) const STORED_HOURS: &str = "WITH RECURSIVE \
+     stored(first_hour, last_hour) AS (SELECT \
+     (SELECT MIN(hour_start) FROM key_usage_hourly), \
+     (SELECT MAX(hour_start) FROM key_usage_hourly)), \
+     bounds(lo, hi) AS (SELECT \
+     CASE WHEN first_hour < CAST($2 AS BIGINT) THEN CAST($2 AS BIGINT) ELSE first_hour END, \
+     CASE WHEN last_hour >= CAST($3 AS BIGINT) THEN CAST($3 AS BIGINT) ELSE last_hour + 1 END \
+     FROM stored), \
+     hours(h) AS (SELECT lo FROM bounds WHERE lo < hi \
+     UNION ALL SELECT h + 3600 FROM hours, bounds WHERE h + 3600 < bounds.hi)";
+
+/// `from` moved up to the next hour boundary (hour rows start on one), and
+/// kept where that cannot overflow.
+pub(crate) fn first_hour_from(from: i64) -> i64 {
+    let from = from.clamp(0, i64::MAX - BUCKET_SECS);
+    from + (BUCKET_SECS - from % BUCKET_SECS) % BUCKET_SECS
 }
 
 /// Upserts `latest` into `key_last_uses` (see [`Store::record_last_used`]).
@@ -117,14 +162,14 @@ async fn upsert_last_uses(
 async fn add_counts(
     txn: &DatabaseTransaction,
     backend: DbBackend,
-    merged: &[((&str, i64), UsageCounts)],
+    merged: &[((i64, &str), UsageCounts)],
 ) -> Result<(), StoreError> {
     for chunk in merged.chunks(rows_per_statement(backend, 5)) {
         let mut values = Vec::with_capacity(chunk.len() * 5);
-        for ((key_id, hour_start), c) in chunk {
+        for ((hour_start, key_id), c) in chunk {
             values.extend([
-                (*key_id).into(),
                 (*hour_start).into(),
+                (*key_id).into(),
                 to_i64(c.allowed).into(),
                 to_i64(c.denied_rate_limited).into(),
                 to_i64(c.denied_other).into(),
@@ -132,8 +177,8 @@ async fn add_counts(
         }
         let sql = format!(
             "INSERT INTO key_usage_hourly \
-             (key_id, hour_start, allowed, denied_rate_limited, denied_other) VALUES {} \
-             ON CONFLICT (key_id, hour_start) DO UPDATE SET \
+             (hour_start, key_id, allowed, denied_rate_limited, denied_other) VALUES {} \
+             ON CONFLICT (hour_start, key_id) DO UPDATE SET \
              allowed = key_usage_hourly.allowed + excluded.allowed, \
              denied_rate_limited = key_usage_hourly.denied_rate_limited \
              + excluded.denied_rate_limited, \
@@ -189,8 +234,8 @@ impl Store {
             if latest.is_empty() && merged.is_empty() {
                 return Ok(());
             }
-            let backend = self.connection().get_database_backend();
-            let txn = self.connection().begin().await?;
+            let backend = self.usage_writer().get_database_backend();
+            let txn = self.usage_writer().begin().await?;
             upsert_last_uses(&txn, backend, &latest).await?;
             add_counts(&txn, backend, &merged).await?;
             txn.commit().await?;
@@ -201,6 +246,10 @@ impl Store {
 
     /// A key's stored hourly counts for hours starting in `[from, to)` (unix
     /// seconds), oldest first; hours without requests have no row.
+    ///
+    /// The table is keyed by hour first, so the key's rows are found by
+    /// naming each hour of the range (one primary-key lookup each), the
+    /// range first narrowed to the hours stored at all.
     pub async fn usage_buckets(
         &self,
         key_id: &str,
@@ -213,10 +262,13 @@ impl Store {
                 .connection()
                 .query_all_raw(Statement::from_sql_and_values(
                     backend,
-                    "SELECT hour_start, allowed, denied_rate_limited, denied_other \
-                     FROM key_usage_hourly WHERE key_id = $1 AND hour_start >= $2 AND hour_start < $3 \
-                     ORDER BY hour_start",
-                    [key_id.into(), from.into(), to.into()],
+                    format!(
+                        "{STORED_HOURS} \
+                         SELECT hour_start, allowed, denied_rate_limited, denied_other \
+                         FROM key_usage_hourly WHERE key_id = $1 \
+                         AND hour_start IN (SELECT h FROM hours) ORDER BY hour_start"
+                    ),
+                    [key_id.into(), first_hour_from(from).into(), to.into()],
                 ))
                 .await?;
             rows.into_iter()
@@ -231,7 +283,8 @@ impl Store {
                     })
                 })
                 .collect()
-        }).await
+        })
+        .await
     }
 
     /// Deletes hourly counts of hours starting before `older_than` (unix

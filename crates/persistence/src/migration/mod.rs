@@ -10,6 +10,7 @@ mod m20261201_000003_key_usage;
 mod m20261202_000004_key_lifecycle;
 mod m20261204_000005_usage_fillfactor;
 mod m20261205_000006_key_last_uses;
+mod m20261208_000007_usage_hour_first;
 
 /// All of Keygate's migrations, in order.
 #[derive(Clone, Copy, Debug, Default)]
@@ -24,6 +25,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261202_000004_key_lifecycle::Migration),
             Box::new(m20261204_000005_usage_fillfactor::Migration),
             Box::new(m20261205_000006_key_last_uses::Migration),
+            Box::new(m20261208_000007_usage_hour_first::Migration),
         ]
     }
 }

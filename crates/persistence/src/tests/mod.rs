@@ -61,6 +61,7 @@ both_backends!(
     current_versions_answer_for_live_keys_only,
     versions_unchanged_only_when_every_key_is_at_its_version,
     migration_6_carries_last_uses_over,
+    migration_7_keys_hourly_counts_by_hour,
     usage_counts_add_up_across_replicas_and_prune,
     last_uses_and_counts_are_written_together_or_not_at_all,
     concurrent_usage_flushes_lose_nothing,
@@ -1533,6 +1534,152 @@ async fn usage_counts_add_up_across_replicas_and_prune(db: &TestDatabase) {
     assert_eq!(k1.len(), 1);
     assert_eq!(k1[0].hour_start, h);
     assert_eq!(replica_a.prune_usage(h).await.expect("prune again"), 0);
+}
+
+/// The primary key's columns of `table`, in order.
+async fn primary_key(store: &Store, table: &str) -> Vec<String> {
+    let backend = store.connection().get_database_backend();
+    let sql = match backend {
+        sea_orm::DbBackend::Postgres => {
+            "SELECT a.attname AS name FROM pg_index i JOIN pg_attribute a \
+             ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) \
+             WHERE i.indrelid = $1::regclass AND i.indisprimary \
+             ORDER BY array_position(i.indkey::int2[], a.attnum)"
+        }
+        _ => "SELECT name FROM pragma_table_info($1) WHERE pk > 0 ORDER BY pk",
+    };
+    store
+        .connection()
+        .query_all_raw(Statement::from_sql_and_values(backend, sql, [table.into()]))
+        .await
+        .expect("primary key")
+        .iter()
+        .map(|row| row.try_get("", "name").expect("name"))
+        .collect()
+}
+
+/// Migration 7 re-keys `key_usage_hourly` by hour first and keeps every
+/// row; reads and purges find a key's rows hour by hour, so ranges that
+/// start off an hour boundary, reach past the stored hours or hold none,
+/// and keys with rows in many hours among other keys' rows, all answer
+/// as before. Down and up again keep the rows too.
+async fn migration_7_keys_hourly_counts_by_hour(db: &TestDatabase) {
+    use sea_orm_migration::MigratorTrait;
+
+    let store = Store::connect(&db.url).await.expect("connect");
+    let conn = store.connection();
+    crate::migration::Migrator::up(conn, Some(6))
+        .await
+        .expect("migrations 1-6");
+    assert_eq!(
+        primary_key(&store, "key_usage_hourly").await,
+        ["key_id", "hour_start"]
+    );
+    let h = 1_800_000_000; // the start of an hour
+    let (gone, kept) = (
+        key("0001-purged", "acme", "live", "HOURgon1"),
+        key("0002-kept", "acme", "live", "HOURkep1"),
+    );
+    let backend = conn.get_database_backend();
+    for (key_id, hour_start, allowed) in [
+        (&gone.id, h, 1),
+        (&gone.id, h + 3600, 2),
+        (&gone.id, h + 5 * 3600, 3),
+        (&kept.id, h - 3600, 10),
+        (&kept.id, h + 3600, 20),
+        (&kept.id, h + 9 * 3600, 30),
+    ] {
+        conn.execute_raw(Statement::from_sql_and_values(
+            backend,
+            "INSERT INTO key_usage_hourly (key_id, hour_start, allowed, denied_rate_limited, denied_other) \
+             VALUES ($1, $2, $3, 0, 0)",
+            [key_id.as_str().into(), hour_start.into(), allowed.into()],
+        ))
+        .await
+        .expect("row in the old layout");
+    }
+    store.migrate().await.expect("migration 7");
+    assert_eq!(
+        primary_key(&store, "key_usage_hourly").await,
+        ["hour_start", "key_id"]
+    );
+    let allowed = |buckets: Vec<UsageBucket>| -> Vec<(i64, u64)> {
+        buckets
+            .iter()
+            .map(|b| (b.hour_start, b.counts.allowed))
+            .collect()
+    };
+    let read = |key_id: &str, from, to| {
+        let (store, key_id) = (store.clone(), key_id.to_owned());
+        async move { allowed(store.usage_buckets(&key_id, from, to).await.expect("read")) }
+    };
+    let every_kept = vec![(h - 3600, 10), (h + 3600, 20), (h + 9 * 3600, 30)];
+    assert_eq!(read(&kept.id, 0, i64::MAX).await, every_kept);
+    assert_eq!(read(&kept.id, i64::MIN, i64::MAX).await, every_kept);
+    assert_eq!(
+        read(&gone.id, h, h + 5 * 3600).await,
+        [(h, 1), (h + 3600, 2)],
+        "the end is exclusive"
+    );
+    assert_eq!(
+        read(&gone.id, h + 1, i64::MAX).await,
+        [(h + 3600, 2), (h + 5 * 3600, 3)]
+    );
+    assert_eq!(read(&gone.id, h - 1, h + 1).await, [(h, 1)]);
+    assert!(
+        read(&gone.id, h + 10 * 3600, i64::MAX).await.is_empty(),
+        "past the stored hours"
+    );
+    assert!(
+        read(&gone.id, 0, h).await.is_empty(),
+        "before the key's first hour"
+    );
+    assert!(
+        read(&gone.id, h + 3600, h).await.is_empty(),
+        "an empty range"
+    );
+
+    // Down and up again: the rows stay, and so do the answers.
+    crate::migration::Migrator::down(conn, Some(1))
+        .await
+        .expect("migration 7 down");
+    assert_eq!(
+        primary_key(&store, "key_usage_hourly").await,
+        ["key_id", "hour_start"]
+    );
+    assert_eq!(read(&kept.id, 0, i64::MAX).await, every_kept);
+    store.migrate().await.expect("migration 7 again");
+    assert_eq!(read(&kept.id, 0, i64::MAX).await, every_kept);
+
+    // A purge takes the purged key's rows of every hour, and no other's.
+    for k in [&gone, &kept] {
+        store
+            .insert_key(k, &Actor::default())
+            .await
+            .expect("insert");
+    }
+    let t = now();
+    store
+        .update_key(
+            &gone.id,
+            1,
+            &KeyUpdate::Delete {
+                purge_at: t - TimeDelta::seconds(1),
+            },
+            t,
+            &Actor::default(),
+            None,
+        )
+        .await
+        .expect("delete");
+    assert_eq!(store.purge_deleted(t).await.expect("purge"), 1);
+    assert!(read(&gone.id, 0, i64::MAX).await.is_empty());
+    assert_eq!(read(&kept.id, 0, i64::MAX).await, every_kept);
+
+    // With no rows at all, an unbounded range reads nothing (and ends).
+    store.prune_usage(i64::MAX).await.expect("prune everything");
+    assert!(read(&kept.id, 0, i64::MAX).await.is_empty());
+    assert_eq!(store.purge_deleted(t).await.expect("purge nothing"), 0);
 }
 
 /// Replicas flushing counts for the same keys at the same time, many
