@@ -40,6 +40,10 @@
 //! `key_last_uses` row per key, as when they fall due) and one `add_usage_counts` (one
 //! hourly row per key), with the wall time and this process's CPU time of
 //! each (on SQLite the database's work is in this process).
+//! `usage-flush` measures the same through the server's own flusher
+//! (`UsageRecorder`): every `--active` key used once per round, rounds a
+//! simulated minute apart, so each count flush carries every key's counts
+//! and a last use due under `--precision-secs`.
 //! `load` is a load generator whose own cost per call is the same for every
 //! RPC: each request is encoded once, before the clock starts, and sent as
 //! bytes; answers are taken as bytes (every 64th decoded and checked to be
@@ -721,15 +725,15 @@ async fn usage_writes(args: &Args) -> Result<(), Error> {
         let uses: Vec<LastUsed> = sample
             .iter()
             .map(|(key_id, lookup_id)| LastUsed {
-                key_id: key_id.clone(),
-                lookup_id: lookup_id.clone(),
+                key_id: key_id.as_str().into(),
+                lookup_id: lookup_id.as_str().into(),
                 at,
             })
             .collect();
         let counts: Vec<HourlyUsage> = sample
             .iter()
             .map(|(key_id, _)| HourlyUsage {
-                key_id: key_id.clone(),
+                key_id: key_id.as_str().into(),
                 hour_start: at.timestamp() - at.timestamp().rem_euclid(3600),
                 counts: UsageCounts {
                     allowed: 5,

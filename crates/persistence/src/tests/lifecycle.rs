@@ -390,7 +390,7 @@ async fn deletion_keeps_state_and_purge_keeps_history(db: &TestDatabase) {
         .expect("delete again");
     store
         .add_usage_counts(&[HourlyUsage {
-            key_id: k.id.clone(),
+            key_id: k.id.clone().into(),
             hour_start: 3600,
             counts: keygate_domain::usage::UsageCounts {
                 allowed: 1,

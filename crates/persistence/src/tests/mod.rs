@@ -806,7 +806,7 @@ async fn storage_refuses_to_unrevoke(db: &TestDatabase) {
     // Other columns of a revoked key (usage) still update.
     store
         .record_last_used(&[LastUsed {
-            key_id: k.id.clone(),
+            key_id: k.id.clone().into(),
             lookup_id: "TERMloo1".into(),
             at: now(),
         }])
@@ -1117,8 +1117,8 @@ async fn last_used_only_moves_forward(db: &TestDatabase) {
         .await
         .expect("insert");
     let used = |lookup: &str, at| LastUsed {
-        key_id: k.id.clone(),
-        lookup_id: lookup.to_owned(),
+        key_id: k.id.clone().into(),
+        lookup_id: lookup.to_owned().into(),
         at,
     };
     store
@@ -1222,7 +1222,7 @@ async fn current_versions_answer_for_live_keys_only(db: &TestDatabase) {
     .await;
     store
         .record_last_used(&[LastUsed {
-            key_id: used.id.clone(),
+            key_id: used.id.clone().into(),
             lookup_id: "VERSaaa1".into(),
             at: t,
         }])
@@ -1402,12 +1402,12 @@ async fn last_uses_and_counts_are_written_together_or_not_at_all(db: &TestDataba
         .expect("insert");
     let h = t.timestamp() - t.timestamp().rem_euclid(3600);
     let used = |at| LastUsed {
-        key_id: k.id.clone(),
+        key_id: k.id.clone().into(),
         lookup_id: "TOGETHR1".into(),
         at,
     };
     let hourly = |c| HourlyUsage {
-        key_id: k.id.clone(),
+        key_id: k.id.clone().into(),
         hour_start: h,
         counts: c,
     };
@@ -1477,7 +1477,7 @@ async fn usage_counts_add_up_across_replicas_and_prune(db: &TestDatabase) {
     let replica_b = Store::connect(&db.url).await.expect("second store");
     let h = 1_800_000_000; // a multiple of 3600: the start of an hour
     let hourly = |key_id: &str, hour_start, c| HourlyUsage {
-        key_id: key_id.to_owned(),
+        key_id: key_id.to_owned().into(),
         hour_start,
         counts: c,
     };
@@ -1695,7 +1695,7 @@ async fn concurrent_usage_flushes_lose_nothing(db: &TestDatabase) {
                 // Each replica walks the keys in another order; storage sorts.
                 let mut batch: Vec<HourlyUsage> = (0..50)
                     .map(|i| HourlyUsage {
-                        key_id: format!("key-{i:02}"),
+                        key_id: format!("key-{i:02}").into(),
                         hour_start: h,
                         counts: counts(1, round % 2, 0),
                     })
@@ -1994,7 +1994,7 @@ async fn postgres_change_notifications() {
     // Usage writes do not notify.
     replica_b
         .record_last_used(&[LastUsed {
-            key_id: k.id.clone(),
+            key_id: k.id.clone().into(),
             lookup_id: "NOTIFY02".into(),
             at: t,
         }])
@@ -2002,7 +2002,7 @@ async fn postgres_change_notifications() {
         .expect("usage");
     replica_b
         .add_usage_counts(&[HourlyUsage {
-            key_id: k.id.clone(),
+            key_id: k.id.clone().into(),
             hour_start: 0,
             counts: UsageCounts {
                 allowed: 1,
@@ -2063,9 +2063,9 @@ async fn large_usage_batches_span_chunks(db: &TestDatabase) {
         .collect();
     let mut apply = |usage: &[LastUsed]| {
         for u in usage {
-            let k = key_state.get_mut(&u.key_id).expect("known key");
+            let k = key_state.get_mut(&*u.key_id).expect("known key");
             *k = (*k).max(Some(u.at));
-            let c = cred_state.get_mut(&u.lookup_id).expect("known credential");
+            let c = cred_state.get_mut(&*u.lookup_id).expect("known credential");
             *c = (*c).max(Some(u.at));
         }
     };
@@ -2075,8 +2075,8 @@ async fn large_usage_batches_span_chunks(db: &TestDatabase) {
         .iter()
         .step_by(3)
         .map(|k| LastUsed {
-            key_id: k.id.clone(),
-            lookup_id: k.credentials[0].lookup_id.clone(),
+            key_id: k.id.clone().into(),
+            lookup_id: k.credentials[0].lookup_id.clone().into(),
             at: t + TimeDelta::hours(1),
         })
         .collect();
@@ -2089,8 +2089,8 @@ async fn large_usage_batches_span_chunks(db: &TestDatabase) {
         .map(|j| {
             let k = &keys[j % 700];
             LastUsed {
-                key_id: k.id.clone(),
-                lookup_id: k.credentials[(j / 7) % 2].lookup_id.clone(),
+                key_id: k.id.clone().into(),
+                lookup_id: k.credentials[(j / 7) % 2].lookup_id.clone().into(),
                 at: t - TimeDelta::microseconds(((j * 13) % 17) as i64 * 250_001),
             }
         })
@@ -2101,7 +2101,7 @@ async fn large_usage_batches_span_chunks(db: &TestDatabase) {
     let h = t.timestamp() - t.timestamp() % 3600;
     let hourly: Vec<HourlyUsage> = (0..1200)
         .map(|j| HourlyUsage {
-            key_id: keys[j % 700].id.clone(),
+            key_id: keys[j % 700].id.clone().into(),
             hour_start: h - 3600 * (j % 2) as i64,
             counts: counts(1 + (j % 5) as u64, (j % 3) as u64, 0),
         })
@@ -2110,7 +2110,7 @@ async fn large_usage_batches_span_chunks(db: &TestDatabase) {
     let mut count_state: HashMap<String, UsageCounts> = HashMap::new();
     for u in &hourly {
         count_state
-            .entry(u.key_id.clone())
+            .entry(u.key_id.to_string())
             .or_default()
             .merge(&u.counts);
     }

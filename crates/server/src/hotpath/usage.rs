@@ -87,8 +87,8 @@ fn last_used_rows(batch: &[(Arc<KeyRuntime>, Vec<LastUse>)]) -> Vec<LastUsed> {
         .iter()
         .flat_map(|(runtime, uses)| {
             uses.iter().map(|u| LastUsed {
-                key_id: runtime.key_id.to_string(),
-                lookup_id: String::from_utf8_lossy(&u.lookup_id).into_owned(),
+                key_id: Arc::clone(&runtime.key_id),
+                lookup_id: String::from_utf8_lossy(&u.lookup_id).into(),
                 at: u.at,
             })
         })
@@ -271,7 +271,7 @@ impl UsageRecorder {
                 .iter()
                 .flat_map(|(runtime, buckets)| {
                     buckets.iter().map(|b| HourlyUsage {
-                        key_id: runtime.key_id.to_string(),
+                        key_id: Arc::clone(&runtime.key_id),
                         hour_start: b.hour_start,
                         counts: b.counts,
                     })
